@@ -1,0 +1,78 @@
+"""Every NATS stream, subject, durable consumer, bucket, header and container label, named once.
+
+Nobody else spells a subject: they call these.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# Job events, published by the outbox relay from PostgreSQL (the source of truth).
+EVENTS_STREAM: Final = "DOCKYARD_EVENTS"
+EVENTS_SUBJECTS: Final = "dockyard.events.>"
+
+# Work offers: one message per queued attempt, consumed by the orchestrators of that queue.
+WORK_STREAM: Final = "DOCKYARD_WORK"
+WORK_SUBJECTS: Final = "dockyard.work.*"
+
+# Reports to the scheduler: orchestrators' and the janitor's commands (started, exit, ledger...).
+REPORTS_STREAM: Final = "DOCKYARD_REPORTS"
+REPORTS_SUBJECTS: Final = "dockyard.reports.>"
+REPORTS_DURABLE: Final = "scheduler-reports"
+
+# Log batches from orchestrators, persisted by the log relay.
+LOGS_STREAM: Final = "DOCKYARD_LOGS"
+LOGS_SUBJECTS: Final = "dockyard.logs.*"
+LOGS_DURABLE: Final = "log-relay"
+
+# Claims are a request/reply so the answer is known before any container starts.
+CLAIMS_SUBJECT: Final = "dockyard.claims"
+CLAIMS_QUEUE_GROUP: Final = "schedulers"
+
+# Orchestrator heartbeats: a key per orchestrator, expiring after the lease.
+HEARTBEATS_BUCKET: Final = "dockyard_orchestrators"
+
+# Headers.
+MSG_ID: Final = "Nats-Msg-Id"
+EVENT_TYPE: Final = "Dockyard-Event-Type"
+SCHEMA_VERSION: Final = "Dockyard-Schema-Version"
+TRACEPARENT: Final = "traceparent"
+TRACESTATE: Final = "tracestate"
+
+# Labels on every container and network made for a job.
+LABEL_JOB: Final = "dockyard.job"
+LABEL_ATTEMPT: Final = "dockyard.attempt"
+LABEL_ORCHESTRATOR: Final = "dockyard.orchestrator"
+
+
+def event_subject(job_id: str, event_type: str) -> str:
+    return f"dockyard.events.{job_id}.{event_type}"
+
+
+def job_events_filter(job_id: str) -> str:
+    return f"dockyard.events.{job_id}.*"
+
+
+def events_of_type(event_type: str) -> str:
+    return f"dockyard.events.*.{event_type}"
+
+
+def work_subject(queue: str) -> str:
+    return f"dockyard.work.{queue}"
+
+
+def work_durable(queue: str) -> str:
+    return f"work-{queue}"
+
+
+def report_subject(job_id: str) -> str:
+    return f"dockyard.reports.{job_id}"
+
+
+def log_subject(job_id: str) -> str:
+    return f"dockyard.logs.{job_id}"
+
+
+def work_msg_id(job_id: str, attempt: int) -> str:
+    """One work offer per attempt: JetStream drops a republished one inside the window."""
+    return f"{job_id}:{attempt}"

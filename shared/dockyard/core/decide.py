@@ -1,0 +1,277 @@
+"""`decide(job, command, ctx, new_id) -> events`: what may happen next, without I/O.
+
+Commands that repeat what already happened give no events (so a redelivered report is harmless);
+commands that cannot apply raise the core's typed errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from functools import singledispatch
+from typing import TypedDict
+
+from dockyard.core.commands import (
+    ClaimJob,
+    Command,
+    Context,
+    EnqueueDue,
+    MarkOrchestratorLost,
+    RecordResource,
+    ReleaseResource,
+    ReportExit,
+    ReportStarted,
+    RequestCancel,
+    SubmitJob,
+)
+from dockyard.core.errors import AlreadyFinished, IllegalTransition, StaleAttempt, UnknownJob
+from dockyard.core.events import (
+    CancelRequested,
+    ContainerStarted,
+    Event,
+    JobCancelled,
+    JobClaimed,
+    JobFailed,
+    JobQueued,
+    JobScheduled,
+    JobSubmitted,
+    JobSucceeded,
+    JobTimedOut,
+    Metadata,
+    OrchestratorLost,
+    ResourceIntended,
+    ResourceReleased,
+    RetryScheduled,
+    ScheduleFired,
+)
+from dockyard.core.reasons import Reason
+from dockyard.core.retry import backoff_s, should_retry
+from dockyard.core.state import ACTIVE, Job, resource_key
+
+NewId = Callable[[], str]
+
+
+class _Base(TypedDict):
+    event_id: str
+    job_id: str
+    at: datetime
+    meta: Metadata
+
+
+class _Maker:
+    """Stamps the common fields on every event one decision makes."""
+
+    def __init__(self, ctx: Context, new_id: NewId) -> None:
+        self.ctx = ctx
+        self.new_id = new_id
+
+    def base(self) -> _Base:
+        return {
+            "event_id": self.new_id(),
+            "job_id": self.ctx.job_id,
+            "at": self.ctx.now,
+            "meta": self.ctx.meta,
+        }
+
+
+def decide(job: Job | None, command: Command, ctx: Context, new_id: NewId) -> list[Event]:
+    if isinstance(command, SubmitJob):
+        return [] if job is not None else _submit(command, _Maker(ctx, new_id))
+    if job is None:
+        raise UnknownJob(ctx.job_id)
+    return _decide(command, job, _Maker(ctx, new_id))
+
+
+def _submit(cmd: SubmitJob, m: _Maker) -> list[Event]:
+    events: list[Event] = [JobSubmitted(**m.base(), tenant=cmd.tenant, spec=cmd.spec)]
+    if cmd.schedule is not None and cmd.fire_time is not None:
+        events.append(ScheduleFired(**m.base(), schedule=cmd.schedule, fire_time=cmd.fire_time))
+    run_at = cmd.spec.run_at
+    if run_at is not None and run_at > m.ctx.now:
+        events.append(JobScheduled(**m.base(), due_at=run_at))
+    else:
+        events.append(JobQueued(**m.base(), attempt=1, queue=cmd.spec.queue))
+    return events
+
+
+@singledispatch
+def _decide(command: Command, job: Job, m: _Maker) -> list[Event]:  # pragma: no cover
+    raise TypeError(f"no decision for {type(command).__name__}")
+
+
+@_decide.register
+def _(cmd: EnqueueDue, job: Job, m: _Maker) -> list[Event]:
+    if job.status != "scheduled" or (job.due_at is not None and job.due_at > m.ctx.now):
+        return []
+    return [JobQueued(**m.base(), attempt=job.attempt, queue=job.spec.queue)]
+
+
+@_decide.register
+def _(cmd: ClaimJob, job: Job, m: _Maker) -> list[Event]:
+    _fence(job, cmd.attempt)
+    if job.status in ACTIVE and job.orchestrator == cmd.orchestrator:
+        return []  # the same orchestrator asking again: its claim stands
+    if job.status != "queued":
+        raise IllegalTransition(job.id, job.status, "job_claimed", "the job is not queued")
+    return [JobClaimed(**m.base(), attempt=cmd.attempt, orchestrator=cmd.orchestrator)]
+
+
+@_decide.register
+def _(cmd: RecordResource, job: Job, m: _Maker) -> list[Event]:
+    _fence(job, cmd.attempt)
+    if resource_key(cmd.kind, cmd.name, cmd.attempt) in job.resources:
+        return []
+    _require_active(job, "resource_intended")
+    return [
+        ResourceIntended(
+            **m.base(),
+            attempt=cmd.attempt,
+            kind=cmd.kind,
+            name=cmd.name,
+            orchestrator=cmd.orchestrator,
+        )
+    ]
+
+
+@_decide.register
+def _(cmd: ReleaseResource, job: Job, m: _Maker) -> list[Event]:
+    if resource_key(cmd.kind, cmd.name, cmd.attempt) not in job.resources:
+        return []
+    return [
+        ResourceReleased(**m.base(), attempt=cmd.attempt, kind=cmd.kind, name=cmd.name, how=cmd.how)
+    ]
+
+
+@_decide.register
+def _(cmd: ReportStarted, job: Job, m: _Maker) -> list[Event]:
+    _fence(job, cmd.attempt)
+    if job.status == "running" or job.finished:
+        return []  # already recorded, or the exit report overtook this one
+    _require_active(job, "container_started")
+    return [
+        ContainerStarted(
+            **m.base(),
+            attempt=cmd.attempt,
+            container_id=cmd.container_id,
+            orchestrator=cmd.orchestrator,
+        )
+    ]
+
+
+@_decide.register
+def _(cmd: ReportExit, job: Job, m: _Maker) -> list[Event]:
+    _fence(job, cmd.attempt)
+    if job.finished:
+        return []
+    _require_active(job, "job_exited")
+    if cmd.reason is None and cmd.exit_code == 0:
+        return [
+            JobSucceeded(
+                **m.base(),
+                attempt=cmd.attempt,
+                exit_code=0,
+                duration_s=cmd.duration_s,
+                started_at=cmd.started_at,
+            )
+        ]
+    reason: Reason = cmd.reason or "exit_code"
+    error = cmd.error or f"the command exited with code {cmd.exit_code}"
+    if job.cancel_requested:
+        reason = "cancelled"
+    return _end_attempt(job, m, reason, error, cmd.exit_code, cmd.duration_s, cmd)
+
+
+@_decide.register
+def _(cmd: RequestCancel, job: Job, m: _Maker) -> list[Event]:
+    if job.finished:
+        raise AlreadyFinished(job.id, job.status)
+    if job.cancel_requested:
+        return []
+    events: list[Event] = [CancelRequested(**m.base(), requested_by=cmd.requested_by)]
+    if job.status in ("scheduled", "queued"):
+        error = f"cancelled by {cmd.requested_by} before it started"
+        events.append(JobCancelled(**m.base(), attempt=job.attempt, error=error))
+    return events
+
+
+@_decide.register
+def _(cmd: MarkOrchestratorLost, job: Job, m: _Maker) -> list[Event]:
+    if cmd.attempt != job.attempt or job.orchestrator != cmd.orchestrator:
+        return []  # the job moved on already: a late verdict must not double anything
+    if job.status not in ACTIVE:
+        return []
+    lost = OrchestratorLost(
+        **m.base(), attempt=cmd.attempt, orchestrator=cmd.orchestrator, silent_s=cmd.silent_s
+    )
+    reason: Reason = "cancelled" if job.cancel_requested else "orchestrator_lost"
+    error = (
+        f"orchestrator {cmd.orchestrator} stopped answering for {cmd.silent_s:.0f} s "
+        f"while running attempt {cmd.attempt}"
+    )
+    return [lost, *_end_attempt(job, m, reason, error, None, 0.0, None)]
+
+
+def _end_attempt(
+    job: Job,
+    m: _Maker,
+    reason: Reason,
+    error: str,
+    exit_code: int | None,
+    duration_s: float,
+    exit_report: ReportExit | None,
+) -> list[Event]:
+    started_at = exit_report.started_at if exit_report else None
+    attempt = job.attempt
+    if should_retry(job.spec.retry, job.attempt, reason, exit_code):
+        delay = backoff_s(job.spec.retry, job.attempt)
+        return [
+            RetryScheduled(
+                **m.base(),
+                attempt=attempt,
+                next_attempt=job.attempt + 1,
+                reason=reason,
+                error=error,
+                exit_code=exit_code,
+                due_at=m.ctx.now + timedelta(seconds=delay),
+                backoff_s=delay,
+            )
+        ]
+    if reason == "cancelled":
+        return [
+            JobCancelled(
+                **m.base(), attempt=attempt, error=error, exit_code=exit_code, started_at=started_at
+            )
+        ]
+    if reason == "timed_out":
+        return [
+            JobTimedOut(
+                **m.base(),
+                attempt=attempt,
+                error=error,
+                duration_s=duration_s,
+                exit_code=exit_code,
+                started_at=started_at,
+            )
+        ]
+    return [
+        JobFailed(
+            **m.base(),
+            attempt=attempt,
+            reason=reason,
+            error=error,
+            exit_code=exit_code,
+            started_at=started_at,
+        )
+    ]
+
+
+def _fence(job: Job, attempt: int) -> None:
+    if attempt != job.attempt:
+        raise StaleAttempt(job.id, attempt, job.attempt)
+
+
+def _require_active(job: Job, what: str) -> None:
+    if job.finished:
+        raise AlreadyFinished(job.id, job.status)
+    if job.status not in ACTIVE:
+        raise IllegalTransition(job.id, job.status, what, "the attempt has not been claimed")

@@ -1,0 +1,167 @@
+"""The job spec: what a user asks to run, decoded strictly at the HTTP edge."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+from dockyard.core.reasons import RETRYABLE_REASONS, Reason
+
+# Bounds a demanding operator would want enforced before anything is stored.
+MIN_MEMORY_MB = 6  # the engine itself refuses less than 6 MiB
+MAX_SIDECARS = 8
+MAX_NAME = 63
+
+PullPolicy = Literal["if_not_present", "always", "never"]
+NetworkMode = Literal["none", "isolated", "egress"]
+
+EnvKey = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=256)]
+LabelKey = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")]
+ImageRef = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=512,
+        # [registry[:port]/]path[:tag][@digest], lower-case path as the engine demands.
+        pattern=r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-]|__|[-]*[a-z0-9]+)*)*"
+        r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@[a-z0-9]+:[a-f0-9]{32,})?$",
+    ),
+]
+SidecarName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9-]{0,62}$")]
+QueueName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+Command = Annotated[list[Annotated[str, Meta(max_length=65536)]], Meta(max_length=4096)]
+
+
+class Resources(Struct, frozen=True, forbid_unknown_fields=True):
+    cpus: Annotated[float, Meta(gt=0, le=256)] = 1.0
+    memory_mb: Annotated[int, Meta(ge=MIN_MEMORY_MB, le=1_048_576)] = 512
+    pids: Annotated[int, Meta(ge=1, le=65536)] = 256
+
+
+class RetryPolicy(Struct, frozen=True, forbid_unknown_fields=True):
+    max_attempts: Annotated[int, Meta(ge=1, le=100)] = 1
+    backoff_s: Annotated[float, Meta(ge=0, le=86_400)] = 1.0
+    backoff_factor: Annotated[float, Meta(ge=1, le=10)] = 2.0
+    max_backoff_s: Annotated[float, Meta(ge=0, le=86_400)] = 300.0
+    on: tuple[Reason, ...] = RETRYABLE_REASONS
+    exit_codes: tuple[Annotated[int, Meta(ge=0, le=255)], ...] | None = None
+
+
+class Sidecar(Struct, frozen=True, forbid_unknown_fields=True):
+    name: SidecarName
+    image: ImageRef
+    command: Command | None = None
+    env: dict[EnvKey, str] = {}
+
+
+class JobSpec(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=False):
+    image: ImageRef
+    command: Command | None = None
+    env: dict[EnvKey, str] = {}
+    secrets: tuple[EnvKey, ...] = ()
+    workdir: Annotated[str, Meta(pattern=r"^/[^\x00]{0,1023}$")] = "/work"
+    user: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}(:[A-Za-z0-9_.-]{1,64})?$")] = (
+        "65534:65534"
+    )
+    timeout_s: Annotated[float, Meta(gt=0, le=7 * 86_400)] = 3600.0
+    resources: Resources = Resources()
+    retry: RetryPolicy = RetryPolicy()
+    network: NetworkMode = "none"
+    sidecars: tuple[Sidecar, ...] = ()
+    read_only: bool = True
+    pull: PullPolicy = "if_not_present"
+    queue: QueueName = "default"
+    labels: dict[LabelKey, Annotated[str, Meta(max_length=256)]] = {}
+    idempotency_key: Annotated[str, Meta(min_length=1, max_length=256)] | None = None
+    run_at: datetime | None = None
+
+    @property
+    def effective_network(self) -> NetworkMode:
+        """Sidecars need a network shared with the job, so they imply `isolated`."""
+        if self.sidecars and self.network == "none":
+            return "isolated"
+        return self.network
+
+
+class SpecError(ValueError):
+    """Raised when a spec decodes but breaks a rule that spans fields; names the field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+_spec_decoder = msgspec.json.Decoder(JobSpec)
+_PATH = re.compile(r" - at (?:`key` in )?`\$(?P<path>[^`]*)`$")
+_NAMED = re.compile(r"^Object (?P<what>contains unknown|missing required) field `(?P<name>[^`]*)`")
+
+
+def decode_spec(body: bytes) -> JobSpec:
+    """Decode and check a spec from JSON; raises SpecError naming the offending field."""
+    try:
+        spec = _spec_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise _spec_error(str(exc)) from None
+    check_spec(spec)
+    return spec
+
+
+def convert_spec(obj: object) -> JobSpec:
+    """Like decode_spec, for an already-parsed JSON value (e.g. a schedule's `job`)."""
+    try:
+        spec = msgspec.convert(obj, JobSpec)
+    except msgspec.ValidationError as exc:
+        raise _spec_error(str(exc)) from None
+    check_spec(spec)
+    return spec
+
+
+def check_spec(spec: JobSpec) -> None:
+    for key in spec.secrets:
+        if key not in spec.env:
+            raise SpecError("secrets", f"secret {key!r} names no key of env")
+    if len(spec.sidecars) > MAX_SIDECARS:
+        raise SpecError("sidecars", f"at most {MAX_SIDECARS} sidecars are allowed")
+    names = [s.name for s in spec.sidecars]
+    if len(set(names)) != len(names):
+        raise SpecError("sidecars", "sidecar names must be unique")
+    if spec.retry.max_backoff_s < spec.retry.backoff_s:
+        raise SpecError("retry.max_backoff_s", "max_backoff_s must be at least backoff_s")
+    if spec.run_at is not None and spec.run_at.tzinfo is None:
+        raise SpecError("run_at", "run_at needs a time zone offset (RFC 3339)")
+
+
+def _spec_error(text: str) -> SpecError:
+    """Turn msgspec's `... - at `$.a.b[0]`` into a field path `a.b[0]` and a message."""
+    match = _PATH.search(text)
+    field = match["path"].lstrip(".") if match else ""
+    message = text[: match.start()] if match else text
+    named = _NAMED.match(message)
+    if named is not None:
+        # msgspec names the offending key in the message and its parent in the path.
+        field = f"{field}.{named['name']}" if field else named["name"]
+        message = (
+            f"unknown field {named['name']!r}"
+            if named["what"] == "contains unknown"
+            else f"{named['name']!r} is required"
+        )
+    elif "matching regex" in message:
+        message = _PATTERN_HINTS.get(field.rsplit(".", 1)[-1].split("[")[0], message)
+    return SpecError(field, message)
+
+
+_PATTERN_HINTS = {
+    "image": "not a valid image reference: name[:tag][@digest], lower-case",
+    "env": "environment keys are letters, digits and _, not starting with a digit",
+    "secrets": "secret names are environment keys: letters, digits and _",
+    "name": "sidecar names are lower-case letters, digits and -, starting with a letter",
+    "queue": "queue names are letters, digits, _ and -, at most 64",
+    "labels": "label keys are letters, digits and . _ / -, at most 128",
+    "user": "user is NAME or UID[:GID]",
+    "workdir": "workdir must be an absolute path",
+}

@@ -1,0 +1,163 @@
+"""Property tests of the fold: whatever commands, duplicates and reorderings arrive,
+replaying the history equals the state built step by step, and only legal edges are taken."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from msgspec.structs import replace
+
+from dockyard.core import (
+    ClaimJob,
+    Command,
+    Context,
+    EnqueueDue,
+    Event,
+    Job,
+    MarkOrchestratorLost,
+    RecordResource,
+    Rejected,
+    ReleaseResource,
+    ReportExit,
+    ReportStarted,
+    RequestCancel,
+    SubmitJob,
+    decide,
+    evolve,
+    fold,
+)
+from dockyard.core.reasons import ALL_REASONS
+from dockyard.core.spec import RetryPolicy
+from tests.unit.builders import JOB, T0, Ids, spec
+
+# The contract's status graph; "x -> x" (an annotation event) is always allowed.
+LEGAL = {
+    (None, "scheduled"),
+    ("scheduled", "queued"),
+    ("scheduled", "cancelled"),
+    ("queued", "starting"),
+    ("queued", "cancelled"),
+    ("starting", "running"),
+    *{
+        (a, b)
+        for a in ("starting", "running")
+        for b in ("succeeded", "failed", "timed_out", "cancelled", "scheduled")
+    },
+}
+
+attempts = st.integers(1, 4)
+orchestrators = st.sampled_from(["o1", "o2"])
+exit_codes = st.one_of(st.none(), st.integers(0, 3), st.just(137))
+reasons = st.one_of(st.none(), st.sampled_from(ALL_REASONS))
+commands: st.SearchStrategy[Command] = st.one_of(
+    st.builds(EnqueueDue),
+    st.builds(ClaimJob, attempt=attempts, orchestrator=orchestrators),
+    st.builds(
+        ReportStarted, attempt=attempts, container_id=st.just("c"), orchestrator=orchestrators
+    ),
+    st.builds(
+        ReportExit, attempt=attempts, exit_code=exit_codes, reason=reasons, error=st.just("boom")
+    ),
+    st.builds(RequestCancel, requested_by=st.just("acme")),
+    st.builds(
+        MarkOrchestratorLost, attempt=attempts, orchestrator=orchestrators, silent_s=st.just(20.0)
+    ),
+    st.builds(
+        RecordResource,
+        attempt=attempts,
+        kind=st.sampled_from(["container", "network"]),
+        name=st.sampled_from(["a", "b"]),
+        orchestrator=orchestrators,
+    ),
+    st.builds(
+        ReleaseResource,
+        attempt=attempts,
+        kind=st.sampled_from(["container", "network"]),
+        name=st.sampled_from(["a", "b"]),
+    ),
+)
+
+
+def _edge(before: Job | None, after: Job) -> tuple[str | None, str]:
+    return (before.status if before else None, after.status)
+
+
+class JobLifecycle(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids = Ids()
+        self.now = T0
+        self.history: list[Event] = []
+        self.job: Job | None = None
+
+    def _apply(self, event: Event) -> None:
+        before = self.job
+        after = evolve(before, event)
+        edge = _edge(before, after)
+        assert edge in LEGAL or edge[0] == edge[1], f"illegal edge {edge}"
+        self.job = after
+        self.history.append(event)
+
+    @rule(max_attempts=st.integers(1, 3), delayed=st.booleans())
+    def submit(self, max_attempts: int, delayed: bool) -> None:
+        run_at = self.now + timedelta(seconds=30) if delayed else None
+        job_spec = replace(spec(run_at=run_at), retry=RetryPolicy(max_attempts=max_attempts))
+        self._run(SubmitJob(tenant="acme", spec=job_spec))
+
+    @rule(command=commands, advance=st.floats(0, 100))
+    def command(self, command: Command, advance: float) -> None:
+        self.now += timedelta(seconds=advance)
+        self._run(command)
+
+    def _run(self, command: Command) -> None:
+        try:
+            events = decide(self.job, command, Context(job_id=JOB, now=self.now), self.ids)
+        except Rejected:
+            return
+        for event in events:
+            self._apply(event)
+
+    @precondition(lambda self: self.history)
+    @rule(data=st.data())
+    def redeliver_a_recorded_event(self, data: st.DataObject) -> None:
+        event = data.draw(st.sampled_from(self.history))
+        assert evolve(self.job, event) == self.job
+
+    @precondition(lambda self: self.history)
+    @rule(data=st.data())
+    def deliver_an_old_event_again_under_a_new_id(self, data: st.DataObject) -> None:
+        """A reordered or late message: it must be refused or take a legal edge."""
+        event = replace(data.draw(st.sampled_from(self.history)), event_id=self.ids())
+        before = self.job
+        try:
+            after = evolve(before, event)
+        except Rejected:
+            return
+        edge = _edge(before, after)
+        assert edge in LEGAL or edge[0] == edge[1], f"illegal edge {edge} from a late event"
+
+    @invariant()
+    def replay_equals_incremental_state(self) -> None:
+        assert fold(self.history) == self.job
+
+    @invariant()
+    def version_counts_the_history(self) -> None:
+        if self.job is not None:
+            assert self.job.version == len(self.history)
+
+    @invariant()
+    def attempts_never_exceed_the_policy(self) -> None:
+        if self.job is not None:
+            assert 1 <= self.job.attempt <= self.job.max_attempts
+
+
+TestJobLifecycle = JobLifecycle.TestCase
+TestJobLifecycle.settings = settings(
+    max_examples=300,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
