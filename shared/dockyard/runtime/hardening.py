@@ -1,0 +1,195 @@
+"""The hardened engine requests for one job attempt: pure, so every security choice is unit-tested.
+
+Every choice here is part of the contract's "Containers the orchestrator creates": all
+capabilities dropped, no-new-privileges, the default seccomp profile (we never set one), the
+spec's limits with swap = memory, a nofile ulimit, never privileged, never any host mount.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Final
+
+from dockyard.bus.names import LABEL_ATTEMPT, LABEL_JOB, LABEL_ORCHESTRATOR
+from dockyard.core.spec import JobSpec, Sidecar
+from dockyard.runtime.ports import ContainerPlan, JobPlan, NetworkPlan
+
+MIB = 1024 * 1024
+# Soft 1024 is what most software expects (select() breaks above it); hard 4096 lets servers
+# raise it themselves, while a leak still hits a wall long before the host's file table does.
+NOFILE_SOFT = 1024
+NOFILE_HARD = 4096
+# tmpfs pages count against the container's memory limit, so a tmpfs larger than half of it
+# would end in an OOM kill instead of a clear "No space left on device".
+TMP_MAX_MB = 64
+WORKDIR_MAX_MB = 256
+# The contract: SIGTERM, then SIGKILL after 10 s; also what a bare `docker stop` will do.
+STOP_SIGNAL = "SIGTERM"
+STOP_TIMEOUT_S = 10
+# Sidecars are not attached; a small rotated json-file keeps `docker logs` useful to operators.
+SIDECAR_LOG: Final = {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "1"}}
+# The job's output is read over attach into our own capped pipeline; a log driver would only
+# copy it to disk again (unbounded with json-file's defaults) and costs 3-6x read throughput.
+JOB_LOG: Final = {"Type": "none", "Config": {}}
+_FORBIDDEN_HOST_KEYS = ("Binds", "Mounts", "VolumesFrom", "Devices")
+
+
+def labels_for(job_id: str, attempt: int, orchestrator: str) -> dict[str, str]:
+    return {LABEL_JOB: job_id, LABEL_ATTEMPT: str(attempt), LABEL_ORCHESTRATOR: orchestrator}
+
+
+def container_name(job_id: str, attempt: int, sidecar: str | None = None) -> str:
+    """Deterministic, so a second create for the same attempt fails instead of running twice."""
+    base = f"dockyard-{job_id}-{attempt}"
+    return base if sidecar is None else f"{base}-{sidecar}"
+
+
+def network_name(job_id: str, attempt: int) -> str:
+    return f"dockyard-{job_id}-{attempt}-net"
+
+
+def plan_job(spec: JobSpec, *, job_id: str, attempt: int, orchestrator: str) -> JobPlan:
+    """The network, sidecars and job container for one attempt, in creation order."""
+    labels = labels_for(job_id, attempt, orchestrator)
+    mode = spec.effective_network
+    network = None if mode == "none" else _network_plan(job_id, attempt, mode, labels)
+    net_name = "none" if network is None else network.name
+    sidecars = tuple(
+        _sidecar_plan(
+            spec, sidecar, container_name(job_id, attempt, sidecar.name), net_name, labels
+        )
+        for sidecar in spec.sidecars
+    )
+    job_config = _container_config(
+        spec,
+        image=spec.image,
+        command=spec.command,
+        env=spec.env,
+        network=net_name,
+        aliases=(),
+        labels=labels,
+    )
+    job_config["HostConfig"]["LogConfig"] = copy.deepcopy(JOB_LOG)
+    job = ContainerPlan(name=container_name(job_id, attempt), config=job_config, role="job")
+    return JobPlan(job=job, sidecars=sidecars, network=network)
+
+
+def _network_plan(job_id: str, attempt: int, mode: str, labels: dict[str, str]) -> NetworkPlan:
+    name = network_name(job_id, attempt)
+    config: dict[str, Any] = {
+        "Name": name,
+        "Driver": "bridge",
+        # `isolated`: no route out, only the job and its sidecars; `egress`: NAT to the world.
+        "Internal": mode == "isolated",
+        "Attachable": False,
+        "EnableIPv6": False,
+        # Engines before API 1.44 accept a duplicate name unless asked to check.
+        "CheckDuplicate": True,
+        "Labels": dict(labels),
+    }
+    return NetworkPlan(name=name, config=config)
+
+
+def _sidecar_plan(
+    spec: JobSpec, sidecar: Sidecar, name: str, network: str, labels: dict[str, str]
+) -> ContainerPlan:
+    config = _container_config(
+        spec,
+        image=sidecar.image,
+        command=sidecar.command,
+        env=sidecar.env,
+        network=network,
+        aliases=(sidecar.name,),
+        labels=labels,
+    )
+    config["HostConfig"]["LogConfig"] = copy.deepcopy(SIDECAR_LOG)
+    return ContainerPlan(name=name, config=config, role="sidecar")
+
+
+def _container_config(
+    spec: JobSpec,
+    *,
+    image: str,
+    command: list[str] | None,
+    env: dict[str, str],
+    network: str,
+    aliases: tuple[str, ...],
+    labels: dict[str, str],
+) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "Image": image,
+        "Env": [f"{key}={value}" for key, value in env.items()],
+        "User": spec.user,
+        "WorkingDir": spec.workdir,
+        "Labels": dict(labels),
+        "AttachStdin": False,
+        "AttachStdout": True,
+        "AttachStderr": True,
+        "OpenStdin": False,
+        "Tty": False,
+        "StopSignal": STOP_SIGNAL,
+        "StopTimeout": STOP_TIMEOUT_S,
+        "HostConfig": _host_config(spec, network),
+    }
+    if command is not None:
+        config["Cmd"] = list(command)
+    if network != "none":
+        endpoint = {"Aliases": list(aliases)} if aliases else {}
+        config["NetworkingConfig"] = {"EndpointsConfig": {network: endpoint}}
+    return config
+
+
+def _host_config(spec: JobSpec, network: str) -> dict[str, Any]:
+    memory = spec.resources.memory_mb * MIB
+    return {
+        "NanoCpus": round(spec.resources.cpus * 1e9),
+        "Memory": memory,
+        "MemorySwap": memory,  # swap = memory: no swap beyond the limit
+        "PidsLimit": spec.resources.pids,
+        "Ulimits": [{"Name": "nofile", "Soft": NOFILE_SOFT, "Hard": NOFILE_HARD}],
+        "CapDrop": ["ALL"],
+        "CapAdd": [],
+        "SecurityOpt": ["no-new-privileges"],
+        "Privileged": False,
+        "ReadonlyRootfs": spec.read_only,
+        "Tmpfs": _tmpfs(spec),
+        "NetworkMode": network,
+        "IpcMode": "private",
+        # A tiny init as PID 1 forwards SIGTERM (a shell as PID 1 ignores it) and reaps zombies.
+        "Init": True,
+        "AutoRemove": False,  # we read the exit code first, then remove
+        "RestartPolicy": {"Name": "no"},
+    }
+
+
+def _tmpfs(spec: JobSpec) -> dict[str, str]:
+    half = max(1, spec.resources.memory_mb // 2)
+    # mode=1777: writable by any uid (default 65534), like /tmp on a host.
+    common = "rw,nosuid,nodev,mode=1777"
+    mounts = {"/tmp": f"{common},noexec,size={min(TMP_MAX_MB, half)}m"}
+    # The workdir is where jobs build and run their own programs, so it stays executable.
+    mounts[spec.workdir] = f"{common},exec,size={min(WORKDIR_MAX_MB, half)}m"
+    return mounts
+
+
+def check_hardened(config: dict[str, Any]) -> None:
+    """Refuse a request that would weaken the profile; raises ValueError naming the problem."""
+    host = config.get("HostConfig", {})
+    for key in _FORBIDDEN_HOST_KEYS:
+        if host.get(key):
+            raise ValueError(f"host mounts and devices are never allowed ({key})")
+    if config.get("Volumes"):
+        raise ValueError("volumes are never allowed")
+    if host.get("Privileged") or host.get("CapAdd"):
+        raise ValueError("privileged containers and added capabilities are never allowed")
+    if host.get("CapDrop") != ["ALL"]:
+        raise ValueError("all capabilities must be dropped")
+    options = host.get("SecurityOpt", [])
+    if "no-new-privileges" not in options:
+        raise ValueError("no-new-privileges is required")
+    if any(opt.startswith(("seccomp", "apparmor", "label")) for opt in options):
+        raise ValueError("the default seccomp/AppArmor profiles must stay on")
+    if any("docker.sock" in path for path in host.get("Tmpfs", {})):
+        raise ValueError("the Docker socket path is never mounted")
+    if host.get("NetworkMode") in ("host", "bridge", "default") or host.get("PidMode"):
+        raise ValueError("host and default networks/namespaces are never shared")

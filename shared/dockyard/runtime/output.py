@@ -1,0 +1,213 @@
+"""One attempt's output as the contract's numbered log lines, within bounded memory: pure.
+
+`LogPipeline` splits and masks each stream (`lines.py`), numbers lines from the job's next `seq`,
+and enforces the per-job byte cap: past it one `system` line says so and only a bounded ring of
+the most recent lines is kept, emitted at the end after a `system` line counting the omitted.
+The same ring absorbs a consumer that falls too far behind, so memory never grows without
+bound whatever the job writes and however slow the bus is.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from datetime import datetime
+from itertools import repeat
+from operator import attrgetter
+from typing import Literal
+
+from msgspec import Struct
+
+from dockyard.runtime.lines import LineSplitter, SecretMasker
+from dockyard.runtime.ports import OutputStream
+
+LogStream = Literal["stdout", "stderr", "system"]
+
+DEFAULT_CAP_BYTES = 16 * 1024 * 1024
+RING_LINES = 1000
+RING_BYTES = 1024 * 1024
+# About 100 MB at most for a stalled consumer (a line object costs ~100 bytes plus its text).
+MAX_PENDING_LINES = 100_000
+# What a line costs in a batch beyond its text: the JSON keys, seq, time and attempt.
+LINE_OVERHEAD = 64
+
+
+class LogLine(Struct, frozen=True, gc=False):
+    """A log line as the contract shows it (gc=False: its fields cannot form cycles)."""
+
+    seq: int
+    stream: LogStream
+    text: str
+    at: datetime
+    attempt: int
+
+
+class LogPipeline:
+    """Feed chunks and notes in, take numbered lines out; `finish` once the streams end."""
+
+    def __init__(
+        self,
+        *,
+        attempt: int,
+        next_seq: int = 1,
+        secrets: Iterable[str] = (),
+        cap_bytes: int = DEFAULT_CAP_BYTES,
+        used_bytes: int = 0,
+        ring_lines: int = RING_LINES,
+        ring_bytes: int = RING_BYTES,
+        max_pending_lines: int = MAX_PENDING_LINES,
+    ) -> None:
+        self.attempt = attempt
+        self.next_seq = next_seq
+        self.used_bytes = used_bytes  # what the job wrote, all attempts: the cap counts this
+        self.capped = False
+        self.finished = False
+        self._cap = cap_bytes
+        self._masker = SecretMasker(secrets)
+        self._splitters = {
+            "stdout": LineSplitter(self._masker),
+            "stderr": LineSplitter(self._masker),
+        }
+        self._pending: list[LogLine] = []  # lines before _head are taken (compacted lazily)
+        self._head = 0
+        self.pending_bytes = 0
+        self._max_pending = max_pending_lines
+        self._lagging = False
+        self._ring: deque[tuple[LogStream, str, datetime]] = deque()
+        self._ring_bytes = 0
+        self._ring_max = (ring_lines, ring_bytes)
+        self._omitted = 0
+
+    @property
+    def pending_lines(self) -> int:
+        return len(self._pending) - self._head
+
+    def feed(self, stream: OutputStream, data: bytes, at: datetime) -> None:
+        """Take a chunk as the job wrote it; complete lines become pending (or go to the ring)."""
+        if self.finished:
+            raise RuntimeError("feed after finish")
+        lines = self._splitters[stream].feed(data)
+        if (
+            not self.capped
+            and not self._lagging
+            and self.used_bytes + len(data) <= self._cap
+            and self.pending_lines + len(lines) <= self._max_pending
+        ):
+            self.used_bytes += len(data)
+            self._emit_many(stream, lines, at)  # the fast path: nearly every chunk
+            return
+        # Near a limit: account line by line. A chunk's unfinished line is charged with it.
+        rest = len(data) - sum(len(line) + 1 for line in lines)
+        for line in lines:
+            self._accept(stream, line, at, len(line) + 1)
+        self._charge(max(rest, 0), at)
+
+    def note(self, text: str, at: datetime) -> None:
+        """A `system` line: Dockyard's own words (pulling, timed out...); also after `finish`."""
+        self._emit_many("system", [self._masker.mask(text)], at)
+
+    def finish(self, at: datetime) -> None:
+        """The streams ended: flush unfinished lines, then the omitted count and the ring."""
+        if self.finished:
+            return
+        for stream in ("stdout", "stderr"):
+            for line in self._splitters[stream].flush():
+                self._accept(stream, line, at, 0)
+        self.finished = True
+        if self._omitted or self._ring:
+            why = "past the log limit" if self.capped else "while the log reader was behind"
+            self._flush_ring(f"{why}; the last {len(self._ring)} follow", at)
+
+    def take(self, max_lines: int, max_bytes: int) -> list[LogLine]:
+        """Pop the oldest pending lines: at most max_lines, and max_bytes unless one line."""
+        batch = self._pending[self._head : self._head + max_lines]
+        size = _size(batch)
+        if size > max_bytes and len(batch) > 1:
+            batch = _within(batch, max_bytes)  # rare: long lines
+            size = _size(batch)
+        self._head += len(batch)
+        if self._head > 4096 and self._head * 2 > len(self._pending):
+            del self._pending[: self._head]
+            self._head = 0
+        self.pending_bytes -= size
+        if batch and self._lagging and self.pending_lines <= self._max_pending // 2:
+            self._catch_up(batch[-1].at)
+        return batch
+
+    def _emit_many(self, stream: LogStream, lines: list[str], at: datetime) -> None:
+        if not lines:
+            return
+        seq, attempt = self.next_seq, self.attempt
+        count = len(lines)
+        # map() over the type keeps the per-line loop in C: this is the hot path.
+        self._pending += map(
+            LogLine,
+            range(seq, seq + count),
+            repeat(stream, count),
+            lines,
+            repeat(at),
+            repeat(attempt),
+        )
+        self.next_seq = seq + len(lines)
+        self.pending_bytes += sum(map(len, lines)) + LINE_OVERHEAD * len(lines)
+
+    def _accept(self, stream: LogStream, text: str, at: datetime, cost: int) -> None:
+        self._charge(cost, at)
+        if not self.capped and self.pending_lines >= self._max_pending and not self._lagging:
+            self._lagging = True
+        if self.capped or self._lagging:
+            self._to_ring(stream, text, at)
+        else:
+            self._emit_many(stream, [text], at)
+
+    def _charge(self, cost: int, at: datetime) -> None:
+        self.used_bytes += cost
+        if not self.capped and self.used_bytes > self._cap:
+            self.capped = True
+            mib, rest = divmod(self._cap, 1024 * 1024)
+            limit = f"{mib} MiB" if mib and not rest else f"{self._cap} bytes"
+            self._emit_many(
+                "system",
+                [f"log limit of {limit} reached: output is dropped from here on, the job goes on"],
+                at,
+            )
+
+    def _to_ring(self, stream: LogStream, text: str, at: datetime) -> None:
+        self._ring.append((stream, text, at))
+        self._ring_bytes += len(text)
+        max_lines, max_bytes = self._ring_max
+        while len(self._ring) > max_lines or (self._ring_bytes > max_bytes and len(self._ring) > 1):
+            self._ring_bytes -= len(self._ring.popleft()[1])
+            self._omitted += 1
+
+    def _catch_up(self, at: datetime) -> None:
+        """The consumer drained half the backlog: say what was dropped, resume emitting."""
+        self._lagging = False
+        if self.capped:
+            return  # past the cap the ring waits for the end
+        self._flush_ring(f"while the log reader was behind; the last {len(self._ring)} follow", at)
+
+    def _flush_ring(self, why: str, at: datetime) -> None:
+        self._emit_many("system", [f"{self._omitted} lines omitted {why}"], at)
+        for stream, text, line_at in self._ring:
+            self._emit_many(stream, [text], line_at)
+        self._ring.clear()
+        self._ring_bytes = 0
+        self._omitted = 0
+
+
+_text = attrgetter("text")
+
+
+def _size(batch: list[LogLine]) -> int:
+    return sum(map(len, map(_text, batch))) + LINE_OVERHEAD * len(batch)
+
+
+def _within(batch: list[LogLine], max_bytes: int) -> list[LogLine]:
+    """The longest prefix of `batch` within max_bytes, and never less than one line."""
+    size = 0
+    for count, line in enumerate(batch):
+        size += len(line.text) + LINE_OVERHEAD
+        if size > max_bytes:
+            return batch[: max(count, 1)]
+    return batch

@@ -1,0 +1,190 @@
+"""The engine requests built for a job: every hardening choice, exactly."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dockyard.bus.names import LABEL_ATTEMPT, LABEL_JOB, LABEL_ORCHESTRATOR
+from dockyard.core.spec import JobSpec, Resources, Sidecar
+from dockyard.runtime import JobPlan, check_hardened, container_name, network_name, plan_job
+from dockyard.runtime.hardening import MIB
+
+JOB = "0190f0c2-0000-7000-8000-000000000001"
+LABELS = {LABEL_JOB: JOB, LABEL_ATTEMPT: "2", LABEL_ORCHESTRATOR: "orc-1"}
+
+
+def _plan(**spec: Any) -> JobPlan:
+    return plan_job(JobSpec(image="busybox", **spec), job_id=JOB, attempt=2, orchestrator="orc-1")
+
+
+def test_job_container_has_the_full_hardened_profile() -> None:
+    plan = _plan(resources=Resources(cpus=1.5, memory_mb=300, pids=100))
+    host = plan.job.config["HostConfig"]
+
+    assert host == {
+        "NanoCpus": 1_500_000_000,
+        "Memory": 300 * MIB,
+        "MemorySwap": 300 * MIB,
+        "PidsLimit": 100,
+        "Ulimits": [{"Name": "nofile", "Soft": 1024, "Hard": 4096}],
+        "CapDrop": ["ALL"],
+        "CapAdd": [],
+        "SecurityOpt": ["no-new-privileges"],
+        "Privileged": False,
+        "ReadonlyRootfs": True,
+        "Tmpfs": {
+            "/tmp": "rw,nosuid,nodev,mode=1777,noexec,size=64m",
+            "/work": "rw,nosuid,nodev,mode=1777,exec,size=150m",
+        },
+        "NetworkMode": "none",
+        "IpcMode": "private",
+        "Init": True,
+        "AutoRemove": False,
+        "RestartPolicy": {"Name": "no"},
+        "LogConfig": {"Type": "none", "Config": {}},
+    }
+
+
+def test_job_container_runs_as_nobody_in_the_workdir_with_labels_and_env() -> None:
+    plan = _plan(command=["sh", "-c", "echo hi"], env={"A": "1", "B": "x=y"})
+    config = plan.job.config
+
+    assert plan.job.name == f"dockyard-{JOB}-2" == container_name(JOB, 2)
+    assert config["User"] == "65534:65534"
+    assert config["WorkingDir"] == "/work"
+    assert config["Labels"] == LABELS
+    assert config["Env"] == ["A=1", "B=x=y"]
+    assert config["Cmd"] == ["sh", "-c", "echo hi"]
+    assert (config["Tty"], config["OpenStdin"], config["AttachStdin"]) == (False, False, False)
+    assert (config["StopSignal"], config["StopTimeout"]) == ("SIGTERM", 10)
+    assert "NetworkingConfig" not in config
+    assert plan.network is None and plan.sidecars == ()
+
+
+def test_no_command_keeps_the_image_default() -> None:
+    assert "Cmd" not in _plan().job.config
+
+
+def test_no_host_mount_of_any_kind_is_ever_requested() -> None:
+    plan = _plan(sidecars=(Sidecar(name="db", image="busybox"),))
+
+    for config in (plan.job.config, plan.sidecars[0].config):
+        assert not {"Binds", "Mounts", "VolumesFrom", "Devices"} & set(config["HostConfig"])
+        assert "Volumes" not in config
+
+
+def test_small_memory_caps_the_tmpfs_at_half_of_it() -> None:
+    tmpfs = _plan(resources=Resources(memory_mb=20), workdir="/job")
+    mounts = tmpfs.job.config["HostConfig"]["Tmpfs"]
+
+    assert mounts == {
+        "/tmp": "rw,nosuid,nodev,mode=1777,noexec,size=10m",
+        "/job": "rw,nosuid,nodev,mode=1777,exec,size=10m",
+    }
+
+
+def test_writable_root_is_asked_for_explicitly() -> None:
+    assert _plan(read_only=False).job.config["HostConfig"]["ReadonlyRootfs"] is False
+
+
+def test_isolated_network_is_internal_labelled_and_shared_by_name() -> None:
+    sidecar = Sidecar(name="db", image="busybox", command=["nc", "-l", "-p", "8080"])
+    plan = _plan(sidecars=(sidecar,))  # sidecars imply `isolated`
+    net = network_name(JOB, 2)
+
+    assert plan.network is not None
+    assert plan.network.config == {
+        "Name": net,
+        "Driver": "bridge",
+        "Internal": True,
+        "Attachable": False,
+        "EnableIPv6": False,
+        "CheckDuplicate": True,
+        "Labels": LABELS,
+    }
+    side = plan.sidecars[0]
+    assert (side.name, side.role) == (f"dockyard-{JOB}-2-db", "sidecar")
+    assert side.config["NetworkingConfig"] == {"EndpointsConfig": {net: {"Aliases": ["db"]}}}
+    assert side.config["HostConfig"]["NetworkMode"] == net
+    assert plan.job.config["NetworkingConfig"] == {"EndpointsConfig": {net: {}}}
+    assert plan.job.config["HostConfig"]["NetworkMode"] == net
+
+
+def test_egress_network_is_not_internal() -> None:
+    plan = _plan(network="egress")
+
+    assert plan.network is not None and plan.network.config["Internal"] is False
+
+
+def test_sidecars_get_the_same_profile_and_limits_as_the_job() -> None:
+    plan = _plan(sidecars=(Sidecar(name="db", image="other/image:1", env={"X": "1"}),))
+    job, side = plan.job.config, plan.sidecars[0].config
+    ignore = {"LogConfig"}
+
+    assert {k: v for k, v in side["HostConfig"].items() if k not in ignore} == {
+        k: v for k, v in job["HostConfig"].items() if k not in ignore
+    }
+    assert side["Image"] == "other/image:1" and side["Env"] == ["X=1"]
+    assert side["User"] == job["User"] and side["Labels"] == job["Labels"]
+    assert side["HostConfig"]["LogConfig"]["Type"] == "json-file"
+
+
+def _hardened() -> dict[str, Any]:
+    return dict(_plan().job.config)
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"Binds": ["/var/run/docker.sock:/var/run/docker.sock"]}, "host mounts"),
+        ({"Mounts": [{"Type": "bind", "Source": "/", "Target": "/host"}]}, "host mounts"),
+        ({"Devices": [{"PathOnHost": "/dev/kmsg"}]}, "host mounts"),
+        ({"Privileged": True}, "privileged"),
+        ({"CapAdd": ["SYS_ADMIN"]}, "capabilities"),
+        ({"CapDrop": []}, "capabilities must be dropped"),
+        ({"SecurityOpt": []}, "no-new-privileges"),
+        ({"SecurityOpt": ["no-new-privileges", "seccomp=unconfined"]}, "seccomp"),
+        ({"Tmpfs": {"/var/run/docker.sock": "rw"}}, "Docker socket"),
+        ({"NetworkMode": "host"}, "never shared"),
+        ({"PidMode": "host"}, "never shared"),
+    ],
+)
+def test_check_hardened_refuses_a_weakened_request(change: dict[str, Any], problem: str) -> None:
+    config = _hardened()
+    config["HostConfig"].update(change)
+
+    with pytest.raises(ValueError, match=problem):
+        check_hardened(config)
+
+
+@given(
+    cpus=st.floats(min_value=0.01, max_value=256),
+    memory_mb=st.integers(min_value=6, max_value=1_048_576),
+    pids=st.integers(min_value=1, max_value=65536),
+    network=st.sampled_from(["none", "isolated", "egress"]),
+    read_only=st.booleans(),
+    sidecars=st.integers(min_value=0, max_value=3),
+)
+def test_every_valid_spec_gives_a_hardened_labelled_plan(
+    cpus: float, memory_mb: int, pids: int, network: str, read_only: bool, sidecars: int
+) -> None:
+    plan = _plan(
+        resources=Resources(cpus=cpus, memory_mb=memory_mb, pids=pids),
+        network=network,
+        read_only=read_only,
+        sidecars=tuple(Sidecar(name=f"s{i}", image="busybox") for i in range(sidecars)),
+    )
+
+    for container in (plan.job, *plan.sidecars):
+        check_hardened(container.config)
+        host = container.config["HostConfig"]
+        assert host["Memory"] == host["MemorySwap"] == memory_mb * MIB
+        assert host["NanoCpus"] >= 1 and host["PidsLimit"] == pids
+        assert container.config["Labels"] == LABELS
+    if plan.network is not None:
+        assert plan.network.config["Labels"] == LABELS
+    assert len({c.name for c in (plan.job, *plan.sidecars)}) == 1 + sidecars
