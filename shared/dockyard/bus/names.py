@@ -76,3 +76,13 @@ def log_subject(job_id: str) -> str:
 def work_msg_id(job_id: str, attempt: int) -> str:
     """One work offer per attempt: JetStream drops a republished one inside the window."""
     return f"{job_id}:{attempt}"
+
+
+def control_subject(orchestrator: str) -> str:
+    """Orders for one orchestrator (stop a stale container). Core NATS: best effort."""
+    return f"dockyard.control.{subject_token(orchestrator)}"
+
+
+def subject_token(text: str) -> str:
+    """One subject token from free text: host names hold dots, which would split it."""
+    return "".join("_" if c in ".*> \t\r\n" else c for c in text) or "_"

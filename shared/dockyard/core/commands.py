@@ -11,43 +11,49 @@ from dockyard.core.reasons import Reason
 from dockyard.core.spec import JobSpec
 
 
-class SubmitJob(Struct, frozen=True, kw_only=True):
+class CommandBase(Struct, frozen=True, kw_only=True, tag_field="command"):
+    """Commands travel (reports from orchestrators and the janitor), so they are tagged."""
+
+
+class SubmitJob(CommandBase, tag="submit_job", frozen=True, kw_only=True):
     tenant: str
     spec: JobSpec
     schedule: str | None = None
     fire_time: datetime | None = None
 
 
-class EnqueueDue(Struct, frozen=True, kw_only=True):
+class EnqueueDue(CommandBase, tag="enqueue_due", frozen=True, kw_only=True):
     """Queue a scheduled job whose time has come."""
 
 
-class ClaimJob(Struct, frozen=True, kw_only=True):
+class ClaimJob(CommandBase, tag="claim_job", frozen=True, kw_only=True):
     attempt: int
     orchestrator: str
 
 
-class RecordResource(Struct, frozen=True, kw_only=True):
+class RecordResource(CommandBase, tag="record_resource", frozen=True, kw_only=True):
     attempt: int
     kind: ResourceKind
     name: str
     orchestrator: str
 
 
-class ReleaseResource(Struct, frozen=True, kw_only=True):
+class ReleaseResource(
+    Struct, frozen=True, kw_only=True, tag_field="command", tag="release_resource"
+):
     attempt: int
     kind: ResourceKind
     name: str
     how: ReleaseHow = "removed"
 
 
-class ReportStarted(Struct, frozen=True, kw_only=True):
+class ReportStarted(CommandBase, tag="report_started", frozen=True, kw_only=True):
     attempt: int
     container_id: str
     orchestrator: str
 
 
-class ReportExit(Struct, frozen=True, kw_only=True):
+class ReportExit(CommandBase, tag="report_exit", frozen=True, kw_only=True):
     """How an attempt ended. `reason` None with exit code 0 is success."""
 
     attempt: int
@@ -58,11 +64,13 @@ class ReportExit(Struct, frozen=True, kw_only=True):
     started_at: datetime | None = None
 
 
-class RequestCancel(Struct, frozen=True, kw_only=True):
+class RequestCancel(CommandBase, tag="request_cancel", frozen=True, kw_only=True):
     requested_by: str
 
 
-class MarkOrchestratorLost(Struct, frozen=True, kw_only=True):
+class MarkOrchestratorLost(
+    Struct, frozen=True, kw_only=True, tag_field="command", tag="mark_orchestrator_lost"
+):
     attempt: int
     orchestrator: str
     silent_s: float

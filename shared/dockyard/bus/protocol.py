@@ -1,0 +1,120 @@
+"""Messages between orchestrators (and the janitor) and the scheduler, besides events.
+
+- A claim is a request/reply on CLAIMS_SUBJECT: granted only once the JobClaimed event is
+  appended, so an orchestrator never starts a container on a claim that lost.
+- Reports (started, exit, ledger entries, lost orchestrators) go on the REPORTS stream and are
+  turned into events by the scheduler; `report_id` is their Nats-Msg-Id.
+- A stop order on an orchestrator's control subject asks it to stop a container it should not
+  be running (a stale attempt); the janitor is the backstop if the order is lost.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TypeVar
+
+import msgspec
+from msgspec import Struct
+
+from dockyard.bus.errors import MessageDecodeError
+from dockyard.core.commands import (
+    MarkOrchestratorLost,
+    RecordResource,
+    ReleaseResource,
+    ReportExit,
+    ReportStarted,
+)
+from dockyard.core.events import Metadata
+from dockyard.core.spec import JobSpec
+from dockyard.runtime.output import LogLine
+
+T = TypeVar("T")
+
+ReportCommand = ReportStarted | ReportExit | RecordResource | ReleaseResource | MarkOrchestratorLost
+
+
+class Report(Struct, frozen=True, kw_only=True):
+    report_id: str
+    job_id: str
+    command: ReportCommand
+    sent_at: datetime
+    meta: Metadata = Metadata()
+
+
+class ClaimRequest(Struct, frozen=True, kw_only=True):
+    job_id: str
+    attempt: int
+    orchestrator: str
+    meta: Metadata = Metadata()
+
+
+class ClaimAnswer(Struct, frozen=True, kw_only=True):
+    """`granted` with the spec to run; otherwise `reason` says why, and `retry` whether the
+    offer is worth keeping (the scheduler could not decide now) or should be dropped."""
+
+    granted: bool
+    reason: str | None = None
+    retry: bool = False
+    tenant: str | None = None
+    spec: JobSpec | None = None
+    # The last log seq stored for the job so far; the attempt numbers its lines after the
+    # greater of this and the last seq on the LOGS stream, so seqs never repeat across attempts.
+    log_seq: int = 0
+    meta: Metadata = Metadata()
+
+
+class LogBatch(Struct, frozen=True, kw_only=True):
+    """Lines of one attempt in seq order; its Nats-Msg-Id is `log_batch_id(...)`."""
+
+    job_id: str
+    attempt: int
+    lines: list[LogLine]
+
+
+def log_batch_id(job_id: str, first_seq: int) -> str:
+    return f"{job_id}:{first_seq}"
+
+
+class StopOrder(Struct, frozen=True, kw_only=True):
+    job_id: str
+    attempt: int
+    reason: str
+
+
+_encoder = msgspec.json.Encoder()
+_report = msgspec.json.Decoder(Report)
+_claim = msgspec.json.Decoder(ClaimRequest)
+_answer = msgspec.json.Decoder(ClaimAnswer)
+_stop = msgspec.json.Decoder(StopOrder)
+_batch = msgspec.json.Decoder(LogBatch)
+
+
+def encode(message: Report | ClaimRequest | ClaimAnswer | StopOrder | LogBatch) -> bytes:
+    return _encoder.encode(message)
+
+
+def decode_report(data: bytes) -> Report:
+    return _decode(_report, data, "report")
+
+
+def decode_claim(data: bytes) -> ClaimRequest:
+    return _decode(_claim, data, "claim request")
+
+
+def decode_answer(data: bytes) -> ClaimAnswer:
+    return _decode(_answer, data, "claim answer")
+
+
+def decode_stop(data: bytes) -> StopOrder:
+    return _decode(_stop, data, "stop order")
+
+
+def decode_log_batch(data: bytes) -> LogBatch:
+    return _decode(_batch, data, "log batch")
+
+
+def _decode(decoder: msgspec.json.Decoder[T], data: bytes, what: str) -> T:
+    try:
+        return decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise MessageDecodeError(f"not a {what}: {exc}") from exc
