@@ -28,6 +28,10 @@ def generated() -> dict[str, str]:
     }
     files["events/_union.json"] = _dump(msgspec.json.schema(Event))
     files["job-spec.json"] = _dump(msgspec.json.schema(JobSpec))
+    # The API document lives with the scheduler; this tool writes every file under schemas/.
+    from dockyard.scheduler.openapi import document
+
+    files["openapi.json"] = _dump(document())
     return files
 
 

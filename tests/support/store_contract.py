@@ -361,6 +361,12 @@ class EventStoreContract:
         assert page.jobs == []
 
     async def test_a_cursor_not_made_by_list_views_is_refused(self, views: JobViews) -> None:
-        for bad in ("nonsense", "", "eyJhIjoxfQ"):
+        for bad in (
+            "nonsense",
+            "",
+            "eyJhIjoxfQ",
+            "WzFlMzAsIngiXQ",
+            "Wzk5OTk5OTk5OTk5OTk5OTk5OSwiMDE5MGYwYzItMDAwMC03MDAwLTgwMDAtMDAwMDAwMDAwMDAxIl0",
+        ):
             with pytest.raises(InvalidCursor):
                 await views.list_views(None, cursor=bad)

@@ -86,3 +86,13 @@ def control_subject(orchestrator: str) -> str:
 def subject_token(text: str) -> str:
     """One subject token from free text: host names hold dots, which would split it."""
     return "".join("_" if c in ".*> \t\r\n" else c for c in text) or "_"
+
+
+def heartbeat_key(orchestrator: str) -> str:
+    """The orchestrator's key in HEARTBEATS_BUCKET: KV keys allow only `[-/_=.A-Za-z0-9]`.
+
+    Other characters (and `=` itself) become `=<hex>=`, so two ids never share a key.
+    """
+    return "".join(
+        c if c.isascii() and (c.isalnum() or c in "-_") else f"={ord(c):x}=" for c in orchestrator
+    )

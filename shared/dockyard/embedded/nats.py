@@ -145,6 +145,9 @@ class EmbeddedNats:
 listen: {json.dumps(f"{self.host}:{self.port}")}
 http: {json.dumps(f"{self.host}:{self.monitor_port}")}
 server_name: dockyard_embedded
+# A job spec may be up to 1 MiB (the API's body limit) and travels inside its JobSubmitted
+# event: the default 1 MB payload would leave the outbox stuck on such an event.
+max_payload: 8MB
 jetstream {{
   store_dir: {json.dumps(str(self.store_dir))}
   # fsync every write before acknowledging it. By default NATS fsyncs every 2 minutes, and

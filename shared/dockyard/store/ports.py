@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from msgspec import Struct
 
@@ -47,8 +47,31 @@ class ConcurrencyError(Exception):
         self.actual = actual
 
 
+class DuplicateIdempotencyKey(Exception):
+    """Raised by append when another job of the tenant already holds the view's idempotency key."""
+
+    def __init__(self, tenant: str, key: str) -> None:
+        super().__init__(f"tenant {tenant!r} already has a job with idempotency key {key!r}")
+        self.tenant = tenant
+        self.key = key
+
+
 class StoreUnavailable(Exception):
     """Raised when the database cannot be reached; worth retrying later."""
+
+
+class InvalidCursor(ValueError):
+    """Raised by list_views when a cursor was not made by list_views."""
+
+
+JobView = dict[str, Any]
+
+
+class ViewPage(NamedTuple):
+    """One page of job views, newest first; `next_cursor` is None on the last page."""
+
+    jobs: list[JobView]
+    next_cursor: str | None
 
 
 class EventStore(Protocol):
@@ -62,8 +85,13 @@ class EventStore(Protocol):
         """Append after `expected_version`; return the new version.
 
         Raises ConcurrencyError if another writer appended first. Re-appending events whose
-        ids are all stored already for this job is a no-op that returns the current version.
-        `view`, the job as the events leave it, is written to the read model atomically.
+        ids are all stored already for this job is a no-op that returns the current version;
+        appending no events is a no-op that returns `expected_version`.
+        `view`, the job as the events leave it (version `expected_version + len(events)`),
+        is written to the read model atomically with the events; DuplicateIdempotencyKey if
+        another job of the tenant holds its spec's idempotency key (then nothing is stored).
+        ValueError for ids that are not UUIDs, events of another job, or a view that does not
+        match; StoreUnavailable when the database cannot be reached.
         """
         ...
 
@@ -75,6 +103,39 @@ class EventStore(Protocol):
         """Events in the global catch-up order after `after`; never skips a late commit."""
         ...
 
-    async def load_checkpoint(self, name: str) -> Position: ...
+    async def load_checkpoint(self, name: str) -> Position:
+        """Where the reader `name` has got to (START if it never saved)."""
+        ...
 
     async def save_checkpoint(self, name: str, position: Position) -> None: ...
+
+    # A timeout parameter, not asyncio.timeout around the call: a quiet period is an answer.
+    async def wait_for_events(self, timeout: float) -> bool:  # noqa: ASYNC109
+        """Wait until events may have been appended since the last call, at most `timeout` s.
+
+        True means "read again" (it may be spurious: the first call returns True at once);
+        False means the timeout passed quietly. Readers still poll on timeout: an event can be
+        committed but not yet readable while an older transaction is open.
+        """
+        ...
+
+
+class JobViews(Protocol):
+    """The jobs read model: each job's contract view, as written by append(view=...)."""
+
+    async def get_view(self, job_id: str) -> JobView | None: ...
+
+    async def list_views(
+        self,
+        tenant: str | None,
+        *,
+        status: str | None = None,
+        queue: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> ViewPage:
+        """Newest first (created_at, then id); `tenant` None lists every tenant."""
+        ...
+
+    async def find_by_idempotency_key(self, tenant: str, key: str) -> JobView | None: ...

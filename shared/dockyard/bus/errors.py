@@ -1,0 +1,82 @@
+"""The bus's own errors: nats-py's many exception types are translated here, once.
+
+Callers only ever decide between "wait and retry" (BusUnavailable) and "this will not work by
+waiting" (BusRejected); a message that cannot be read is a MessageDecodeError (poison: term it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import nats.errors
+import nats.js.errors
+
+
+class BusError(Exception):
+    """Base of every error the bus raises."""
+
+
+class BusUnavailable(BusError):
+    """Raised when NATS or JetStream cannot answer now (down, reconnecting, timed out); retry."""
+
+
+class BusRejected(BusError):
+    """Raised when JetStream answered and refused the request; waiting will not change that."""
+
+    def __init__(self, message: str, *, code: int | None = None, err_code: int | None = None):
+        super().__init__(message)
+        self.code = code
+        self.err_code = err_code
+
+
+class TopologyError(BusRejected):
+    """Raised when a stream, consumer or bucket exists with a config that cannot be updated."""
+
+
+class MessageDecodeError(BusError):
+    """Raised when a message's payload or headers cannot be decoded: a poison message."""
+
+
+# Server-side answers that mean "not now" rather than "never": JetStream is still recovering its
+# streams after a restart, a clustered stream has no leader yet, or the request timed out.
+_UNAVAILABLE_API_CODES = frozenset({408, 500, 503})
+
+# Client-side conditions that go away once the connection is back.
+_UNAVAILABLE_CLIENT_ERRORS: tuple[type[BaseException], ...] = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.ConnectionDrainingError,
+    nats.errors.StaleConnectionError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.FlushTimeoutError,
+    nats.errors.NoServersError,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.TooManyStalledMsgsError,
+    OSError,  # includes TimeoutError
+)
+
+
+def translate(exc: BaseException) -> BusError:
+    """The project's error for a nats-py (or socket) exception."""
+    if isinstance(exc, BusError):
+        return exc
+    if isinstance(exc, nats.js.errors.APIError):
+        code = exc.code
+        if code in _UNAVAILABLE_API_CODES:
+            return BusUnavailable(f"JetStream unavailable: {exc}")
+        return BusRejected(f"JetStream refused: {exc}", code=code, err_code=exc.err_code)
+    if isinstance(exc, _UNAVAILABLE_CLIENT_ERRORS):
+        return BusUnavailable(f"NATS unavailable: {type(exc).__name__}: {exc}")
+    return BusRejected(f"NATS error: {type(exc).__name__}: {exc}")
+
+
+@contextmanager
+def translated() -> Iterator[None]:
+    """Re-raise nats-py and socket errors raised inside the block as the bus's own types."""
+    try:
+        yield
+    except (nats.errors.Error, OSError) as exc:  # TimeoutError is an OSError
+        raise translate(exc) from exc

@@ -1,0 +1,259 @@
+"""The outbox relay: every committed event reaches JetStream, in order per job, at least once.
+
+The events table is the outbox. The relay reads it in the global catch-up order from its
+checkpoint, publishes each event, and moves the checkpoint only past events JetStream has acked.
+A crash anywhere (after the commit, after a publish, before the checkpoint is saved) loses
+nothing: the next relay resumes from the checkpoint and republishes, JetStream drops the
+repeats by Nats-Msg-Id inside its duplicate window, and consumers tolerate duplicates anyway.
+
+Publishes are pipelined (up to `max_in_flight` acks awaited at once) but never two of the same
+job: a job's next event is sent only after the previous one is acked, so a failed publish that
+is retried can never land behind a later event of its job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, Protocol
+
+from dockyard.bus.errors import BusError, BusRejected
+from dockyard.bus.leader import Leader, LeadershipLost, SoleLeader
+from dockyard.core.events import Event
+from dockyard.store.ports import START, Position, RecordedEvent, StoreUnavailable
+
+log = logging.getLogger("dockyard.bus.outbox")
+
+CHECKPOINT: Final = "outbox"
+
+# Retry delays after a failure: 0.1 s doubling to 5 s, so a NATS or PostgreSQL restart is
+# picked up within seconds without hammering a server that is coming back.
+RETRY_BASE_S: Final = 0.1
+RETRY_CAP_S: Final = 5.0
+
+
+class OutboxSource(Protocol):
+    """What the relay reads: the part of an EventStore (Pg or in-memory) it needs."""
+
+    async def read_all(self, after: Position, limit: int = 1000) -> list[RecordedEvent]: ...
+
+    async def load_checkpoint(self, name: str) -> Position: ...
+
+    async def save_checkpoint(self, name: str, position: Position) -> None: ...
+
+    async def wait_for_events(self, timeout: float) -> bool:  # noqa: ASYNC109 - the port's name
+        """Return on a commit notification (LISTEN dockyard_events) or after `timeout`."""
+        ...
+
+
+class EventSink(Protocol):
+    """Where the relay sends events: EventPublisher, or a fake in unit tests."""
+
+    async def submit(self, event: Event) -> asyncio.Future[Any]:
+        """Send `event`; the future resolves once it is stored, or raises a BusError."""
+        ...
+
+
+def retry_delay(attempt: int) -> float:
+    return min(RETRY_CAP_S, RETRY_BASE_S * 2.0 ** min(attempt, 16)) * random.uniform(0.8, 1.2)
+
+
+class OutboxRelay:
+    """Publishes committed events from `store` to `sink`; one active relay per `leader`."""
+
+    def __init__(
+        self,
+        store: OutboxSource,
+        sink: EventSink,
+        *,
+        leader: Leader | None = None,
+        checkpoint: str = CHECKPOINT,
+        page_size: int = 1000,
+        max_in_flight: int = 256,
+        poll_interval_s: float = 1.0,
+    ) -> None:
+        if page_size < 1 or max_in_flight < 1:
+            raise ValueError("page_size and max_in_flight must be at least 1")
+        self._store = store
+        self._sink = sink
+        self._leader: Leader = leader if leader is not None else SoleLeader()
+        self._checkpoint = checkpoint
+        self._page_size = page_size
+        self._max_in_flight = max_in_flight
+        self._poll_interval_s = poll_interval_s
+        self._position: Position | None = None  # end of the acked prefix
+        self._saved = START  # the checkpoint as last saved
+        self._read_to = START  # end of what was read (and sent, or queued to be)
+        self.published = 0  # events acked since this relay started, repeats included
+
+    @property
+    def position(self) -> Position | None:
+        """How far this relay has published (None before it has read its checkpoint)."""
+        return self._position
+
+    async def run(self) -> None:
+        """Relay until cancelled: stand by until active, then publish as events are committed.
+
+        Wakes on the store's commit notifications, and every `poll_interval_s` regardless (a
+        commit can become readable later than its notification). Closes the leader when done.
+        """
+        try:
+            while True:
+                await self._leader.acquire()
+                try:
+                    # Another relay may have moved the checkpoint while this one stood by.
+                    self._position = None
+                    while True:
+                        await self._publish_committed(self._leader.check)
+                        await self._wait_for_events()
+                except LeadershipLost as exc:
+                    log.warning("outbox.standby_again reason=%s", exc)
+        finally:
+            await self._leader.close()
+
+    async def _wait_for_events(self) -> None:
+        try:
+            await self._store.wait_for_events(self._poll_interval_s)
+        except StoreUnavailable:
+            await asyncio.sleep(self._poll_interval_s)  # the next read retries and logs
+        except Exception:
+            # Notifications only shorten the wait; whatever breaks them, polling still delivers
+            # every event, so a broken listener must not stop the relay.
+            log.warning("outbox.wakeups_failed", exc_info=True)
+            await asyncio.sleep(self._poll_interval_s)
+
+    async def run_until_idle(self) -> int:
+        """Publish everything committed so far, then return how many events were published.
+
+        Does not take the lock: for tests and tools, with no other relay running.
+        """
+        self._position = None
+        return await self._publish_committed(_no_check)
+
+    async def _publish_committed(self, check: Callable[[], Awaitable[None]]) -> int:
+        """Publish until the store has nothing after the checkpoint; retry every failure.
+
+        Pages are read ahead while earlier acks are still in flight, so the pipeline does not
+        drain at page boundaries; the checkpoint is saved once per page, at the acked prefix.
+        """
+        published_before = self.published
+        failures = 0
+        pipeline = _Pipeline(self._sink, self._max_in_flight)
+        try:
+            while True:
+                await check()
+                try:
+                    if self._position is None:
+                        loaded = await self._store.load_checkpoint(self._checkpoint)
+                        self._position = self._saved = self._read_to = loaded
+                    records = await self._store.read_all(self._read_to, self._page_size)
+                    if not records and not pipeline.window:
+                        return self.published - published_before
+                    for record in records:
+                        await pipeline.send(record)
+                    if records:
+                        self._read_to = records[-1].at
+                    else:
+                        await pipeline.drain()
+                    acked = self._take_acked(pipeline)
+                    if acked != self._saved:
+                        await self._store.save_checkpoint(self._checkpoint, acked)
+                        self._saved = acked
+                    failures = 0
+                except (BusError, StoreUnavailable) as exc:
+                    await pipeline.abandon()
+                    if self._position is not None:
+                        self._read_to = self._take_acked(pipeline)  # republish the rest
+                    await self._back_off(exc, failures)
+                    failures += 1
+        finally:
+            await pipeline.abandon()
+
+    def _take_acked(self, pipeline: _Pipeline) -> Position:
+        """Move the acked position to the end of the pipeline's acked prefix; return it."""
+        assert self._position is not None, "the checkpoint is loaded before anything is sent"
+        self.published += pipeline.take_acked_count()
+        if pipeline.acked_to is not None:
+            self._position = pipeline.acked_to
+        return self._position
+
+    async def _back_off(self, exc: Exception, failures: int) -> None:
+        delay = retry_delay(failures)
+        # Refused (not merely unavailable): the relay is stuck on this event until an operator
+        # fixes the cause (e.g. a message over max_payload). It never skips an event.
+        level = logging.ERROR if isinstance(exc, BusRejected) else logging.WARNING
+        log.log(
+            level,
+            "outbox.retry error=%s: %s delay_s=%.2f failures=%d",
+            type(exc).__name__,
+            exc,
+            delay,
+            failures + 1,
+            extra={"event": "outbox.retry", "error": repr(exc), "failures": failures + 1},
+        )
+        await asyncio.sleep(delay)
+
+
+class _Pipeline:
+    """Acks in flight, in record order: up to `limit`, and never two of one job.
+
+    An event whose job still has one in flight is chained behind it: sent only once that one
+    is acked, and never if it failed, so a retried event cannot land behind a later one.
+    """
+
+    def __init__(self, sink: EventSink, limit: int) -> None:
+        self._sink = sink
+        self._limit = limit
+        self.window: deque[tuple[RecordedEvent, asyncio.Future[Any]]] = deque()
+        self._latest: dict[str, asyncio.Future[Any]] = {}  # each job's last ack in the window
+        self.acked_to: Position | None = None  # the end of the acked prefix
+        self._acked_count = 0
+
+    async def send(self, record: RecordedEvent) -> None:
+        while len(self.window) >= self._limit:
+            await self._settle_oldest()
+        event = record.event
+        previous = self._latest.get(event.job_id)
+        if previous is None:
+            ack = await self._sink.submit(event)
+        else:
+            ack = asyncio.ensure_future(self._submit_after(previous, event))
+        self.window.append((record, ack))
+        self._latest[event.job_id] = ack
+
+    async def drain(self) -> None:
+        while self.window:
+            await self._settle_oldest()
+
+    def take_acked_count(self) -> int:
+        count, self._acked_count = self._acked_count, 0
+        return count
+
+    async def abandon(self) -> None:
+        """Cancel acks still awaited; their events are republished from the checkpoint."""
+        acks = [ack for _, ack in self.window]
+        self.window.clear()
+        self._latest.clear()
+        for ack in acks:
+            ack.cancel()
+        await asyncio.gather(*acks, return_exceptions=True)
+
+    async def _settle_oldest(self) -> None:
+        record, ack = self.window[0]
+        await ack  # raises the BusError of a failed publish
+        self.window.popleft()
+        if self._latest.get(record.event.job_id) is ack:
+            del self._latest[record.event.job_id]
+        self.acked_to = record.at
+        self._acked_count += 1
+
+    async def _submit_after(self, previous: asyncio.Future[Any], event: Event) -> Any:
+        await asyncio.shield(previous)  # its failure is ours too: `event` is never sent
+        return await (await self._sink.submit(event))
+
+
+async def _no_check() -> None:
+    return

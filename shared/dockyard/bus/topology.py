@@ -1,0 +1,252 @@
+"""Every JetStream stream, durable consumer and KV bucket Dockyard uses, and `ensure_topology`.
+
+Each service calls `ensure_topology` at start; it creates what is missing and updates what
+differs, so it is idempotent and safe when several services start at the same moment (the
+server treats a create with an identical config as a no-op, and a differing one we update).
+
+Durability: the servers run with `sync_interval: always` (written by dockyard.embedded's config;
+set it in any NATS you bring yourself). Jepsen's 2025 analysis of NATS JetStream showed that with
+the default, an fsync every 2 minutes, a crash or power loss on a node drops writes JetStream had
+already acknowledged; the outbox relay advances its checkpoint on those acks, so a lost acked
+write would be an event that never reaches any consumer. The cost is an fsync per stored write:
+a publish waits for the disk's flush, so throughput follows the disk's fsync rate, not the CPU.
+On the development VM (tests/benchmarks/bench_bus.py) one-at-a-time publishes dropped from
+~3 000/s to ~900-1 500/s and 256-in-flight ones from ~16 000-30 000/s to ~1 600-4 000/s; the
+relay pipelines its publishes for that reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import APIError
+
+from dockyard.bus import names
+from dockyard.bus.errors import TopologyError, translated
+
+# The duplicate window must outlast the longest gap between the first publish of an event and
+# its republication after an outbox relay crash: the relay's restart (a supervisor restarts a
+# crash-looping process within seconds, Kubernetes backs off up to 5 minutes) or a standby's
+# takeover once PostgreSQL has dropped the dead holder's lock (the lock connection's keepalive
+# gives up after ~30 s). 10 minutes covers both with margin. Its cost is memory: the server
+# keeps every message id of the window, ~100 bytes each, so 60 MB at a sustained 1000 events/s.
+# Past the window a republished event is stored again; consumers tolerate duplicates anyway.
+DUPLICATE_WINDOW_S: Final = 10 * 60.0
+
+# Reports and log batches are republished only by their producer's own retry of a publish that
+# timed out, seconds later: the server's default window is plenty.
+SHORT_DUPLICATE_WINDOW_S: Final = 2 * 60.0
+
+# PostgreSQL is the source of truth; the EVENTS stream is a delivery channel, so it keeps a week
+# for consumers to catch up after an outage, and older history is read from the database.
+EVENTS_MAX_AGE_S: Final = 7 * 24 * 3600.0
+
+# Log batches wait here for the log relay, which persists them; a day covers a long outage of it.
+LOGS_MAX_AGE_S: Final = 24 * 3600.0
+
+# A single message is at most the server's max_payload; this guards against one huge log batch.
+MAX_MSG_BYTES: Final = 8 * 1024 * 1024  # the servers' max_payload: a 1 MiB spec fits
+
+
+@dataclass(frozen=True)
+class RedeliveryPolicy:
+    """How a durable consumer redelivers a message that was not acked.
+
+    The first entry of `backoff` is also the ack wait (JetStream forces it): a consumer that
+    needs longer sends in-progress acks. `max_deliver` bounds a message that crashes its
+    consumer every time; naks with a delay count as deliveries too, so it is generous.
+    """
+
+    backoff: tuple[float, ...]
+    max_deliver: int
+    max_ack_pending: int
+
+    @property
+    def ack_wait(self) -> float:
+        return self.backoff[0]
+
+
+# Offers: claiming is one request/reply, so 30 s without an ack means the orchestrator died.
+# 50 deliveries at up to 5 minutes apart is over 3 hours of retries; an offer abandoned after
+# that is a job left queued, which the janitor re-offers.
+WORK_POLICY: Final = RedeliveryPolicy(
+    backoff=(30.0, 60.0, 120.0, 300.0), max_deliver=50, max_ack_pending=1000
+)
+# Reports: the scheduler appends to PostgreSQL; it naks with a delay while the database is down.
+REPORTS_POLICY: Final = RedeliveryPolicy(
+    backoff=(30.0, 60.0, 120.0, 300.0), max_deliver=50, max_ack_pending=1000
+)
+# Logs: the log relay writes a batch in one statement; many batches in flight for throughput.
+LOGS_POLICY: Final = RedeliveryPolicy(
+    backoff=(30.0, 60.0, 120.0, 300.0), max_deliver=50, max_ack_pending=10_000
+)
+
+
+def stream_configs(replicas: int = 1) -> list[StreamConfig]:
+    """The four streams, on file storage, each with `replicas` copies."""
+
+    def stream(name: str, subject: str, retention: RetentionPolicy, **kw: object) -> StreamConfig:
+        return StreamConfig(
+            name=name,
+            subjects=[subject],
+            retention=retention,
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+            discard=DiscardPolicy.OLD,
+            max_msg_size=MAX_MSG_BYTES,
+        ).evolve(**kw)
+
+    return [
+        stream(
+            names.EVENTS_STREAM,
+            names.EVENTS_SUBJECTS,
+            RetentionPolicy.LIMITS,
+            max_age=EVENTS_MAX_AGE_S,
+            duplicate_window=DUPLICATE_WINDOW_S,
+        ),
+        stream(
+            names.WORK_STREAM,
+            names.WORK_SUBJECTS,
+            RetentionPolicy.WORK_QUEUE,
+            duplicate_window=DUPLICATE_WINDOW_S,
+        ),
+        stream(
+            names.REPORTS_STREAM,
+            names.REPORTS_SUBJECTS,
+            RetentionPolicy.WORK_QUEUE,
+            duplicate_window=SHORT_DUPLICATE_WINDOW_S,
+        ),
+        stream(
+            names.LOGS_STREAM,
+            names.LOGS_SUBJECTS,
+            RetentionPolicy.LIMITS,
+            max_age=LOGS_MAX_AGE_S,
+            duplicate_window=SHORT_DUPLICATE_WINDOW_S,
+        ),
+    ]
+
+
+def _durable(name: str, subject: str, policy: RedeliveryPolicy) -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=name,
+        filter_subject=subject,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=policy.ack_wait,
+        backoff=list(policy.backoff),
+        max_deliver=policy.max_deliver,
+        max_ack_pending=policy.max_ack_pending,
+    )
+
+
+def consumer_configs(queues: Iterable[str] = ("default",)) -> list[tuple[str, ConsumerConfig]]:
+    """(stream, pull consumer config) for every durable: reports, logs and one per work queue."""
+    consumers = [
+        (
+            names.REPORTS_STREAM,
+            _durable(names.REPORTS_DURABLE, names.REPORTS_SUBJECTS, REPORTS_POLICY),
+        ),
+        (names.LOGS_STREAM, _durable(names.LOGS_DURABLE, names.LOGS_SUBJECTS, LOGS_POLICY)),
+    ]
+    for queue in dict.fromkeys(queues):  # ordered and without repeats
+        durable = _durable(names.work_durable(queue), names.work_subject(queue), WORK_POLICY)
+        consumers.append((names.WORK_STREAM, durable))
+    return consumers
+
+
+def heartbeat_bucket_config(lease_s: float = 15.0, replicas: int = 1) -> KeyValueConfig:
+    """A key per orchestrator that expires `lease_s` after its last heartbeat."""
+    return KeyValueConfig(
+        bucket=names.HEARTBEATS_BUCKET,
+        history=1,
+        ttl=lease_s,
+        storage=StorageType.FILE,
+        replicas=replicas,
+    )
+
+
+async def ensure_topology(
+    js: JetStreamContext,
+    *,
+    replicas: int = 1,
+    lease_s: float = 15.0,
+    queues: Sequence[str] = ("default",),
+) -> None:
+    """Create or update every stream, durable consumer and the heartbeat bucket.
+
+    Raises BusUnavailable when JetStream does not answer and TopologyError when something
+    exists with a config that cannot be changed in place (e.g. another retention policy).
+    """
+    if replicas < 1:
+        raise ValueError("replicas must be at least 1")
+    if lease_s <= 0:
+        raise ValueError("lease_s must be positive")
+    with translated():
+        for config in stream_configs(replicas):
+            await _ensure_stream(js, config)
+        for stream, consumer in consumer_configs(queues):
+            # A durable create with a differing config updates it (the request's action is
+            # "create or update"); an identical one is a no-op, so concurrent starts agree.
+            what = f"consumer {consumer.durable_name} on {stream}"
+            await _refusal_as_topology_error(js.add_consumer(stream, consumer), what)
+        await _ensure_bucket(js, heartbeat_bucket_config(lease_s, replicas))
+
+
+# JetStream's answers that mean "this config cannot be applied" though sent as 500s, not 400s:
+# a consumer or stream field that cannot change in place, replicas without a cluster.
+_STREAM_NAME_IN_USE = 10058
+_REFUSED = frozenset({10012, 10052, 10074})
+
+
+async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    try:
+        await js.add_stream(config)
+    except APIError as exc:
+        if exc.err_code != _STREAM_NAME_IN_USE:
+            raise _as_topology_error(exc, f"stream {config.name}") from exc
+        await _refusal_as_topology_error(js.update_stream(config), f"stream {config.name}")
+
+
+async def _ensure_bucket(js: JetStreamContext, config: KeyValueConfig) -> None:
+    try:
+        await js.create_key_value(config)
+    except APIError as exc:
+        if exc.err_code != _STREAM_NAME_IN_USE:
+            raise _as_topology_error(exc, f"bucket {config.bucket}") from exc
+        # The bucket exists with another TTL or replica count: change only those, keeping the
+        # rest of the stream config nats-py chose for a KV bucket.
+        ttl = config.ttl if config.ttl is not None else 0.0
+        current = (await js.stream_info(f"KV_{config.bucket}")).config
+        updated = current.evolve(
+            max_age=ttl,
+            duplicate_window=min(SHORT_DUPLICATE_WINDOW_S, ttl),
+            num_replicas=config.replicas,
+        )
+        await _refusal_as_topology_error(js.update_stream(updated), f"bucket {config.bucket}")
+
+
+async def _refusal_as_topology_error(call: Awaitable[object], what: str) -> None:
+    try:
+        await call
+    except APIError as exc:
+        raise _as_topology_error(exc, what) from exc
+
+
+def _as_topology_error(exc: APIError, what: str) -> Exception:
+    """A refusal becomes TopologyError; anything else stays as is, for `translated` to map."""
+    if exc.code == 400 or exc.err_code in _REFUSED:
+        return TopologyError(f"{what}: {exc.description}", code=exc.code, err_code=exc.err_code)
+    return exc

@@ -1,0 +1,113 @@
+"""ensure_topology against a real nats-server: complete, idempotent, safe when run concurrently."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+
+from dockyard.bus import TopologyError, close, connect, ensure_topology, jetstream, names
+from dockyard.bus.topology import DUPLICATE_WINDOW_S, WORK_POLICY
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def nc(nats_url: str) -> AsyncIterator[NatsClient]:
+    client = await connect(nats_url, "test-topology", timeout_s=10)
+    yield client
+    await close(client)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def js(nc: NatsClient) -> JetStreamContext:
+    return jetstream(nc)
+
+
+async def _snapshot(js: JetStreamContext) -> dict[str, object]:
+    """Every stream's config and consumer configs, to compare runs."""
+    out: dict[str, object] = {}
+    for info in await js.streams_info():
+        name = info.config.name
+        assert name is not None
+        out[name] = info.config
+        for consumer in await js.consumers_info(name):
+            out[f"{name}/{consumer.name}"] = consumer.config
+    return out
+
+
+async def test_ensure_topology_creates_streams_consumers_and_bucket(js: JetStreamContext) -> None:
+    await ensure_topology(js, queues=("default", "gpu"), lease_s=7.0)
+
+    events = (await js.stream_info(names.EVENTS_STREAM)).config
+    assert events.retention == RetentionPolicy.LIMITS
+    assert events.storage == StorageType.FILE
+    assert events.duplicate_window == DUPLICATE_WINDOW_S
+    assert events.num_replicas == 1
+    for stream in (names.WORK_STREAM, names.REPORTS_STREAM):
+        assert (await js.stream_info(stream)).config.retention == RetentionPolicy.WORK_QUEUE
+    logs = (await js.stream_info(names.LOGS_STREAM)).config
+    assert logs.retention == RetentionPolicy.LIMITS
+    assert logs.max_age
+
+    for queue in ("default", "gpu"):
+        work = await js.consumer_info(names.WORK_STREAM, names.work_durable(queue))
+        assert work.config.filter_subject == names.work_subject(queue)
+        assert work.config.ack_wait == WORK_POLICY.ack_wait
+        assert work.config.max_deliver == WORK_POLICY.max_deliver
+        assert work.config.backoff == list(WORK_POLICY.backoff)
+    await js.consumer_info(names.REPORTS_STREAM, names.REPORTS_DURABLE)
+    await js.consumer_info(names.LOGS_STREAM, names.LOGS_DURABLE)
+
+    bucket = await js.key_value(names.HEARTBEATS_BUCKET)
+    assert (await bucket.status()).ttl == 7.0
+
+
+async def test_ensure_topology_twice_changes_nothing(js: JetStreamContext) -> None:
+    await ensure_topology(js)
+    before = await _snapshot(js)
+    await ensure_topology(js)
+    assert await _snapshot(js) == before
+
+
+async def test_ensure_topology_concurrently_from_two_clients(nats_url: str) -> None:
+    clients = [await connect(nats_url, f"test-topology-{i}", timeout_s=10) for i in range(2)]
+    try:
+        await asyncio.gather(*(ensure_topology(jetstream(c)) for c in clients))
+        await asyncio.gather(*(ensure_topology(jetstream(c)) for c in clients))
+        assert len(await jetstream(clients[0]).streams_info()) == 5  # four and the bucket's
+    finally:
+        for client in clients:
+            await close(client)
+
+
+async def test_ensure_topology_updates_a_changed_lease_and_adds_queues(
+    js: JetStreamContext,
+) -> None:
+    await ensure_topology(js, lease_s=15.0)
+    await ensure_topology(js, lease_s=30.0, queues=("default", "batch"))
+    bucket = await js.key_value(names.HEARTBEATS_BUCKET)
+    assert (await bucket.status()).ttl == 30.0
+    await js.consumer_info(names.WORK_STREAM, names.work_durable("batch"))
+
+
+async def test_ensure_topology_refuses_a_stream_it_cannot_convert(js: JetStreamContext) -> None:
+    # A WORK stream someone made with limits retention cannot become a work queue in place.
+    await js.add_stream(
+        StreamConfig(
+            name=names.WORK_STREAM,
+            subjects=[names.WORK_SUBJECTS],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+        )
+    )
+    with pytest.raises(TopologyError, match=names.WORK_STREAM):
+        await ensure_topology(js)
+
+
+async def test_ensure_topology_refuses_replicas_without_a_cluster(js: JetStreamContext) -> None:
+    with pytest.raises(TopologyError, match="replicas"):
+        await ensure_topology(js, replicas=3)
