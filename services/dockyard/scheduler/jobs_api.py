@@ -1,0 +1,186 @@
+"""/v1/jobs: submit, read, list, cancel, history. Each handler: parse, one command, answer."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from dockyard.core import RequestCancel, SubmitJob, uuid7
+from dockyard.core.codec import encode
+from dockyard.core.spec import decode_spec
+from dockyard.core.state import Status
+from dockyard.handler import execute
+from dockyard.scheduler.context import Context, ctx_of
+from dockyard.store.ports import DuplicateIdempotencyKey, InvalidCursor, JobView
+from dockyard.store.read_model import job_view
+from dockyard.web.auth import ADMIN, can_see
+from dockyard.web.errors import ApiError, invalid, not_found
+
+MAX_BODY = 1024 * 1024
+_STATUSES = set(Status.__args__)  # type: ignore[attr-defined]
+_EVENT_COMMON = {"type", "job_id", "at"}
+_to_builtins = msgspec.to_builtins
+
+
+def json_response(
+    data: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        status=status,
+        body=msgspec.json.encode(data),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+async def read_body(request: web.Request) -> bytes:
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise _too_large()
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise _too_large() from None
+
+
+def _too_large() -> ApiError:
+    return ApiError(413, "body_too_large", "the request body is over 1 MiB", {"limit": MAX_BODY})
+
+
+def parse_json_object(body: bytes) -> None:
+    """400 for what is not JSON at all; field-level problems are 422s found later."""
+    try:
+        value = msgspec.json.decode(body)
+    except msgspec.DecodeError as error:
+        raise ApiError(400, "malformed_body", f"the body is not valid JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise ApiError(400, "malformed_body", "the body must be a JSON object")
+
+
+async def submit(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    tenant = ctx.tokens.authenticate(request)
+    body = await read_body(request)
+    parse_json_object(body)
+    spec = decode_spec(body)
+    if spec.idempotency_key is not None:
+        existing = await _idempotent(ctx, tenant, spec.idempotency_key)
+        if existing is not None:
+            return json_response(existing, 200)
+    job_id = uuid7()
+    try:
+        outcome = await execute(
+            ctx.store, job_id, SubmitJob(tenant=tenant, spec=spec), clock=ctx.clock
+        )
+    except DuplicateIdempotencyKey:
+        assert spec.idempotency_key is not None
+        existing = await _idempotent(ctx, tenant, spec.idempotency_key)
+        if existing is None:
+            raise
+        return json_response(existing, 200)
+    assert outcome.job is not None
+    ctx.metrics.submitted(outcome.job.spec.queue)
+    return json_response(job_view(outcome.job), 201, {"Location": f"/v1/jobs/{job_id}"})
+
+
+async def _idempotent(ctx: Context, tenant: str, key: str) -> JobView | None:
+    return await ctx.views.find_by_idempotency_key(tenant, key)
+
+
+async def get_job(request: web.Request) -> web.Response:
+    _, view = await visible_job(request)
+    return json_response(view)
+
+
+async def visible_job(request: web.Request) -> tuple[str, JobView]:
+    """The caller's tenant and the job named in the path; 404 also for another tenant's."""
+    ctx = ctx_of(request)
+    tenant = ctx.tokens.authenticate(request)
+    job_id = _job_id(request)
+    view = await ctx.views.get_view(job_id)
+    if view is None or not can_see(tenant, view["tenant"]):
+        raise not_found("job", job_id)
+    return tenant, view
+
+
+def _job_id(request: web.Request) -> str:
+    raw = request.match_info["job_id"]
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError:
+        raise not_found("job", raw) from None
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    tenant = ctx.tokens.authenticate(request)
+    filters = _job_filter(request)
+    try:
+        page = await ctx.views.list_views(None if tenant == ADMIN else tenant, **filters)
+    except InvalidCursor:
+        raise invalid("cursor", "not a cursor this API gave out") from None
+    return json_response({"jobs": page.jobs, "next_cursor": page.next_cursor})
+
+
+def _job_filter(request: web.Request) -> dict[str, Any]:
+    q = request.query
+    status = q.get("status") or None
+    if status is not None and status not in _STATUSES:
+        raise invalid("status", f"must be one of {', '.join(sorted(_STATUSES))}")
+    labels: dict[str, str] = {}
+    for item in q.getall("label", []):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise invalid("label", "labels filter as key=value")
+        labels[key] = value
+    limit_text = q.get("limit", "50")
+    if not limit_text.isdigit() or not 1 <= int(limit_text) <= 500:
+        raise invalid("limit", "must be a whole number from 1 to 500")
+    return {
+        "status": status,
+        "queue": q.get("queue") or None,
+        "labels": labels,
+        "limit": int(limit_text),
+        "cursor": q.get("cursor") or None,
+    }
+
+
+async def cancel(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    tenant, view = await visible_job(request)
+    outcome = await execute(
+        ctx.store, view["id"], RequestCancel(requested_by=tenant), clock=ctx.clock
+    )
+    job = outcome.job
+    assert job is not None
+    return json_response(job_view(job), 202)
+
+
+async def job_events(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    _, view = await visible_job(request)
+    history = await ctx.store.load(view["id"])
+    events = []
+    for recorded in history:
+        data = msgspec.json.decode(encode(recorded.event))
+        events.append(
+            {
+                "version": recorded.version,
+                "type": data["type"],
+                "at": data["at"],
+                "data": {k: v for k, v in data.items() if k not in _EVENT_COMMON},
+            }
+        )
+    return json_response({"events": events})
+
+
+def routes() -> list[web.RouteDef]:
+    return [
+        web.post("/v1/jobs", submit),
+        web.get("/v1/jobs", list_jobs),
+        web.get("/v1/jobs/{job_id}", get_job),
+        web.post("/v1/jobs/{job_id}/cancel", cancel),
+        web.get("/v1/jobs/{job_id}/events", job_events),
+    ]

@@ -1,0 +1,181 @@
+"""The OpenAPI 3.1 document of the scheduler's API, built from the same types the code decodes.
+
+Kept in `schemas/openapi.json` too; a test fails when that copy is stale.
+"""
+
+from __future__ import annotations
+
+from typing import Any, get_args
+
+import msgspec
+from msgspec import Struct
+
+from dockyard.core.spec import JobSpec
+from dockyard.core.state import Status
+from dockyard.core.view import JobView
+
+
+class ErrorBody(Struct):
+    code: str
+    message: str
+    details: dict[str, Any]
+
+
+class Error(Struct):
+    error: ErrorBody
+
+
+class JobList(Struct):
+    jobs: list[JobView]
+    next_cursor: str | None
+
+
+class HistoryEvent(Struct):
+    version: int
+    type: str
+    at: str
+    data: dict[str, Any]
+
+
+class History(Struct):
+    events: list[HistoryEvent]
+
+
+_REF = "#/components/schemas/{name}"
+_ERRORS = {
+    "400": "malformed body",
+    "401": "missing or bad token",
+    "404": "unknown id, or another tenant's",
+    "409": "conflict",
+    "413": "body over 1 MiB",
+    "422": "invalid field (details.field names it)",
+}
+
+
+def _json(name: str) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": {"$ref": _REF.format(name=name)}}}}
+
+
+def _answers(ok: dict[str, tuple[str, str]], errors: tuple[str, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        code: {"description": text, **_json(schema)} for code, (text, schema) in ok.items()
+    }
+    for code in errors:
+        out[code] = {"description": _ERRORS[code], **_json("Error")}
+    return out
+
+
+_JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _query(name: str, schema: dict[str, Any], explode: bool = False) -> dict[str, Any]:
+    param: dict[str, Any] = {"name": name, "in": "query", "required": False, "schema": schema}
+    if explode:
+        param["style"] = "form"
+        param["explode"] = True
+    return param
+
+
+def _paths() -> dict[str, Any]:
+    statuses = list(get_args(Status))
+    return {
+        "/v1/jobs": {
+            "post": {
+                "summary": "Submit a job",
+                "operationId": "submitJob",
+                "requestBody": {"required": True, **_json("JobSpec")},
+                "responses": _answers(
+                    {
+                        "201": ("created", "JobView"),
+                        "200": ("the job with this idempotency key", "JobView"),
+                    },
+                    ("400", "401", "413", "422"),
+                ),
+            },
+            "get": {
+                "summary": "List jobs, newest first",
+                "operationId": "listJobs",
+                "parameters": [
+                    _query("status", {"type": "string", "enum": statuses}),
+                    _query("queue", {"type": "string"}),
+                    _query("label", {"type": "array", "items": {"type": "string"}}, True),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}),
+                    _query("cursor", {"type": "string"}),
+                ],
+                "responses": _answers({"200": ("a page of jobs", "JobList")}, ("401", "422")),
+            },
+        },
+        "/v1/jobs/{job_id}": {
+            "get": {
+                "summary": "A job",
+                "operationId": "getJob",
+                "parameters": [_JOB_ID],
+                "responses": _answers({"200": ("the job", "JobView")}, ("401", "404")),
+            }
+        },
+        "/v1/jobs/{job_id}/cancel": {
+            "post": {
+                "summary": "Cancel a job",
+                "operationId": "cancelJob",
+                "parameters": [_JOB_ID],
+                "responses": _answers({"202": ("cancelling", "JobView")}, ("401", "404", "409")),
+            }
+        },
+        "/v1/jobs/{job_id}/events": {
+            "get": {
+                "summary": "A job's history",
+                "operationId": "jobEvents",
+                "parameters": [_JOB_ID],
+                "responses": _answers({"200": ("versions 1..n", "History")}, ("401", "404")),
+            }
+        },
+        "/healthz": {
+            "get": {
+                "summary": "Alive",
+                "operationId": "healthz",
+                "security": [],
+                "responses": {"200": {"description": "alive"}},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "summary": "NATS and PostgreSQL answer",
+                "operationId": "readyz",
+                "security": [],
+                "responses": {
+                    "200": {"description": "ready"},
+                    "503": {"description": "not ready", **_json("Error")},
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "operationId": "metrics",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+    }
+
+
+def document() -> dict[str, Any]:
+    _, components = msgspec.json.schema_components(
+        [JobSpec, JobView, Error, JobList, History], ref_template=_REF
+    )
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Dockyard scheduler API", "version": "1"},
+        "servers": [{"url": "/"}],
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+        "paths": _paths(),
+    }

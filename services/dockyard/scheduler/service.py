@@ -1,0 +1,88 @@
+"""The scheduler's composition root: real adapters wired around the API and its loops."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import AsyncExitStack
+
+from aiohttp import web
+from nats.aio.client import Client as NatsClient
+
+from dockyard.bus import connection
+from dockyard.bus.leader import PgLeader
+from dockyard.bus.outbox import OutboxRelay
+from dockyard.bus.publish import EventPublisher
+from dockyard.bus.topology import ensure_topology
+from dockyard.config import Settings
+from dockyard.lifecycle import supervise, wait_for_stop_signal
+from dockyard.scheduler.app import build_app
+from dockyard.scheduler.claims import ClaimResponder
+from dockyard.scheduler.context import Context
+from dockyard.scheduler.due import PgDueJobs, run_due_ticker
+from dockyard.scheduler.reports import ReportConsumer
+from dockyard.store.migrations import migrate
+from dockyard.store.pool import Pool, create_pool
+from dockyard.store.postgres import PgEventStore
+from dockyard.store.read_model import PgJobViews
+from dockyard.web.auth import Tokens
+
+log = logging.getLogger("dockyard.scheduler")
+
+
+async def run_scheduler(settings: Settings) -> None:
+    """Serve the API and record events until SIGTERM/SIGINT."""
+    async with AsyncExitStack() as stack:
+        await migrate(settings.database_url)
+        pool = await create_pool(settings.database_url, max_size=16)
+        stack.push_async_callback(pool.close)
+        store = PgEventStore(pool)
+        stack.push_async_callback(store.close)
+        nc = await connection.connect(settings.nats_url, "scheduler")
+        stack.push_async_callback(connection.close, nc)
+        js = connection.jetstream(nc)
+        await ensure_topology(js, lease_s=settings.lease_s, queues=settings.queues)
+
+        claims = ClaimResponder(nc, store)
+        await claims.start()
+        stack.push_async_callback(claims.stop)
+
+        ctx = _context(settings, pool, store, nc)
+        runner = web.AppRunner(build_app(ctx), access_log=None)
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        host, port = settings.api_listen
+        await web.TCPSite(runner, host, port).start()
+        log.info(
+            "scheduler.listening url=http://%s:%d",
+            host,
+            port,
+            extra={"event": "scheduler.listening"},
+        )
+
+        relay = OutboxRelay(store, EventPublisher(js), leader=PgLeader(settings.database_url))
+        await supervise(
+            {
+                "outbox": relay.run(),
+                "reports": ReportConsumer(nc, js, store).run(),
+                "due": run_due_ticker(store, PgDueJobs(pool)),
+            },
+            until=wait_for_stop_signal(),
+        )
+        log.info("scheduler.stopping", extra={"event": "scheduler.stopping"})
+
+
+def _context(settings: Settings, pool: Pool, store: PgEventStore, nc: NatsClient) -> Context:
+    async def database_ready() -> bool:
+        await pool.fetchval("SELECT 1")
+        return True
+
+    async def nats_ready() -> bool:
+        return nc.is_connected
+
+    return Context(
+        store=store,
+        views=PgJobViews(pool),
+        tokens=Tokens(settings.tokens),
+        database_ready=database_ready,
+        nats_ready=nats_ready,
+    )
