@@ -219,3 +219,39 @@ async def test_health_and_openapi(client: TestClient[Any, Any]) -> None:
     assert "dockyard_jobs_submitted" in metrics
     document = await (await client.get("/openapi.json")).json()
     assert document["openapi"].startswith("3.") and "/v1/jobs" in document["paths"]
+
+
+async def test_schedules_create_list_delete(client: TestClient[Any, Any]) -> None:
+    body = {"name": "nightly", "cron": "0 3 * * *", "job": {"image": "busybox"}}
+    response = await client.post("/v1/schedules", json=body, headers=ACME)
+    assert response.status == 201, await response.text()
+    created = await response.json()
+    assert created["job"]["labels"] == {"schedule": "nightly"}
+    assert created["next_fire"].endswith(("03:00:00Z", "03:00:00+00:00"))
+    await _error(await client.post("/v1/schedules", json=body, headers=ACME), 409,
+                 "schedule_exists")
+    listed = await (await client.get("/v1/schedules", headers=ACME)).json()
+    assert [s["name"] for s in listed["schedules"]] == ["nightly"]
+    assert (await (await client.get("/v1/schedules", headers=GLOBEX)).json())["schedules"] == []
+    await _error(await client.delete("/v1/schedules/nightly", headers=GLOBEX), 404, "not_found")
+    assert (await client.delete("/v1/schedules/nightly", headers=ACME)).status == 204
+    await _error(await client.delete("/v1/schedules/nightly", headers=ACME), 404, "not_found")
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [({"name": "a", "cron": "* * * *", "job": {"image": "b"}}, "cron"),
+     ({"name": "a", "job": {"image": "b"}}, "cron"),
+     ({"name": "a", "cron": "* * * * *", "interval_s": 5, "job": {"image": "b"}}, "cron"),
+     ({"name": "a", "interval_s": 0, "job": {"image": "b"}}, "interval_s"),
+     ({"name": "a", "interval_s": 5, "job": {"image": "B A D"}}, "job.image"),
+     ({"name": "a", "interval_s": 5, "job": {"image": "b", "zzz": 1}}, "job.zzz"),
+     ({"name": "a", "interval_s": 5, "job": {"image": "b"}, "extra": 1}, "extra"),
+     ({"name": "no spaces", "interval_s": 5, "job": {"image": "b"}}, "name")],
+)
+async def test_bad_schedules_are_422_naming_the_field(
+    client: TestClient[Any, Any], body: dict[str, Any], field: str
+) -> None:
+    error = await _error(await client.post("/v1/schedules", json=body, headers=ACME), 422,
+                         "invalid_field")
+    assert error["details"]["field"] == field

@@ -7,7 +7,7 @@ from functools import partial
 import msgspec
 from aiohttp import web
 
-from dockyard.scheduler import jobs_api
+from dockyard.scheduler import jobs_api, schedules_api
 from dockyard.scheduler.context import CONTEXT, Context
 from dockyard.web import health
 from dockyard.web.errors import error_middleware
@@ -18,6 +18,7 @@ def build_app(ctx: Context) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=jobs_api.MAX_BODY + 1)
     app[CONTEXT] = ctx
     app.add_routes(jobs_api.routes())
+    app.add_routes(schedules_api.routes())
     app.add_routes(
         health.routes(
             {"postgresql": ctx.database_ready, "nats": ctx.nats_ready}, partial(_metrics, ctx)

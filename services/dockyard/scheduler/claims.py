@@ -16,7 +16,8 @@ from nats.aio.subscription import Subscription
 from dockyard.bus import names, protocol
 from dockyard.bus.errors import MessageDecodeError
 from dockyard.core import ClaimJob, Rejected
-from dockyard.handler import execute
+from dockyard.handler import execute, utc_now
+from dockyard.scheduler.metrics import SchedulerMetrics
 from dockyard.store.ports import ConcurrencyError, EventStore, StoreUnavailable
 
 log = logging.getLogger("dockyard.scheduler.claims")
@@ -35,13 +36,18 @@ async def answer_claim(store: EventStore, request: protocol.ClaimRequest) -> pro
         return protocol.ClaimAnswer(granted=False, reason=str(error), retry=True)
     job = outcome.job
     assert job is not None  # decide raised UnknownJob otherwise
-    return protocol.ClaimAnswer(granted=True, tenant=job.tenant, spec=job.spec, meta=request.meta)
+    return protocol.ClaimAnswer(
+        granted=True, tenant=job.tenant, spec=job.spec, queued_at=job.queued_at, meta=request.meta
+    )
 
 
 class ClaimResponder:
-    def __init__(self, nc: NatsClient, store: EventStore) -> None:
+    def __init__(
+        self, nc: NatsClient, store: EventStore, metrics: SchedulerMetrics | None = None
+    ) -> None:
         self.nc = nc
         self.store = store
+        self.metrics = metrics
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._tasks: set[asyncio.Task[None]] = set()
         self._sub: Subscription | None = None
@@ -77,6 +83,9 @@ class ClaimResponder:
             )
             return
         answer = await answer_claim(self.store, request)
+        if answer.granted and self.metrics is not None and answer.queued_at is not None:
+            waited = (utc_now() - answer.queued_at).total_seconds()
+            self.metrics.dispatch_latency.observe(max(waited, 0.0))
         log.info(
             "claim job=%s attempt=%d orchestrator=%s granted=%s",
             request.job_id,

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from dockyard.handler import Clock, utc_now
 from dockyard.scheduler.metrics import SchedulerMetrics
+from dockyard.scheduler.schedule_store import InMemoryScheduleStore, ScheduleStore
 from dockyard.store.ports import EventStore, JobViews
 from dockyard.web.auth import Tokens
 
@@ -24,6 +25,7 @@ class Context:
     store: EventStore
     views: JobViews
     tokens: Tokens
+    schedules: ScheduleStore = field(default_factory=InMemoryScheduleStore)
     clock: Clock = utc_now
     metrics: SchedulerMetrics = field(default_factory=SchedulerMetrics)
     database_ready: Probe = _always

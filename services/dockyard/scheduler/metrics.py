@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from dockyard.core.events import Event, type_name
+from dockyard.core.state import Job
+from dockyard.store.ports import EventStore, Position, RecordedEvent
 
 
 class SchedulerMetrics:
@@ -44,3 +50,34 @@ class SchedulerMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class CountingStore:
+    """An EventStore that counts what it appends, by event type, for /metrics."""
+
+    def __init__(self, inner: EventStore, metrics: SchedulerMetrics) -> None:
+        self.inner = inner
+        self.metrics = metrics
+
+    async def append(
+        self, job_id: str, expected_version: int, events: Sequence[Event], view: Job | None = None
+    ) -> int:
+        version = await self.inner.append(job_id, expected_version, events, view)
+        for event in events:
+            self.metrics.events_appended.labels(type_name(type(event))).inc()
+        return version
+
+    async def load(self, job_id: str) -> list[RecordedEvent]:
+        return await self.inner.load(job_id)
+
+    async def read_all(self, after: Position, limit: int = 1000) -> list[RecordedEvent]:
+        return await self.inner.read_all(after, limit)
+
+    async def load_checkpoint(self, name: str) -> Position:
+        return await self.inner.load_checkpoint(name)
+
+    async def save_checkpoint(self, name: str, position: Position) -> None:
+        await self.inner.save_checkpoint(name, position)
+
+    async def wait_for_events(self, timeout: float) -> bool:  # noqa: ASYNC109
+        return await self.inner.wait_for_events(timeout)

@@ -13,6 +13,7 @@ from msgspec import Struct
 from dockyard.core.spec import JobSpec
 from dockyard.core.state import Status
 from dockyard.core.view import JobView
+from dockyard.scheduler.schedules import ScheduleView
 
 
 class ErrorBody(Struct):
@@ -28,6 +29,19 @@ class Error(Struct):
 class JobList(Struct):
     jobs: list[JobView]
     next_cursor: str | None
+
+
+class ScheduleList(Struct):
+    schedules: list[ScheduleView]
+
+
+class ScheduleRequest(Struct):
+    """Exactly one of `cron` (5 fields) and `interval_s`."""
+
+    name: str
+    job: JobSpec
+    cron: str | None = None
+    interval_s: float | None = None
 
 
 class HistoryEvent(Struct):
@@ -129,6 +143,34 @@ def _paths() -> dict[str, Any]:
                 "responses": _answers({"200": ("versions 1..n", "History")}, ("401", "404")),
             }
         },
+        "/v1/schedules": {
+            "post": {
+                "summary": "Create a schedule: one job labelled schedule=<name> per fire time",
+                "operationId": "createSchedule",
+                "requestBody": {"required": True, **_json("ScheduleRequest")},
+                "responses": _answers(
+                    {"201": ("created", "ScheduleView")}, ("400", "401", "409", "413", "422")
+                ),
+            },
+            "get": {
+                "summary": "List schedules",
+                "operationId": "listSchedules",
+                "responses": _answers({"200": ("the schedules", "ScheduleList")}, ("401",)),
+            },
+        },
+        "/v1/schedules/{name}": {
+            "delete": {
+                "summary": "Delete a schedule",
+                "operationId": "deleteSchedule",
+                "parameters": [
+                    {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "204": {"description": "deleted"},
+                    **_answers({}, ("401", "404")),
+                },
+            }
+        },
         "/healthz": {
             "get": {
                 "summary": "Alive",
@@ -166,7 +208,8 @@ def _paths() -> dict[str, Any]:
 
 def document() -> dict[str, Any]:
     _, components = msgspec.json.schema_components(
-        [JobSpec, JobView, Error, JobList, History], ref_template=_REF
+        [JobSpec, JobView, Error, JobList, History, ScheduleRequest, ScheduleView, ScheduleList],
+        ref_template=_REF,
     )
     return {
         "openapi": "3.1.0",

@@ -19,9 +19,14 @@ from dockyard.scheduler.app import build_app
 from dockyard.scheduler.claims import ClaimResponder
 from dockyard.scheduler.context import Context
 from dockyard.scheduler.due import PgDueJobs, run_due_ticker
+from dockyard.scheduler.firing import run_firing
+from dockyard.scheduler.gauges import pg_gauges
+from dockyard.scheduler.metrics import CountingStore, SchedulerMetrics
 from dockyard.scheduler.reports import ReportConsumer
+from dockyard.scheduler.schedule_store import PgScheduleStore
 from dockyard.store.migrations import migrate
 from dockyard.store.pool import Pool, create_pool
+from dockyard.store.ports import EventStore
 from dockyard.store.postgres import PgEventStore
 from dockyard.store.read_model import PgJobViews
 from dockyard.web.auth import Tokens
@@ -35,18 +40,20 @@ async def run_scheduler(settings: Settings) -> None:
         await migrate(settings.database_url)
         pool = await create_pool(settings.database_url, max_size=16)
         stack.push_async_callback(pool.close)
-        store = PgEventStore(pool)
-        stack.push_async_callback(store.close)
+        pg_store = PgEventStore(pool)
+        stack.push_async_callback(pg_store.close)
+        metrics = SchedulerMetrics()
+        store = CountingStore(pg_store, metrics)
         nc = await connection.connect(settings.nats_url, "scheduler")
         stack.push_async_callback(connection.close, nc)
         js = connection.jetstream(nc)
         await ensure_topology(js, lease_s=settings.lease_s, queues=settings.queues)
 
-        claims = ClaimResponder(nc, store)
+        ctx = _context(settings, pool, store, nc, metrics)
+        claims = ClaimResponder(nc, store, ctx.metrics)
         await claims.start()
         stack.push_async_callback(claims.stop)
 
-        ctx = _context(settings, pool, store, nc)
         runner = web.AppRunner(build_app(ctx), access_log=None)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
@@ -65,13 +72,16 @@ async def run_scheduler(settings: Settings) -> None:
                 "outbox": relay.run(),
                 "reports": ReportConsumer(nc, js, store).run(),
                 "due": run_due_ticker(store, PgDueJobs(pool)),
+                "schedules": run_firing(store, ctx.schedules),
             },
             until=wait_for_stop_signal(),
         )
         log.info("scheduler.stopping", extra={"event": "scheduler.stopping"})
 
 
-def _context(settings: Settings, pool: Pool, store: PgEventStore, nc: NatsClient) -> Context:
+def _context(
+    settings: Settings, pool: Pool, store: EventStore, nc: NatsClient, metrics: SchedulerMetrics
+) -> Context:
     async def database_ready() -> bool:
         await pool.fetchval("SELECT 1")
         return True
@@ -82,6 +92,9 @@ def _context(settings: Settings, pool: Pool, store: PgEventStore, nc: NatsClient
     return Context(
         store=store,
         views=PgJobViews(pool),
+        schedules=PgScheduleStore(pool),
+        refresh_gauges=pg_gauges(pool),
+        metrics=metrics,
         tokens=Tokens(settings.tokens),
         database_ready=database_ready,
         nats_ready=nats_ready,

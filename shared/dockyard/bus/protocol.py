@@ -60,6 +60,7 @@ class ClaimAnswer(Struct, frozen=True, kw_only=True):
     # The last log seq stored for the job so far; the attempt numbers its lines after the
     # greater of this and the last seq on the LOGS stream, so seqs never repeat across attempts.
     log_seq: int = 0
+    queued_at: datetime | None = None
     meta: Metadata = Metadata()
 
 

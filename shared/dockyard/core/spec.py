@@ -106,7 +106,7 @@ def decode_spec(body: bytes) -> JobSpec:
     try:
         spec = _spec_decoder.decode(body)
     except msgspec.ValidationError as exc:
-        raise _spec_error(str(exc)) from None
+        raise validation_error(str(exc)) from None
     check_spec(spec)
     return spec
 
@@ -116,7 +116,7 @@ def convert_spec(obj: object) -> JobSpec:
     try:
         spec = msgspec.convert(obj, JobSpec)
     except msgspec.ValidationError as exc:
-        raise _spec_error(str(exc)) from None
+        raise validation_error(str(exc)) from None
     check_spec(spec)
     return spec
 
@@ -136,7 +136,7 @@ def check_spec(spec: JobSpec) -> None:
         raise SpecError("run_at", "run_at needs a time zone offset (RFC 3339)")
 
 
-def _spec_error(text: str) -> SpecError:
+def validation_error(text: str) -> SpecError:
     """Turn msgspec's `... - at `$.a.b[0]`` into a field path `a.b[0]` and a message."""
     match = _PATH.search(text)
     field = match["path"].lstrip(".") if match else ""

@@ -12,11 +12,14 @@ _LOCK_KEY = 0x646F636B79617264  # "dockyard"
 
 
 def migrations_dir() -> Path:
-    """The folder of SQL files: inside the wheel, or the repo's `schemas/` in a checkout."""
-    packaged = importlib.resources.files("dockyard") / "_schemas" / "migrations"
-    if packaged.is_dir():
-        return Path(str(packaged))
-    return Path(__file__).resolve().parents[3] / "schemas" / "migrations"
+    """The folder of SQL files: the repo's `schemas/` in a checkout, else inside the wheel.
+
+    The checkout comes first: an editable install also leaves a (stale) packaged copy.
+    """
+    in_checkout = Path(__file__).resolve().parents[3] / "schemas" / "migrations"
+    if in_checkout.is_dir():
+        return in_checkout
+    return Path(str(importlib.resources.files("dockyard") / "_schemas" / "migrations"))
 
 
 def migration_files() -> list[Path]:

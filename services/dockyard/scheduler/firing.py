@@ -1,0 +1,72 @@
+"""Firing schedules: each due schedule makes the job of its latest due fire time.
+
+The job's id is derived from (tenant, schedule, fire time), so however many schedulers fire
+the same time, and however often a crashed one retries it, one job exists for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from dockyard.core import Rejected, SubmitJob, fire_job_id
+from dockyard.handler import Clock, execute, utc_now
+from dockyard.scheduler.schedule_store import ScheduleStore
+from dockyard.scheduler.schedules import Schedule, fire_key, latest_fire, next_fire_after
+from dockyard.store.ports import ConcurrencyError, EventStore, StoreUnavailable
+
+log = logging.getLogger("dockyard.scheduler.firing")
+
+TICK_S = 0.5
+BATCH = 100
+
+
+async def fire_due(store: EventStore, schedules: ScheduleStore, clock: Clock = utc_now) -> int:
+    """Make the job of every due schedule; return how many jobs this call created."""
+    made = 0
+    now = clock()
+    for schedule in await schedules.due(now, BATCH):
+        made += await _fire(store, schedules, schedule, clock)
+    return made
+
+
+async def _fire(
+    store: EventStore, schedules: ScheduleStore, schedule: Schedule, clock: Clock
+) -> int:
+    now = clock()
+    fire_time = latest_fire(schedule, now)
+    made = 0
+    if fire_time is not None and (schedule.last_fire is None or fire_time > schedule.last_fire):
+        job_id = fire_job_id(schedule.tenant, schedule.name, fire_key(fire_time))
+        command = SubmitJob(
+            tenant=schedule.tenant, spec=schedule.job, schedule=schedule.name, fire_time=fire_time
+        )
+        try:
+            outcome = await execute(store, job_id, command, clock=clock)
+        except (Rejected, ConcurrencyError) as error:
+            log.warning("schedule.fire_failed name=%s error=%s", schedule.name, error)
+            return 0
+        made = int(bool(outcome.events))
+        if made:
+            log.info(
+                "schedule.fired name=%s job=%s fire_time=%s",
+                schedule.name,
+                job_id,
+                fire_time.isoformat(),
+                extra={"event": "schedule.fired", "job": job_id},
+            )
+    await schedules.advance(
+        schedule, fire_time or schedule.next_fire, next_fire_after(schedule, now)
+    )
+    return made
+
+
+async def run_firing(
+    store: EventStore, schedules: ScheduleStore, clock: Clock = utc_now, tick_s: float = TICK_S
+) -> None:
+    while True:
+        try:
+            await fire_due(store, schedules, clock)
+        except StoreUnavailable as error:
+            log.warning("schedule.store_unavailable error=%s", error)
+        await asyncio.sleep(tick_s)

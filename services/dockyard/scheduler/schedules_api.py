@@ -1,0 +1,54 @@
+"""/v1/schedules: create, list, delete. Another tenant's schedule is 404, as for jobs."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from dockyard.scheduler.context import ctx_of
+from dockyard.scheduler.jobs_api import json_response, parse_json_object, read_body
+from dockyard.scheduler.schedule_store import ScheduleExists
+from dockyard.scheduler.schedules import parse_schedule, view
+from dockyard.web.auth import ADMIN
+from dockyard.web.errors import ApiError, not_found
+
+
+async def create(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    tenant = ctx.tokens.authenticate(request)
+    body = await read_body(request)
+    parse_json_object(body)
+    schedule = parse_schedule(body, tenant, ctx.clock())
+    try:
+        await ctx.schedules.create(schedule)
+    except ScheduleExists:
+        raise ApiError(
+            409,
+            "schedule_exists",
+            f"a schedule named {schedule.name!r} exists",
+            {"name": schedule.name},
+        ) from None
+    return json_response(view(schedule), 201)
+
+
+async def listing(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    tenant = ctx.tokens.authenticate(request)
+    schedules = await ctx.schedules.listing(None if tenant == ADMIN else tenant)
+    return json_response({"schedules": [view(s) for s in schedules]})
+
+
+async def delete(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    tenant = ctx.tokens.authenticate(request)
+    name = request.match_info["name"]
+    if not await ctx.schedules.delete(tenant, name):
+        raise not_found("schedule", name)
+    return web.Response(status=204)
+
+
+def routes() -> list[web.RouteDef]:
+    return [
+        web.post("/v1/schedules", create),
+        web.get("/v1/schedules", listing),
+        web.delete("/v1/schedules/{name}", delete),
+    ]
