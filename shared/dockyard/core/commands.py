@@ -36,6 +36,7 @@ class RecordResource(CommandBase, tag="record_resource", frozen=True, kw_only=Tr
     kind: ResourceKind
     name: str
     orchestrator: str
+    engine: str | None = None
 
 
 class ReleaseResource(

@@ -129,6 +129,7 @@ def _(cmd: RecordResource, job: Job, m: _Maker) -> list[Event]:
             kind=cmd.kind,
             name=cmd.name,
             orchestrator=cmd.orchestrator,
+            engine=cmd.engine,
         )
     ]
 

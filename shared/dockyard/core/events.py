@@ -75,6 +75,9 @@ class ResourceIntended(EventBase, tag="resource_intended", kw_only=True, frozen=
     kind: ResourceKind
     name: str
     orchestrator: str
+    # The Docker engine (its `docker info` ID) the resource lives on: a janitor only judges
+    # what its own engine can show it.
+    engine: str | None = None
 
 
 class ResourceReleased(EventBase, tag="resource_released", kw_only=True, frozen=True):
