@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -84,15 +85,13 @@ async def test_a_crash_between_submit_and_advance_does_not_double(
     store, schedules = PgEventStore(pools[0]), PgScheduleStore(pools[0])
     await schedules.create(parse_schedule(body, "acme", clock()))
     clock.now = T0 + timedelta(seconds=61)
-    (due,) = await schedules.due(clock(), 10)
+    assert len(await schedules.due(clock(), 10)) == 1
 
     class CrashBeforeAdvance(PgScheduleStore):
         async def advance(self, *_: object) -> bool:
             raise ConnectionError("killed")
 
-    try:
+    with contextlib.suppress(ConnectionError):
         await fire_due(store, CrashBeforeAdvance(pools[0]), clock)
-    except ConnectionError:
-        pass
     assert await fire_due(store, schedules, clock) == 0  # the job exists: nothing doubled
     assert len(await _jobs(pools[0])) == 1

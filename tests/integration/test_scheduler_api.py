@@ -228,8 +228,9 @@ async def test_schedules_create_list_delete(client: TestClient[Any, Any]) -> Non
     created = await response.json()
     assert created["job"]["labels"] == {"schedule": "nightly"}
     assert created["next_fire"].endswith(("03:00:00Z", "03:00:00+00:00"))
-    await _error(await client.post("/v1/schedules", json=body, headers=ACME), 409,
-                 "schedule_exists")
+    await _error(
+        await client.post("/v1/schedules", json=body, headers=ACME), 409, "schedule_exists"
+    )
     listed = await (await client.get("/v1/schedules", headers=ACME)).json()
     assert [s["name"] for s in listed["schedules"]] == ["nightly"]
     assert (await (await client.get("/v1/schedules", headers=GLOBEX)).json())["schedules"] == []
@@ -240,18 +241,21 @@ async def test_schedules_create_list_delete(client: TestClient[Any, Any]) -> Non
 
 @pytest.mark.parametrize(
     ("body", "field"),
-    [({"name": "a", "cron": "* * * *", "job": {"image": "b"}}, "cron"),
-     ({"name": "a", "job": {"image": "b"}}, "cron"),
-     ({"name": "a", "cron": "* * * * *", "interval_s": 5, "job": {"image": "b"}}, "cron"),
-     ({"name": "a", "interval_s": 0, "job": {"image": "b"}}, "interval_s"),
-     ({"name": "a", "interval_s": 5, "job": {"image": "B A D"}}, "job.image"),
-     ({"name": "a", "interval_s": 5, "job": {"image": "b", "zzz": 1}}, "job.zzz"),
-     ({"name": "a", "interval_s": 5, "job": {"image": "b"}, "extra": 1}, "extra"),
-     ({"name": "no spaces", "interval_s": 5, "job": {"image": "b"}}, "name")],
+    [
+        ({"name": "a", "cron": "* * * *", "job": {"image": "b"}}, "cron"),
+        ({"name": "a", "job": {"image": "b"}}, "cron"),
+        ({"name": "a", "cron": "* * * * *", "interval_s": 5, "job": {"image": "b"}}, "cron"),
+        ({"name": "a", "interval_s": 0, "job": {"image": "b"}}, "interval_s"),
+        ({"name": "a", "interval_s": 5, "job": {"image": "B A D"}}, "job.image"),
+        ({"name": "a", "interval_s": 5, "job": {"image": "b", "zzz": 1}}, "job.zzz"),
+        ({"name": "a", "interval_s": 5, "job": {"image": "b"}, "extra": 1}, "extra"),
+        ({"name": "no spaces", "interval_s": 5, "job": {"image": "b"}}, "name"),
+    ],
 )
 async def test_bad_schedules_are_422_naming_the_field(
     client: TestClient[Any, Any], body: dict[str, Any], field: str
 ) -> None:
-    error = await _error(await client.post("/v1/schedules", json=body, headers=ACME), 422,
-                         "invalid_field")
+    error = await _error(
+        await client.post("/v1/schedules", json=body, headers=ACME), 422, "invalid_field"
+    )
     assert error["details"]["field"] == field

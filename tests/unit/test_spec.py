@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+
+import msgspec
 import pytest
 
 from dockyard.core.spec import SpecError, decode_spec
@@ -62,3 +65,29 @@ def test_bad_input_names_the_field(body: bytes, field: str) -> None:
 def test_missing_image_is_named() -> None:
     with pytest.raises(SpecError, match="image"):
         decode_spec(b'{"command": ["true"]}')
+
+
+@pytest.mark.parametrize(
+    "evil",
+    ["a" * 511 + "!", "a-" * 255 + "!", "a_" * 255 + "!", "a/" * 255 + "!", "a." * 255 + "@"],
+)
+def test_a_hostile_image_name_is_refused_fast(evil: str) -> None:
+    """The patterns are checked by a backtracking engine: none may be quadratic or worse."""
+    started = time.perf_counter()
+    with pytest.raises(SpecError, match="image"):
+        decode_spec(msgspec.json.encode({"image": evil}))
+    assert time.perf_counter() - started < 0.05
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "busybox",
+        "dockyard/busybox:latest",
+        "registry.example.com:5000/team/app:1.2.3",
+        "a__b/c--d.e_f:tag",
+        "x@sha256:" + "a" * 64,
+    ],
+)
+def test_real_image_references_are_accepted(image: str) -> None:
+    assert decode_spec(msgspec.json.encode({"image": image})).image == image

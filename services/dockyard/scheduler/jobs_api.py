@@ -10,7 +10,7 @@ from aiohttp import web
 
 from dockyard.core import RequestCancel, SubmitJob, uuid7
 from dockyard.core.codec import encode
-from dockyard.core.spec import decode_spec
+from dockyard.core.spec import convert_spec
 from dockyard.core.state import Status
 from dockyard.handler import execute
 from dockyard.scheduler.context import Context, ctx_of
@@ -49,7 +49,7 @@ def _too_large() -> ApiError:
     return ApiError(413, "body_too_large", "the request body is over 1 MiB", {"limit": MAX_BODY})
 
 
-def parse_json_object(body: bytes) -> None:
+def parse_json_object(body: bytes) -> dict[str, Any]:
     """400 for what is not JSON at all; field-level problems are 422s found later."""
     try:
         value = msgspec.json.decode(body)
@@ -57,14 +57,36 @@ def parse_json_object(body: bytes) -> None:
         raise ApiError(400, "malformed_body", f"the body is not valid JSON: {error}") from None
     if not isinstance(value, dict):
         raise ApiError(400, "malformed_body", "the body must be a JSON object")
+    if b"\\u0000" in body:
+        field = _nul_path(value, "")
+        if field is not None:
+            raise invalid(field, "text may not contain NUL characters (\\u0000)")
+    return value
+
+
+def _nul_path(value: object, path: str) -> str | None:
+    """Where a NUL character hides: PostgreSQL cannot store one in JSON text."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            child = f"{path}.{key}" if path else str(key)
+            if "\x00" in str(key):
+                return child
+            if (found := _nul_path(item, child)) is not None:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            if (found := _nul_path(item, f"{path}[{index}]")) is not None:
+                return found
+    return None
 
 
 async def submit(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     tenant = ctx.tokens.authenticate(request)
     body = await read_body(request)
-    parse_json_object(body)
-    spec = decode_spec(body)
+    spec = convert_spec(parse_json_object(body))
     if spec.idempotency_key is not None:
         existing = await _idempotent(ctx, tenant, spec.idempotency_key)
         if existing is not None:
@@ -131,6 +153,8 @@ def _job_filter(request: web.Request) -> dict[str, Any]:
         raise invalid("status", f"must be one of {', '.join(sorted(_STATUSES))}")
     labels: dict[str, str] = {}
     for item in q.getall("label", []):
+        if not item:
+            continue  # `label=` filters nothing, as an empty `queue=` does
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise invalid("label", "labels filter as key=value")

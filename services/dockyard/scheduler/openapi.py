@@ -13,7 +13,7 @@ from msgspec import Struct
 from dockyard.core.spec import JobSpec
 from dockyard.core.state import Status
 from dockyard.core.view import JobView
-from dockyard.scheduler.schedules import ScheduleView
+from dockyard.scheduler.schedules import CronText, IntervalS, ScheduleName, ScheduleView
 
 
 class ErrorBody(Struct):
@@ -38,10 +38,10 @@ class ScheduleList(Struct):
 class ScheduleRequest(Struct):
     """Exactly one of `cron` (5 fields) and `interval_s`."""
 
-    name: str
+    name: ScheduleName
     job: JobSpec
-    cron: str | None = None
-    interval_s: float | None = None
+    cron: CronText | None = None
+    interval_s: IntervalS | None = None
 
 
 class HistoryEvent(Struct):
@@ -112,9 +112,13 @@ def _paths() -> dict[str, Any]:
                 "parameters": [
                     _query("status", {"type": "string", "enum": statuses}),
                     _query("queue", {"type": "string"}),
-                    _query("label", {"type": "array", "items": {"type": "string"}}, True),
+                    _query(
+                        "label",
+                        {"type": "array", "items": {"type": "string", "pattern": "^$|^[^=]+="}},
+                        True,
+                    ),
                     _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}),
-                    _query("cursor", {"type": "string"}),
+                    _query("cursor", {"type": "string", "pattern": "^[A-Za-z0-9_-]*={0,2}$"}),
                 ],
                 "responses": _answers({"200": ("a page of jobs", "JobList")}, ("401", "422")),
             },

@@ -14,11 +14,13 @@ from croniter import croniter
 from msgspec import Meta, Struct
 from msgspec.structs import replace
 
-from dockyard.core.spec import JobSpec, SpecError, convert_spec, validation_error
+from dockyard.core.spec import JobSpec, SpecError, Timestamp, convert_spec, validation_error
 from dockyard.core.view import masked_spec
 
+CronText = Annotated[str, Meta(pattern=r"^\S+(\s+\S+){4}$", max_length=200)]
 ScheduleName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
 MIN_INTERVAL_S = 1.0
+IntervalS = Annotated[float, Meta(ge=MIN_INTERVAL_S, le=366 * 86_400)]
 
 
 class ScheduleBody(Struct, frozen=True, forbid_unknown_fields=True):
@@ -26,8 +28,8 @@ class ScheduleBody(Struct, frozen=True, forbid_unknown_fields=True):
 
     name: ScheduleName
     job: dict[str, Any]
-    cron: str | None = None
-    interval_s: Annotated[float, Meta(ge=MIN_INTERVAL_S, le=366 * 86_400)] | None = None
+    cron: CronText | None = None
+    interval_s: IntervalS | None = None
 
 
 class Schedule(Struct, frozen=True, kw_only=True):
@@ -47,9 +49,9 @@ class ScheduleView(Struct, frozen=True, kw_only=True):
     cron: str | None
     interval_s: float | None
     job: JobSpec
-    created_at: datetime
-    last_fire: datetime | None
-    next_fire: datetime
+    created_at: Timestamp
+    last_fire: Timestamp | None
+    next_fire: Timestamp
 
 
 _body = msgspec.json.Decoder(ScheduleBody)

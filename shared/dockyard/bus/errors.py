@@ -64,10 +64,12 @@ def translate(exc: BaseException) -> BusError:
     if isinstance(exc, BusError):
         return exc
     if isinstance(exc, nats.js.errors.APIError):
-        code = exc.code
+        # Some subclasses (KeyNotFoundError, KeyDeletedError) are raised without a code.
+        code = getattr(exc, "code", None)
         if code in _UNAVAILABLE_API_CODES:
             return BusUnavailable(f"JetStream unavailable: {exc}")
-        return BusRejected(f"JetStream refused: {exc}", code=code, err_code=exc.err_code)
+        err_code = getattr(exc, "err_code", None)
+        return BusRejected(f"JetStream refused: {exc}", code=code, err_code=err_code)
     if isinstance(exc, _UNAVAILABLE_CLIENT_ERRORS):
         return BusUnavailable(f"NATS unavailable: {type(exc).__name__}: {exc}")
     return BusRejected(f"NATS error: {type(exc).__name__}: {exc}")

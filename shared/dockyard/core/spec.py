@@ -21,14 +21,25 @@ NetworkMode = Literal["none", "isolated", "egress"]
 
 EnvKey = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=256)]
 LabelKey = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")]
-ImageRef = Annotated[
-    str,
+# [domain[:port]/]component[/component...][:tag][@digest], as the engine parses it. Written so
+# that no two quantifiers can match the same text: a backtracking regex engine stays linear, and
+# a hostile 512-character image name costs microseconds, not minutes (schemathesis found one).
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+IMAGE_PATTERN = (
+    r"^(?:[a-zA-Z0-9-]+(?:\.[a-zA-Z0-9-]+)*(?::[0-9]+)?/)?"
+    rf"{_COMPONENT}(?:/{_COMPONENT})*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+    r"(?:@[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-fA-F0-9]{32,})?$"
+)
+ImageRef = Annotated[str, Meta(min_length=1, max_length=512, pattern=IMAGE_PATTERN)]
+# An RFC 3339 time; the pattern makes the document checkable (JSON Schema's format is advisory).
+Timestamp = Annotated[
+    datetime,
     Meta(
-        min_length=1,
-        max_length=512,
-        # [registry[:port]/]path[:tag][@digest], lower-case path as the engine demands.
-        pattern=r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-]|__|[-]*[a-z0-9]+)*)*"
-        r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@[a-z0-9]+:[a-f0-9]{32,})?$",
+        extra_json_schema={
+            "format": "date-time",
+            "pattern": r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$",
+        }
     ),
 ]
 SidecarName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9-]{0,62}$")]
@@ -77,7 +88,7 @@ class JobSpec(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=Fal
     queue: QueueName = "default"
     labels: dict[LabelKey, Annotated[str, Meta(max_length=256)]] = {}
     idempotency_key: Annotated[str, Meta(min_length=1, max_length=256)] | None = None
-    run_at: datetime | None = None
+    run_at: Timestamp | None = None
 
     @property
     def effective_network(self) -> NetworkMode:
@@ -114,11 +125,22 @@ def decode_spec(body: bytes) -> JobSpec:
 def convert_spec(obj: object) -> JobSpec:
     """Like decode_spec, for an already-parsed JSON value (e.g. a schedule's `job`)."""
     try:
-        spec = msgspec.convert(obj, JobSpec)
+        spec = msgspec.convert(integral_floats_as_ints(obj), JobSpec)
     except msgspec.ValidationError as exc:
         raise validation_error(str(exc)) from None
     check_spec(spec)
     return spec
+
+
+def integral_floats_as_ints(obj: object) -> object:
+    """JSON has one number type: `256.0` is the integer 256 to a JSON Schema, and to us."""
+    if isinstance(obj, float) and obj.is_integer() and abs(obj) < 2**53:
+        return int(obj)
+    if isinstance(obj, dict):
+        return {k: integral_floats_as_ints(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [integral_floats_as_ints(v) for v in obj]
+    return obj
 
 
 def check_spec(spec: JobSpec) -> None:
@@ -151,7 +173,8 @@ def validation_error(text: str) -> SpecError:
             else f"{named['name']!r} is required"
         )
     elif "matching regex" in message:
-        message = _PATTERN_HINTS.get(field.rsplit(".", 1)[-1].split("[")[0], message)
+        generic = re.sub(r"\[\d+\]", "", field)  # sidecars[0].name -> sidecars.name
+        message = _PATTERN_HINTS.get(generic, _PATTERN_HINTS.get(generic.rsplit(".")[-1], message))
     return SpecError(field, message)
 
 
@@ -159,7 +182,8 @@ _PATTERN_HINTS = {
     "image": "not a valid image reference: name[:tag][@digest], lower-case",
     "env": "environment keys are letters, digits and _, not starting with a digit",
     "secrets": "secret names are environment keys: letters, digits and _",
-    "name": "sidecar names are lower-case letters, digits and -, starting with a letter",
+    "sidecars.name": "sidecar names are lower-case letters, digits and -, starting with a letter",
+    "name": "names are letters, digits and _ . -, starting with a letter or digit, at most 63",
     "queue": "queue names are letters, digits, _ and -, at most 64",
     "labels": "label keys are letters, digits and . _ / -, at most 128",
     "user": "user is NAME or UID[:GID]",

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from msgspec import Struct
 from msgspec.structs import replace
 
 from dockyard.core.reasons import Reason
-from dockyard.core.spec import JobSpec
+from dockyard.core.spec import JobSpec, Timestamp
 from dockyard.core.state import Job, Status
 
 
@@ -22,10 +20,10 @@ class JobView(Struct, frozen=True, kw_only=True):
     reason: Reason | None
     error: str | None
     orchestrator: str | None
-    created_at: datetime
-    queued_at: datetime | None
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: Timestamp
+    queued_at: Timestamp | None
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
     spec: JobSpec
     version: int
 

@@ -63,6 +63,16 @@ def _from_core(error: Exception) -> ApiError:
     raise error
 
 
+# Headers an HTTP error must keep when it is re-rendered in the contract's shape.
+_KEPT_HEADERS = ("Allow",)
+
+
+def _http_message(http: web.HTTPException) -> str:
+    if http.status == 405:
+        return f"{http.reason}: this path answers {http.headers.get('Allow', 'other methods')}"
+    return http.reason or "error"
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -75,7 +85,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if http.status < 400:
             raise
         code = (http.reason or "error").lower().replace(" ", "_")
-        return error_response(ApiError(http.status, code, http.text or http.reason))
+        kept = {k: v for k, v in http.headers.items() if k in _KEPT_HEADERS}
+        return error_response(ApiError(http.status, code, _http_message(http)), kept)
     except Exception:
         ref = uuid7()
         log.exception("unhandled error", extra={"request_id": ref, "path": request.path})
