@@ -119,3 +119,36 @@ def _decode(decoder: msgspec.json.Decoder[T], data: bytes, what: str) -> T:
         return decoder.decode(data)
     except msgspec.DecodeError as exc:
         raise MessageDecodeError(f"not a {what}: {exc}") from exc
+
+
+# Heartbeats: orchestrators put them in HEARTBEATS_BUCKET; the janitor reads them.
+
+
+class RunningJob(Struct, frozen=True, kw_only=True):
+    job_id: str
+    attempt: int
+    log_seq: int
+
+
+class Heartbeat(Struct, frozen=True, kw_only=True):
+    """The value under `names.heartbeat_key(orchestrator)` in HEARTBEATS_BUCKET."""
+
+    orchestrator: str
+    queues: list[str]
+    max_jobs: int
+    lease_s: float
+    started_at: datetime
+    sent_at: datetime
+    jobs: list[RunningJob]
+    draining: bool = False
+
+
+_heartbeat = msgspec.json.Decoder(Heartbeat)
+
+
+def encode_heartbeat(beat: Heartbeat) -> bytes:
+    return _encoder.encode(beat)
+
+
+def decode_heartbeat(data: bytes) -> Heartbeat:
+    return _heartbeat.decode(data)

@@ -250,3 +250,12 @@ def _parse_time(text: str) -> datetime:
         head = f"{head}.{digits[:6]}{zone}"
     parsed = datetime.fromisoformat(head.replace("Z", "+00:00"))
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+async def engine_id(docker: aiodocker.Docker) -> str | None:
+    """The engine's own ID (`docker info`): names where a ledger entry lives, for janitors."""
+    try:
+        info = await docker.system.info()
+    except (aiodocker.DockerError, OSError):
+        return None  # unknown: janitors then never mark this orchestrator's entries gone
+    return str(info.get("ID") or "") or None

@@ -1,0 +1,301 @@
+"""One attempt of one job, from a granted claim to its stored exit report, and its cleanup.
+
+Order, and why: every resource is in the ledger before it exists; the job container's output
+is attached before it starts; its timeout runs on the monotonic clock from its start; every
+log line is stored before the exit report (a reader who sees the job finished finds every
+line); the offer is acked only after the report; and whatever happens - an engine error,
+a stop, a cancellation of this task - everything created is removed, and its removal recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from msgspec import Struct
+
+from dockyard.core.commands import ReportExit, ReportStarted
+from dockyard.core.spec import JobSpec
+from dockyard.orchestrator.config import OrchestratorConfig
+from dockyard.orchestrator.images import Images
+from dockyard.orchestrator.joblog import JobLog
+from dockyard.orchestrator.outcome import (
+    Ran,
+    StopRequest,
+    exit_report,
+    failed_report,
+    not_started_report,
+    stopped_note,
+)
+from dockyard.orchestrator.ports import LogSinkPort, ReportSink
+from dockyard.orchestrator.reporter import utc_now
+from dockyard.orchestrator.resources import AttemptResources, ContainerKind
+from dockyard.orchestrator.tasks import cancel_all, to_completion
+from dockyard.orchestrator.ticket import Ticket
+from dockyard.runtime.hardening import plan_job
+from dockyard.runtime.ports import (
+    ContainerPlan,
+    ContainerRuntime,
+    ContainerRuntimeError,
+    ExitStatus,
+    ImagePullFailed,
+    NotFound,
+    RuntimeUnavailable,
+)
+
+log = logging.getLogger("dockyard.orchestrator.attempt")
+
+# An image not there within this long is most likely being pulled: say so in the log.
+PULL_NOTE_AFTER_S = 0.5
+# The attach stream ends with the container; this only bounds an engine that forgets to.
+READER_GRACE_S = 5.0
+# After SIGKILL the engine reports the exit at once; past this it is not answering.
+WAIT_AFTER_STOP_S = 30.0
+
+
+class Claim(Struct, frozen=True, kw_only=True):
+    """A granted claim: what to run, and the seq its log continues after."""
+
+    job_id: str
+    attempt: int
+    spec: JobSpec
+    tenant: str | None = None
+    log_seq: int = 0
+
+
+@dataclass(frozen=True)
+class AttemptContext:
+    """What every attempt of one orchestrator shares."""
+
+    config: OrchestratorConfig
+    runtime: ContainerRuntime
+    reports: ReportSink
+    images: Images
+    log_sink: Callable[[str, int], LogSinkPort]
+    clock: Callable[[], datetime] = utc_now
+    engine: str | None = None  # the Docker engine's ID, named in every ledger intent
+
+
+class Attempt:
+    def __init__(self, ctx: AttemptContext, claim: Claim, ticket: Ticket) -> None:
+        self._ctx = ctx
+        self.claim = claim
+        self._ticket = ticket
+        self._stop: asyncio.Future[StopRequest] = asyncio.get_running_loop().create_future()
+        self._log = JobLog(
+            ctx.config,
+            claim.spec,
+            attempt=claim.attempt,
+            after_seq=claim.log_seq,
+            clock=ctx.clock,
+        )
+        self.container_id: str | None = None
+        self.report: ReportExit | None = None
+
+    @property
+    def job_id(self) -> str:
+        return self.claim.job_id
+
+    @property
+    def attempt(self) -> int:
+        return self.claim.attempt
+
+    @property
+    def ticket(self) -> Ticket:
+        return self._ticket
+
+    @property
+    def log_seq(self) -> int:
+        return self._log.last_seq
+
+    def request_stop(self, stop: StopRequest) -> None:
+        if not self._stop.done():
+            self._stop.set_result(stop)
+
+    async def run(self) -> ReportExit:
+        """Run to the stored exit report; the engine is clean afterwards, even if cancelled."""
+        ctx, claim = self._ctx, self.claim
+        sink = ctx.log_sink(claim.job_id, claim.attempt)
+        resources = AttemptResources(
+            ctx.runtime,
+            ctx.reports,
+            job_id=claim.job_id,
+            attempt=claim.attempt,
+            orchestrator=ctx.config.orchestrator_id,
+            engine=ctx.engine,
+        )
+        keepalive = asyncio.create_task(self._ticket.keep_alive())
+        publisher = asyncio.create_task(self._log.publish(sink))
+        try:
+            try:
+                report = await self._execute(resources)
+            except Exception as exc:  # a bug of ours must still end in a report and cleanup
+                log.exception("orchestrator.attempt_failed job=%s", claim.job_id)
+                self._log.note(f"Dockyard could not run this attempt: {exc}")
+                report = failed_report(claim.attempt, exc)
+            await self._log.end()
+            await publisher
+            await ctx.reports.send(claim.job_id, report)
+            self.report = report
+            await self._ticket.ack()
+            return report
+        finally:
+            if not publisher.done():
+                sink.abandon()
+            await cancel_all([keepalive, publisher])
+            await to_completion(resources.release())
+
+    async def _execute(self, resources: AttemptResources) -> ReportExit:
+        claim, spec = self.claim, self.claim.spec
+        plan = plan_job(
+            spec,
+            job_id=claim.job_id,
+            attempt=claim.attempt,
+            orchestrator=self._ctx.config.orchestrator_id,
+        )
+        if claim.attempt > 1:
+            self._log.note(f"attempt {claim.attempt} of {spec.retry.max_attempts}")
+        try:
+            images = [spec.image, *(sidecar.image for sidecar in spec.sidecars)]
+            for ref in dict.fromkeys(images):
+                if self._ctx.images.fresh(ref, spec.pull):
+                    continue
+                if not await self._or_stop(self._ensure_image(ref)):
+                    return self._not_started()
+            if self._stop.done():
+                return self._not_started()
+            if plan.network is not None:
+                await resources.network(plan.network)
+            for sidecar in plan.sidecars:
+                sidecar_id = await self._create(resources, sidecar)
+                await self._ctx.runtime.start(sidecar_id)
+            if self._stop.done():
+                return self._not_started()
+            self.container_id = await self._create(resources, plan.job)
+            return await self._run_container(self.container_id)
+        except ContainerRuntimeError as exc:
+            if isinstance(exc, ImagePullFailed):
+                self._log.note(f"image pull failed: {exc.message}")
+            else:
+                self._log.note(f"container error: {exc.message}")
+            return failed_report(claim.attempt, exc)
+
+    def _not_started(self) -> ReportExit:
+        stop = self._stop.result()
+        self._log.note(f"{stop.detail} before the container started")
+        return not_started_report(self.claim.attempt, stop)
+
+    async def _ensure_image(self, ref: str) -> None:
+        pull = self.claim.spec.pull
+        task = asyncio.create_task(self._ctx.images.ensure(ref, pull))
+        try:
+            done, _ = await asyncio.wait({task}, timeout=PULL_NOTE_AFTER_S)
+            if not done:
+                self._log.note(f"pulling image {ref}")
+            await task
+        finally:
+            await cancel_all([task])
+
+    async def _create(self, resources: AttemptResources, plan: ContainerPlan) -> str:
+        image = str(plan.config["Image"])
+        kind: ContainerKind = "container" if plan.role == "job" else "sidecar"
+
+        async def pull_again() -> None:
+            # The image was removed since it was last seen: pull per policy, once.
+            self._ctx.images.forget(image)
+            await self._ctx.images.ensure(image, self.claim.spec.pull)
+
+        return await resources.container(plan, kind, on_missing_image=pull_again)
+
+    async def _run_container(self, container_id: str) -> ReportExit:
+        ctx, claim = self._ctx, self.claim
+        loop = asyncio.get_running_loop()
+        runtime = ctx.runtime
+        reader: asyncio.Task[None] | None = None
+        started: asyncio.Task[None] | None = None
+        wait: asyncio.Task[ExitStatus] | None = None
+        ran: Ran | None = None
+        try:
+            async with runtime.stream_output(container_id) as chunks:
+                reader = asyncio.create_task(self._log.read(chunks))
+                await runtime.start(container_id)
+                began, started_at = loop.time(), ctx.clock()
+                started = asyncio.create_task(
+                    ctx.reports.send(
+                        claim.job_id,
+                        ReportStarted(
+                            attempt=claim.attempt,
+                            container_id=container_id,
+                            orchestrator=ctx.config.orchestrator_id,
+                        ),
+                    )
+                )
+                wait = asyncio.create_task(runtime.wait(container_id))
+                stop = await self._supervise(wait, container_id, began + claim.spec.timeout_s)
+                status = await wait
+                ran = Ran(status=status, duration_s=loop.time() - began, started_at=started_at)
+                await started
+                await self._finish_reading(reader)
+            return exit_report(claim.attempt, ran, stop, memory_mb=claim.spec.resources.memory_mb)
+        except ContainerRuntimeError as exc:
+            self._log.note(f"container error: {exc.message}")
+            if started is not None:
+                await started  # the exit report must come after it
+            return failed_report(claim.attempt, exc, ran)
+        finally:
+            await cancel_all([reader, wait, started])
+
+    async def _supervise(
+        self, wait: asyncio.Task[ExitStatus], container_id: str, deadline: float
+    ) -> StopRequest | None:
+        """Wait for the exit, the deadline or a stop request; on the latter two, stop it."""
+        loop = asyncio.get_running_loop()
+        remaining = max(0.0, deadline - loop.time())
+        waits: set[asyncio.Future[Any]] = {wait, self._stop}
+        done, _ = await asyncio.wait(waits, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+        if wait in done:
+            return None
+        if self._stop.done():
+            stop = self._stop.result()
+        else:
+            stop = StopRequest("timeout", f"timed out after {self.claim.spec.timeout_s:g} s")
+        grace = self._ctx.config.stop_grace_s
+        self._log.note(stopped_note(stop, grace))
+        try:
+            await self._ctx.runtime.stop(container_id, grace)
+        except NotFound:
+            pass  # it exited meanwhile
+        except ContainerRuntimeError as exc:
+            log.warning("orchestrator.stop_failed container=%s error=%s", container_id, exc)
+        try:
+            async with asyncio.timeout(grace + WAIT_AFTER_STOP_S):
+                await asyncio.shield(wait)
+        except TimeoutError:
+            raise RuntimeUnavailable(
+                f"container {container_id} did not exit after being stopped"
+            ) from None
+        return stop
+
+    async def _finish_reading(self, reader: asyncio.Task[None]) -> None:
+        try:
+            async with asyncio.timeout(READER_GRACE_S):
+                await asyncio.shield(reader)
+        except TimeoutError:
+            log.warning("orchestrator.output_not_closed job=%s", self.claim.job_id)
+
+    async def _or_stop(self, aw: Coroutine[Any, Any, None]) -> bool:
+        """Run `aw` unless a stop request comes first; False if it did (and `aw` is cancelled)."""
+        task = asyncio.create_task(aw)
+        try:
+            waits: set[asyncio.Future[Any]] = {task, self._stop}
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if task in done:
+                task.result()
+                return True
+            return False
+        finally:
+            await cancel_all([task])

@@ -1,0 +1,218 @@
+"""Taking work: pull offers from a queue's shared durable consumer, claim each, launch it.
+
+A slot (one of DOCKYARD_MAX_JOBS) is held before an offer is pulled, so an orchestrator never
+takes more than it can run; the slot passes to the launched attempt, or comes back at once.
+A claim is a request to the scheduler, answered once JobClaimed is appended with the expected
+version: only a granted claim starts anything. The offer itself stays unacked (kept alive by
+the attempt) until the attempt is reported, so a crash before then means a redelivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import nats.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from dockyard.bus import names, protocol
+from dockyard.bus.errors import BusError, MessageDecodeError, translated
+from dockyard.bus.messages import decode_work_offer
+from dockyard.orchestrator.attempt import Claim
+from dockyard.orchestrator.config import OrchestratorConfig
+from dockyard.orchestrator.logsink import last_log_seq
+from dockyard.orchestrator.registry import Registry
+from dockyard.orchestrator.retrying import backoff, until_stored
+from dockyard.orchestrator.ticket import Ticket, WorkTicket
+
+log = logging.getLogger("dockyard.orchestrator.claimer")
+
+Ask = Callable[[protocol.ClaimRequest], Awaitable[protocol.ClaimAnswer | None]]
+Launch = Callable[[Claim, Ticket], None]
+
+
+def claim_asker(nc: NatsClient, timeout_s: float) -> Ask:
+    """The claim request over NATS; None when no scheduler answered (ask again later)."""
+
+    async def ask(request: protocol.ClaimRequest) -> protocol.ClaimAnswer | None:
+        try:
+            reply = await nc.request(
+                names.CLAIMS_SUBJECT, protocol.encode(request), timeout=timeout_s
+            )
+            return protocol.decode_answer(reply.data)
+        except (nats.errors.Error, OSError, MessageDecodeError) as exc:
+            log.warning(
+                "orchestrator.claim_unanswered job=%s error=%s",
+                request.job_id,
+                exc,
+                extra={"event": "orchestrator.claim_unanswered", "job": request.job_id},
+            )
+            return None
+
+    return ask
+
+
+class Claimer:
+    """One queue's pull loop; `run` returns once `stopping` is set (within a fetch timeout)."""
+
+    def __init__(
+        self,
+        *,
+        nc: NatsClient,
+        js: JetStreamContext,
+        queue: str,
+        config: OrchestratorConfig,
+        slots: asyncio.Semaphore,
+        registry: Registry,
+        launch: Launch,
+        ask: Ask,
+    ) -> None:
+        self._nc = nc
+        self._js = js
+        self._queue = queue
+        self._config = config
+        self._slots = slots
+        self._registry = registry
+        self._launch = launch
+        self._ask = ask
+        self.claimed = 0
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        sub = await self._subscribe(stopping)
+        if sub is None:
+            return
+        failures = 0
+        try:
+            while not stopping.is_set():
+                if not await _acquire_or_stop(self._slots, stopping):
+                    return
+                launched = False
+                try:
+                    msgs = await self._fetch(sub)
+                    failures = 0
+                    for msg in msgs:
+                        if stopping.is_set():
+                            await _quietly(msg.nak())  # at once: another orchestrator takes it
+                        else:
+                            launched = await self._offer(msg) or launched
+                except BusError as exc:
+                    failures += 1
+                    log.info("orchestrator.fetch_failed queue=%s error=%s", self._queue, exc)
+                    await asyncio.sleep(backoff(failures))
+                finally:
+                    if not launched:
+                        self._slots.release()
+        finally:
+            await _quietly(sub.unsubscribe())
+
+    async def _subscribe(self, stopping: asyncio.Event) -> JetStreamContext.PullSubscription | None:
+        failures = 0
+        while not stopping.is_set():
+            try:
+                with translated():
+                    return await self._js.pull_subscribe_bind(
+                        names.work_durable(self._queue), stream=names.WORK_STREAM
+                    )
+            except BusError as exc:
+                failures += 1
+                log.warning("orchestrator.bind_failed queue=%s error=%s", self._queue, exc)
+                await asyncio.sleep(backoff(failures))
+        return None
+
+    async def _fetch(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
+        try:
+            with translated():
+                return await sub.fetch(1, timeout=self._config.fetch_timeout_s)
+        except BusError as exc:
+            if isinstance(exc.__cause__, TimeoutError | nats.errors.TimeoutError):
+                return []  # nothing offered meanwhile
+            raise
+
+    async def _offer(self, msg: Msg) -> bool:
+        """Claim and launch one offer; True if an attempt now owns the slot."""
+        try:
+            offer = decode_work_offer(msg.data)
+        except MessageDecodeError as exc:
+            log.error("orchestrator.offer_poison error=%s", exc)
+            await _quietly(msg.term())
+            return False
+        running = self._registry.get(offer.job_id)
+        if running is not None and running.attempt == offer.attempt:
+            running.ticket.adopt(msg)  # redelivered while it runs here: keep this one alive
+            return False
+        if self._registry.is_done(offer.job_id, offer.attempt):
+            await _quietly(msg.ack())  # ran here already (or was recovered): never again
+            return False
+        request = protocol.ClaimRequest(
+            job_id=offer.job_id, attempt=offer.attempt, orchestrator=self._config.orchestrator_id
+        )
+        answer, stored_seq = await asyncio.gather(
+            self._ask(request),
+            until_stored(self._nc, lambda: last_log_seq(self._js, offer.job_id), "last log seq"),
+        )
+        if answer is None or (not answer.granted and answer.retry):
+            await _quietly(msg.nak(delay=self._config.claim_retry_s))
+            return False
+        if answer.granted and answer.spec is None:
+            # Granted but nothing to run: a scheduler bug. The claim is ours, so keep the
+            # offer for another try rather than drop a claimed job.
+            log.error("orchestrator.claim_without_spec job=%s", offer.job_id)
+            await _quietly(msg.nak(delay=self._config.claim_retry_s))
+            return False
+        if not answer.granted or answer.spec is None:
+            log.info(
+                "orchestrator.claim_refused job=%s attempt=%d reason=%s",
+                offer.job_id,
+                offer.attempt,
+                answer.reason,
+                extra={"event": "orchestrator.claim_refused", "job": offer.job_id},
+            )
+            await _quietly(msg.ack())  # the attempt is someone else's, or over
+            return False
+        if self._registry.get(offer.job_id) is not None:
+            # Still cleaning up this job's previous attempt here: let it finish first.
+            await _quietly(msg.nak(delay=self._config.claim_retry_s))
+            return False
+        claim = Claim(
+            job_id=offer.job_id,
+            attempt=offer.attempt,
+            spec=answer.spec,
+            tenant=answer.tenant,
+            log_seq=max(answer.log_seq, stored_seq),
+        )
+        self.claimed += 1
+        self._launch(claim, WorkTicket(msg, self._config.keepalive_s))
+        return True
+
+
+async def _acquire_or_stop(slots: asyncio.Semaphore, stopping: asyncio.Event) -> bool:
+    """A slot, or False once stopping (holding none)."""
+    if not slots.locked():
+        await slots.acquire()
+        return True
+    acquire = asyncio.create_task(slots.acquire())
+    stop = asyncio.create_task(stopping.wait())
+    try:
+        await asyncio.wait({acquire, stop}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+        if not acquire.done():
+            acquire.cancel()
+        await asyncio.gather(acquire, stop, return_exceptions=True)
+    if acquire.cancelled():
+        return False
+    if stopping.is_set():
+        slots.release()
+        return False
+    return True
+
+
+async def _quietly(aw: Awaitable[object]) -> None:
+    """An ack, nak or unsubscribe whose failure changes nothing (the offer is redelivered)."""
+    try:
+        await aw
+    except (nats.errors.Error, OSError) as exc:
+        log.info("orchestrator.ack_failed error=%s", exc)

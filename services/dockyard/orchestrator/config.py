@@ -1,0 +1,86 @@
+"""The orchestrator's tunables: the contract's variables, plus a few fixed choices named once."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Final
+
+from msgspec import Struct
+from msgspec.structs import replace
+
+from dockyard.bus.topology import WORK_POLICY
+from dockyard.config import ConfigError, Settings
+from dockyard.runtime.output import DEFAULT_CAP_BYTES
+
+# The contract: SIGTERM, then SIGKILL 10 s later.
+STOP_GRACE_S: Final = 10.0
+# SIGTERM drain: running jobs get this long to finish before they are stopped and reported.
+# With the 10 s stop grace and the reports, an orchestrator is gone within ~35 s, inside the
+# 40 s a supervisor such as systemd or Kubernetes (30 s + margin) is usually told to wait.
+DRAIN_S: Final = 20.0
+
+
+class OrchestratorConfig(Struct, frozen=True, kw_only=True):
+    orchestrator_id: str
+    queues: tuple[str, ...] = ("default",)
+    max_jobs: int = 4
+    lease_s: float = 15.0
+    stop_grace_s: float = STOP_GRACE_S
+    drain_s: float = DRAIN_S
+    # In-progress acks keep a running job's work offer from being redelivered: three per ack
+    # wait, so two can be lost to a NATS hiccup before JetStream gives up on the delivery.
+    keepalive_s: float = WORK_POLICY.ack_wait / 3
+    # A claim is one PostgreSQL append behind the scheduler; past this, ask again later.
+    claim_timeout_s: float = 5.0
+    claim_retry_s: float = 1.0
+    # A pull request waits this long for an offer; also how late a drain notices it should stop.
+    fetch_timeout_s: float = 1.0
+    log_cap_bytes: int = DEFAULT_CAP_BYTES
+    # Batches of up to 4096 lines: JetStream fsyncs each message, so lines per message is
+    # what sets the rate (measured here: 0.6M lines/s at 512 a batch, 1.6M at 4096). The
+    # byte bound is the pipeline's estimate (text + 64 per line), high enough that short
+    # lines never pay for trimming a batch; the sink splits any batch whose JSON is too big.
+    log_batch_lines: int = 4096
+    log_batch_bytes: int = 768 * 1024
+    # Backpressure: past this many lines waiting for the bus, the container's output is read
+    # only as fast as it is published (the engine then holds its writes)...
+    log_high_water_lines: int = 20_000
+    # ...unless publishing made no progress for this long (NATS is away): then reading goes
+    # on, so the container never blocks for long, and the pipeline's bound takes over.
+    log_stall_s: float = 2.0
+    # A job's lines waiting for the bus past which the pipeline keeps only a bounded ring of
+    # the newest (and says how many it dropped): at most ~50k lines plus the 16 MiB cap.
+    log_max_pending_lines: int = 50_000
+    # Log batches in flight to JetStream per job: acks overlap, order is kept.
+    log_window: int = 16
+    # How long an image known to be present skips the engine's inspect before a create.
+    image_cache_s: float = 60.0
+
+    @property
+    def heartbeat_s(self) -> float:
+        """Three heartbeats per lease: one lost put does not make the orchestrator look lost."""
+        return self.lease_s / 3
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, env: Mapping[str, str] | None = None
+    ) -> OrchestratorConfig:
+        """The contract's variables, and DOCKYARD_DRAIN_S (seconds, default 20) for the drain."""
+        env = os.environ if env is None else env
+        config = cls(
+            orchestrator_id=settings.orchestrator_id,
+            queues=settings.queues or ("default",),
+            max_jobs=settings.max_jobs,
+            lease_s=settings.lease_s,
+        )
+        drain = env.get("DOCKYARD_DRAIN_S")
+        if drain:
+            try:
+                drain_s = float(drain)
+            except ValueError:
+                raise ConfigError(f"DOCKYARD_DRAIN_S: {drain!r} is not a number") from None
+            if drain_s < 0:
+                raise ConfigError("DOCKYARD_DRAIN_S: must be at least 0")
+            config = replace(config, drain_s=drain_s)
+        return config

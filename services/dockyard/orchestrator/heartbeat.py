@@ -1,0 +1,101 @@
+"""Saying "alive, and running these": a key per orchestrator in the heartbeat KV bucket.
+
+The bucket's TTL is the lease (`DOCKYARD_LEASE_S`); a put every lease/3 keeps the key, so an
+orchestrator whose key expired has been silent for a whole lease and is lost (the janitor then
+ends its attempts). Each put lists the running attempts with their last log seq, which is what
+the janitor and scheduler need to requeue them without repeating a line number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+from dockyard.bus import names
+from dockyard.bus.errors import BusError, translated
+from dockyard.bus.protocol import Heartbeat, RunningJob, encode_heartbeat
+from dockyard.orchestrator.registry import Registry
+
+log = logging.getLogger("dockyard.orchestrator.heartbeat")
+
+
+class Heartbeats:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        registry: Registry,
+        *,
+        orchestrator: str,
+        queues: tuple[str, ...],
+        max_jobs: int,
+        lease_s: float,
+        period_s: float,
+        on_beat: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self._js = js
+        self._registry = registry
+        self._orchestrator = orchestrator
+        self._key = names.heartbeat_key(orchestrator)
+        self._queues = list(queues)
+        self._max_jobs = max_jobs
+        self._lease_s = lease_s
+        self._period_s = period_s
+        self._on_beat = on_beat
+        self._started_at = datetime.now(UTC)
+        self._kv: KeyValue | None = None
+        self.draining = False
+        self.sent = 0
+
+    def current(self) -> Heartbeat:
+        return Heartbeat(
+            orchestrator=self._orchestrator,
+            queues=self._queues,
+            max_jobs=self._max_jobs,
+            lease_s=self._lease_s,
+            started_at=self._started_at,
+            sent_at=datetime.now(UTC),
+            jobs=[
+                RunningJob(job_id=a.job_id, attempt=a.attempt, log_seq=a.log_seq)
+                for a in self._registry
+            ],
+            draining=self.draining,
+        )
+
+    async def beat(self) -> bool:
+        """One put; False if NATS could not take it (the next one may)."""
+        try:
+            with translated():
+                if self._kv is None:
+                    self._kv = await self._js.key_value(names.HEARTBEATS_BUCKET)
+                await self._kv.put(self._key, encode_heartbeat(self.current()))
+        except BusError as exc:
+            log.warning("orchestrator.heartbeat_failed error=%s", exc)
+            return False
+        self.sent += 1
+        return True
+
+    async def run(self) -> None:
+        """Beat every period until cancelled (then the caller calls `withdraw`)."""
+        while True:
+            await self.beat()
+            if self._on_beat is not None:
+                try:
+                    await self._on_beat()
+                except Exception:  # the beat must go on whatever a rider does
+                    log.exception("orchestrator.heartbeat_rider_failed")
+            await asyncio.sleep(self._period_s)
+
+    async def withdraw(self) -> None:
+        """A clean exit, nothing left running: remove the key instead of letting it expire."""
+        try:
+            with translated():
+                if self._kv is None:
+                    self._kv = await self._js.key_value(names.HEARTBEATS_BUCKET)
+                await self._kv.delete(self._key)
+        except BusError as exc:
+            log.info("orchestrator.heartbeat_withdraw_failed error=%s", exc)

@@ -1,0 +1,101 @@
+"""One attempt's log: the container's output and Dockyard's own notes, numbered, published.
+
+Lines are numbered from the job's next seq, masked, split and capped by the runtime's
+`LogPipeline`; batches go to a `LogSinkPort` as they fill (or every 20 ms). The reader is held
+back while too many lines wait for the bus (so a chatty job slows to what the bus stores rather
+than losing lines), but never for long: once publishing has made no progress for
+`log_stall_s` (NATS is away), reading goes on and the pipeline's bound keeps memory in check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+
+from dockyard.core.spec import JobSpec
+from dockyard.orchestrator.config import OrchestratorConfig
+from dockyard.orchestrator.ports import LogSinkPort
+from dockyard.runtime.output import LogPipeline
+from dockyard.runtime.ports import Chunk
+from dockyard.runtime.pump import LogPump
+
+
+class JobLog:
+    def __init__(
+        self,
+        config: OrchestratorConfig,
+        spec: JobSpec,
+        *,
+        attempt: int,
+        after_seq: int,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._config = config
+        self._pipeline = LogPipeline(
+            attempt=attempt,
+            next_seq=after_seq + 1,
+            secrets=[spec.env[key] for key in spec.secrets if key in spec.env],
+            cap_bytes=config.log_cap_bytes,
+            max_pending_lines=config.log_max_pending_lines,
+        )
+        self._pump = LogPump(
+            self._pipeline,
+            max_lines=config.log_batch_lines,
+            max_bytes=config.log_batch_bytes,
+            clock=clock,
+        )
+        self._published = asyncio.Event()  # set after each batch leaves: backpressure wakes
+        self._closing = asyncio.Event()
+
+    @property
+    def last_seq(self) -> int:
+        """The last seq numbered so far."""
+        return self._pipeline.next_seq - 1
+
+    def note(self, text: str) -> None:
+        """A `system` line: Dockyard's own words."""
+        self._pump.note(text)
+
+    async def read(self, chunks: AsyncIterator[Chunk]) -> None:
+        """Feed the container's output until it ends (run as a task, before the start)."""
+        await self._pump.read(self._paced(chunks))
+
+    async def end(self) -> None:
+        """No more output will come (any reader is over): finish the pipeline, idempotently,
+        also when no container was ever attached or its reader was cancelled unstarted.
+        Notes must come before this."""
+        await self._pump.read(_no_chunks())
+        self._closing.set()
+
+    async def publish(self, sink: LogSinkPort) -> None:
+        """Publish batches until `end` and every line is stored (run as a task)."""
+        while True:
+            async for batch in self._pump.batches():
+                await sink.publish(batch)
+                self._published.set()
+            if self._closing.is_set():
+                # Lines noted after the output ended (why it failed) come last.
+                async for batch in self._pump.batches():
+                    await sink.publish(batch)
+                break
+            await self._closing.wait()
+        await sink.flush()
+
+    async def _paced(self, chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+        config = self._config
+        pipeline = self._pipeline
+        async for chunk in chunks:
+            while pipeline.pending_lines > config.log_high_water_lines:
+                self._published.clear()
+                try:
+                    async with asyncio.timeout(config.log_stall_s):
+                        await self._published.wait()
+                except TimeoutError:
+                    break  # the bus is away: read on, the pipeline bounds what is kept
+            yield chunk
+
+
+async def _no_chunks() -> AsyncIterator[Chunk]:
+    return
+    yield  # an async generator that yields nothing

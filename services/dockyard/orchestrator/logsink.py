@@ -1,0 +1,227 @@
+"""An attempt's log batches to `log_subject(job)`, pipelined, in order, none lost, none twice.
+
+Up to `window` batches are in flight at once (their acks overlap, which is what lets the log
+keep up with a chatty container). Order holds because batches in flight together were all
+sent on one connection, which the server reads in order: a batch is never sent while batches
+sent before a reconnect still wait for their ack (those may have died with the old socket
+while a later one, buffered during the reconnect, would get through). When an ack fails, or a
+reconnect happened, every batch not yet acked is sent again in order on the new connection;
+one that had been stored is dropped as a duplicate by its Nats-Msg-Id (`log_batch_id`, from
+its first seq). So the stream holds every line once, in seq order, without a gap, whatever
+NATS does meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Final
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from nats.js.api import PubAck
+
+from dockyard.bus import names, protocol
+from dockyard.bus.errors import (
+    BusRejected,
+    MessageDecodeError,
+    translate,
+    translated,
+)
+from dockyard.orchestrator.retrying import backoff, wait_connected
+from dockyard.runtime.output import LogLine
+
+log = logging.getLogger("dockyard.orchestrator.logs")
+
+ACK_TIMEOUT_S: Final = 5.0
+# A batch whose JSON is larger is split: under the streams' 1 MiB message limit, whatever the
+# lines hold (JSON escapes a control character as 6 bytes, so estimates can be far off).
+MAX_PAYLOAD: Final = 900 * 1024
+# While waiting for an ack, how often to look for a reconnect (which means: resend now).
+RECONNECT_POLL_S: Final = 0.1
+
+
+class _Batch:
+    __slots__ = ("ack", "msg_id", "payload")
+
+    def __init__(self, msg_id: str, payload: bytes) -> None:
+        self.msg_id = msg_id
+        self.payload = payload
+        self.ack: asyncio.Future[PubAck] | None = None  # None: not sent (on this connection)
+
+
+class LogSink:
+    """Publishes one attempt's batches; `flush` returns once every one is stored."""
+
+    def __init__(
+        self,
+        nc: NatsClient,
+        js: JetStreamContext,
+        job_id: str,
+        attempt: int,
+        *,
+        window: int = 16,
+        ack_timeout_s: float = ACK_TIMEOUT_S,
+    ) -> None:
+        self._nc = nc
+        self._js = js
+        self._job_id = job_id
+        self._attempt = attempt
+        self._subject = names.log_subject(job_id)
+        self._window = max(1, window)
+        self._ack_timeout_s = ack_timeout_s
+        self._in_flight: deque[_Batch] = deque()
+        self._epoch = -1  # the connection (reconnect count) the sent batches went out on
+        self.published_lines = 0
+
+    async def publish(self, lines: list[LogLine]) -> None:
+        """Send a batch after the previous ones; waits only while the window is full."""
+        if not lines:
+            return
+        batch = protocol.LogBatch(job_id=self._job_id, attempt=self._attempt, lines=lines)
+        payload = protocol.encode(batch)
+        if len(payload) > MAX_PAYLOAD and len(lines) > 1:
+            half = len(lines) // 2
+            await self.publish(lines[:half])
+            await self.publish(lines[half:])
+            return
+        item = _Batch(protocol.log_batch_id(self._job_id, lines[0].seq), payload)
+        self._in_flight.append(item)
+        self.published_lines += len(lines)
+        if self._may_send(item):
+            await self._send(item)
+        else:
+            await self._settle_oldest()  # a failure or reconnect to resolve first, in order
+        while len(self._in_flight) > self._window:
+            await self._settle_oldest()
+
+    async def flush(self) -> None:
+        while self._in_flight:
+            await self._settle_oldest()
+
+    def abandon(self) -> None:
+        """Forget what is in flight (the attempt was cancelled): free the client's ack slots."""
+        for item in self._in_flight:
+            _discard(item.ack)
+        self._in_flight.clear()
+
+    def _reconnects(self) -> int:
+        return int(self._nc.stats.get("reconnects", 0))
+
+    def _may_send(self, item: _Batch) -> bool:
+        """Only right behind sent batches of this same connection (else: the resend does)."""
+        if not self._nc.is_connected:
+            return False
+        previous = self._in_flight[-2] if len(self._in_flight) > 1 else None
+        if previous is None:
+            return True
+        if previous.ack is None or _failed(previous.ack):
+            return False
+        return self._epoch == self._reconnects()
+
+    async def _send(self, item: _Batch) -> None:
+        if not any(other.ack is not None for other in self._in_flight):
+            self._epoch = self._reconnects()
+        try:
+            item.ack = await self._js.publish_async(
+                self._subject,
+                item.payload,
+                headers={names.MSG_ID: item.msg_id},
+                stream=names.LOGS_STREAM,
+            )
+        except (nats.errors.Error, OSError) as exc:
+            failed: asyncio.Future[PubAck] = asyncio.get_running_loop().create_future()
+            failed.set_exception(exc)
+            item.ack = failed  # settled (and resent, with what follows) in its turn
+
+    async def _settle_oldest(self) -> None:
+        failures = 0
+        while True:
+            item = self._in_flight[0]
+            if item.ack is None:
+                await self._resend()
+                continue
+            try:
+                stored = await self._await_ack(item.ack)
+            except (nats.errors.Error, OSError) as exc:
+                if isinstance(translate(exc), BusRejected):
+                    # JetStream refuses it for good (it cannot be too large: batches are
+                    # capped far below the stream's limit). Waiting would stall the job's
+                    # whole log, so the batch is dropped, loudly.
+                    log.error(
+                        "orchestrator.log_batch_refused job=%s batch=%s error=%s",
+                        self._job_id,
+                        item.msg_id,
+                        exc,
+                        extra={"event": "orchestrator.log_batch_refused", "job": self._job_id},
+                    )
+                    self._in_flight.popleft()
+                    return
+                stored = False
+            if stored:
+                self._in_flight.popleft()
+                return
+            if self._epoch == self._reconnects():  # a failure, not a new connection: pause
+                failures += 1
+                await asyncio.sleep(backoff(failures))
+            await self._resend()
+
+    async def _await_ack(self, ack: asyncio.Future[PubAck]) -> bool:
+        """True once acked; False if it timed out or the connection was replaced meanwhile."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._ack_timeout_s
+        while True:
+            if ack.done():
+                ack.result()  # raises the publish's error
+                return True
+            if self._epoch != self._reconnects() or loop.time() > deadline:
+                return False
+            await asyncio.wait({ack}, timeout=RECONNECT_POLL_S)
+
+    async def _resend(self) -> None:
+        """Send every unacked batch again, in order, on the current connection."""
+        for item in self._in_flight:
+            _discard(item.ack)
+            item.ack = None
+        await wait_connected(self._nc)
+        for item in self._in_flight:
+            await self._send(item)
+            if item.ack is None or _failed(item.ack):
+                break  # the rest wait for the next resend, to stay in order
+
+
+def _failed(ack: asyncio.Future[PubAck]) -> bool:
+    return ack.done() and not ack.cancelled() and ack.exception() is not None
+
+
+def _discard(ack: asyncio.Future[PubAck] | None) -> None:
+    """Drop an ack future: cancel it if pending (frees its slot), read its error if failed."""
+    if ack is None:
+        return
+    if not ack.done():
+        ack.cancel()
+    elif not ack.cancelled():
+        ack.exception()
+
+
+async def last_log_seq(js: JetStreamContext, job_id: str) -> int:
+    """The last seq the LOGS stream holds for the job (0 if none); BusUnavailable: ask again.
+
+    A new attempt numbers its lines after this and after the scheduler's stored seq, so lines
+    of a previous attempt still waiting for the log relay are never numbered again.
+    """
+    try:
+        with translated():
+            message = await js.get_last_msg(names.LOGS_STREAM, names.log_subject(job_id))
+    except BusRejected as exc:
+        if isinstance(exc.__cause__, nats.js.errors.NotFoundError):
+            return 0
+        raise
+    try:
+        batch = protocol.decode_log_batch(message.data or b"")
+    except MessageDecodeError:
+        return 0
+    return batch.lines[-1].seq if batch.lines else 0

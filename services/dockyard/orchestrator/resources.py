@@ -1,0 +1,137 @@
+"""What one attempt creates in the engine, each recorded in the ledger before it exists and
+released after it is gone; `release` removes everything, newest first, whatever happened.
+
+The ledger's names are the engine's names (deterministic per attempt), so the janitor can
+match an intent to a container or network, and a second create for the same attempt fails.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Literal
+
+from dockyard.bus.errors import BusError
+from dockyard.core.commands import RecordResource, ReleaseResource
+from dockyard.core.events import ReleaseHow
+from dockyard.orchestrator.ports import ReportSink
+from dockyard.runtime.ports import (
+    AlreadyExists,
+    ContainerPlan,
+    ContainerRuntime,
+    ContainerRuntimeError,
+    ImagePullFailed,
+    NetworkPlan,
+)
+
+log = logging.getLogger("dockyard.orchestrator.resources")
+
+ContainerKind = Literal["container", "sidecar"]
+
+
+class AttemptResources:
+    def __init__(
+        self,
+        runtime: ContainerRuntime,
+        reports: ReportSink,
+        *,
+        job_id: str,
+        attempt: int,
+        orchestrator: str,
+        engine: str | None = None,
+    ) -> None:
+        self._engine = engine
+        self._runtime = runtime
+        self._reports = reports
+        self._job_id = job_id
+        self._attempt = attempt
+        self._orchestrator = orchestrator
+        # (kind, ledger name, engine id), in creation order.
+        self._made: list[tuple[Literal["container", "sidecar", "network"], str, str]] = []
+
+    @property
+    def count(self) -> int:
+        return len(self._made)
+
+    async def network(self, plan: NetworkPlan) -> str:
+        await self._intend("network", plan.name)
+        try:
+            network_id = await self._runtime.create_network(plan)
+        except AlreadyExists:
+            raise  # another runner's: never ours to remove
+        except BaseException:
+            # A timed-out or cancelled create may still have happened: remove it by name.
+            self._made.append(("network", plan.name, plan.name))
+            raise
+        self._made.append(("network", plan.name, network_id))
+        return network_id
+
+    async def container(
+        self,
+        plan: ContainerPlan,
+        kind: ContainerKind,
+        *,
+        on_missing_image: Callable[[], Awaitable[None]] | None = None,
+    ) -> str:
+        """Record, then create. If the engine says the image is missing, `on_missing_image`
+        (pull it) runs once and the create is tried again, under the same ledger entry."""
+        await self._intend(kind, plan.name)
+        try:
+            try:
+                container_id = await self._runtime.create_container(plan)
+            except ImagePullFailed:
+                if on_missing_image is None:
+                    raise
+                await on_missing_image()
+                container_id = await self._runtime.create_container(plan)
+        except AlreadyExists:
+            raise
+        except BaseException:
+            self._made.append((kind, plan.name, plan.name))
+            raise
+        self._made.append((kind, plan.name, container_id))
+        return container_id
+
+    async def release(self) -> None:
+        """Remove everything made, newest first; what cannot be removed stays in the ledger,
+        for the janitor. Never raises an engine error."""
+        while self._made:
+            kind, name, engine_id = self._made.pop()
+            try:
+                if kind == "network":
+                    how = await self._runtime.remove_network(engine_id)
+                else:
+                    how = await self._runtime.remove(engine_id)
+            except ContainerRuntimeError as exc:
+                log.warning(
+                    "orchestrator.remove_failed job=%s %s=%s error=%s",
+                    self._job_id,
+                    kind,
+                    name,
+                    exc,
+                    extra={"event": "orchestrator.remove_failed", "job": self._job_id},
+                )
+                continue
+            try:
+                await self._released(kind, name, how)
+            except BusError as exc:  # NATS is closed (shutdown): the janitor sees it is gone
+                log.warning("orchestrator.release_unreported %s=%s error=%s", kind, name, exc)
+
+    async def _intend(self, kind: Literal["container", "sidecar", "network"], name: str) -> None:
+        await self._reports.send(
+            self._job_id,
+            RecordResource(
+                attempt=self._attempt,
+                kind=kind,
+                name=name,
+                orchestrator=self._orchestrator,
+                engine=self._engine,
+            ),
+        )
+
+    async def _released(
+        self, kind: Literal["container", "sidecar", "network"], name: str, how: ReleaseHow
+    ) -> None:
+        await self._reports.send(
+            self._job_id, ReleaseResource(attempt=self._attempt, kind=kind, name=name, how=how)
+        )

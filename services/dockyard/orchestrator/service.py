@@ -1,0 +1,313 @@
+"""The orchestrator service: composition root, run loop, and the SIGTERM drain.
+
+Needs NATS and a Docker engine only: claims, reports, logs and heartbeats all travel over
+NATS to the services that store them, so an orchestrator runs on any host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiodocker
+import aiohttp
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+
+from dockyard.bus.connection import close, connect, jetstream
+from dockyard.bus.errors import BusUnavailable
+from dockyard.bus.topology import ensure_topology
+from dockyard.config import Settings
+from dockyard.orchestrator.attempt import Attempt, AttemptContext, Claim
+from dockyard.orchestrator.claimer import Ask, Claimer, claim_asker
+from dockyard.orchestrator.config import OrchestratorConfig
+from dockyard.orchestrator.control import Control
+from dockyard.orchestrator.heartbeat import Heartbeats
+from dockyard.orchestrator.images import Images
+from dockyard.orchestrator.logsink import LogSink, last_log_seq
+from dockyard.orchestrator.outcome import StopRequest
+from dockyard.orchestrator.recovery import Recovery
+from dockyard.orchestrator.registry import Registry
+from dockyard.orchestrator.reporter import Reporter
+from dockyard.orchestrator.retrying import backoff, until_stored
+from dockyard.orchestrator.tasks import cancel_all
+from dockyard.orchestrator.ticket import Ticket
+from dockyard.runtime.docker import DockerRuntime, engine_id
+from dockyard.runtime.ports import ContainerRuntime, RuntimeUnavailable
+
+log = logging.getLogger("dockyard.orchestrator")
+
+# After the drain and the stop grace, attempts get this long to report and clean up before
+# they are cancelled (their cleanup still runs; only reports that cannot be sent are lost,
+# and the janitor settles those).
+FINAL_WAIT_S = 30.0
+
+
+class Orchestrator:
+    """One orchestrator: `run(stop)` serves its queues until `stop` is set, then drains."""
+
+    def __init__(
+        self,
+        config: OrchestratorConfig,
+        nc: NatsClient,
+        js: JetStreamContext,
+        runtime: ContainerRuntime,
+        *,
+        ask: Ask | None = None,
+        engine: str | None = None,
+    ) -> None:
+        self.config = config
+        self.nc = nc
+        self.js = js
+        self.runtime = runtime
+        self.registry = Registry()
+        self.reporter = Reporter(nc, js)
+        self.images = Images(runtime, fresh_s=config.image_cache_s)
+        self.control = Control(nc, js, config.orchestrator_id, self.registry)
+        self.heartbeats = Heartbeats(
+            js,
+            self.registry,
+            orchestrator=config.orchestrator_id,
+            queues=config.queues,
+            max_jobs=config.max_jobs,
+            lease_s=config.lease_s,
+            period_s=config.heartbeat_s,
+            on_beat=self.control.sweep,
+        )
+        self._ask = ask or claim_asker(nc, config.claim_timeout_s)
+        self._slots = asyncio.Semaphore(config.max_jobs)
+        self._attempts: set[asyncio.Task[None]] = set()
+        self._context = AttemptContext(
+            config=config,
+            runtime=runtime,
+            reports=self.reporter,
+            images=self.images,
+            log_sink=self._log_sink,
+            engine=engine,
+        )
+        self.finished = 0
+        self.recovered: list[tuple[str, int]] = []
+        self.ready = asyncio.Event()  # recovery done, claiming
+
+    @property
+    def running(self) -> int:
+        return len(self._attempts)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Recover, claim and run until `stop`; then drain. Returns with nothing running."""
+        config = self.config
+        stopping = asyncio.Event()
+        await self.heartbeats.beat()
+        await self.control.start()
+        heartbeat = asyncio.create_task(self.heartbeats.run())
+        claimers: list[asyncio.Task[None]] = []
+        try:
+            self.recovered = await self._recover(stop)
+            if stop.is_set():
+                return  # stopped while waiting for the engine: nothing was claimed
+            claimers = [
+                asyncio.create_task(self._claimer(queue).run(stopping), name=f"claimer {queue}")
+                for queue in config.queues
+            ]
+            self.ready.set()
+            stopped = asyncio.create_task(stop.wait())
+            await asyncio.wait([stopped, *claimers], return_when=asyncio.FIRST_COMPLETED)
+            await cancel_all([stopped])
+            for claimer in claimers:
+                if claimer.done() and (error := claimer.exception()) is not None:
+                    # A bug, not an outage (those are retried): drain, then fail loudly, so
+                    # that a supervisor restarts the process.
+                    log.error("orchestrator.claimer_failed", exc_info=error)
+                    raise error
+        finally:
+            log.info("orchestrator.draining running=%d", self.running)
+            self.heartbeats.draining = True
+            stopping.set()
+            await asyncio.gather(*claimers, return_exceptions=True)
+            await self._drain()
+            await self.control.stop()
+            await cancel_all([heartbeat])
+            await self.heartbeats.withdraw()
+            log.info("orchestrator.stopped finished=%d", self.finished)
+
+    def launch(self, claim: Claim, ticket: Ticket) -> None:
+        """Run a granted claim; the slot the claimer took is released when it is over."""
+        attempt = Attempt(self._context, claim, ticket)
+        self.registry.add(attempt)
+        early = self.control.early_cancel(claim.job_id)
+        if early is not None:
+            attempt.request_stop(early)
+        task = asyncio.create_task(self._run_attempt(attempt), name=f"attempt {claim.job_id}")
+        self._attempts.add(task)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._attempts.discard(task)
+            self.registry.finish(attempt)
+            self._slots.release()
+
+        task.add_done_callback(done)
+
+    async def _run_attempt(self, attempt: Attempt) -> None:
+        try:
+            report = await attempt.run()
+        except asyncio.CancelledError:
+            log.warning("orchestrator.attempt_cancelled job=%s", attempt.job_id)
+            raise
+        except Exception:
+            log.exception("orchestrator.attempt_unreported job=%s", attempt.job_id)
+            return
+        self.finished += 1
+        log.info(
+            "orchestrator.attempt_done job=%s attempt=%d exit_code=%s reason=%s",
+            attempt.job_id,
+            attempt.attempt,
+            report.exit_code,
+            report.reason,
+            extra={"event": "orchestrator.attempt_done", "job": attempt.job_id},
+        )
+
+    async def _drain(self) -> None:
+        """Let running attempts finish for `drain_s`, then stop them (SIGTERM, grace, SIGKILL)
+        and let them report; cancel only what is still there after that."""
+        config = self.config
+        if self._attempts:
+            await asyncio.wait(set(self._attempts), timeout=config.drain_s)
+        if self._attempts:
+            self.registry.stop_all(
+                StopRequest(
+                    "shutdown",
+                    f"orchestrator {config.orchestrator_id} shut down and stopped the job "
+                    f"after a {config.drain_s:g} s drain",
+                )
+            )
+            await asyncio.wait(set(self._attempts), timeout=config.stop_grace_s + FINAL_WAIT_S)
+        if self._attempts:
+            log.error("orchestrator.drain_incomplete running=%d", len(self._attempts))
+            await cancel_all(list(self._attempts))
+
+    async def _recover(self, stop: asyncio.Event) -> list[tuple[str, int]]:
+        """Recovery must finish before anything is claimed; wait for the engine if need be."""
+        failures = 0
+        while not stop.is_set():
+            try:
+                return await self._recovery().run()
+            except RuntimeUnavailable as exc:
+                failures += 1
+                log.warning("orchestrator.engine_unavailable error=%s", exc)
+                await asyncio.sleep(min(5.0, 0.2 * failures))
+        return []
+
+    def _claimer(self, queue: str) -> Claimer:
+        return Claimer(
+            nc=self.nc,
+            js=self.js,
+            queue=queue,
+            config=self.config,
+            slots=self._slots,
+            registry=self.registry,
+            launch=self.launch,
+            ask=self._ask,
+        )
+
+    def _recovery(self) -> Recovery:
+        async def last_seq(job_id: str) -> int:
+            return await until_stored(self.nc, lambda: last_log_seq(self.js, job_id), "log seq")
+
+        return Recovery(
+            runtime=self.runtime,
+            reports=self.reporter,
+            registry=self.registry,
+            orchestrator=self.config.orchestrator_id,
+            stop_grace_s=self.config.stop_grace_s,
+            log_sink=self._log_sink,
+            last_log_seq=last_seq,
+        )
+
+    def _log_sink(self, job_id: str, attempt: int) -> LogSink:
+        return LogSink(self.nc, self.js, job_id, attempt, window=self.config.log_window)
+
+
+def docker_client(max_jobs: int) -> aiodocker.Docker:
+    """An engine client with room for every running job's attach and wait connections."""
+    limit = max(100, 2 * max_jobs + 16)
+    host = os.environ.get("DOCKER_HOST")
+    if host is None:
+        for path in (Path("/var/run/docker.sock"), Path("/run/docker.sock")):
+            if path.is_socket():
+                host = f"unix://{path}"
+                break
+    if host is not None and host.startswith("unix://"):
+        connector = aiohttp.UnixConnector(host.removeprefix("unix://"), limit=limit)
+        # The host part only composes URLs, as aiodocker does for its own unix connector.
+        return aiodocker.Docker(url="unix://localhost", connector=connector)
+    return aiodocker.Docker()  # aiohttp's default pool (100) for TCP and other transports
+
+
+async def close_docker(docker: aiodocker.Docker) -> None:
+    await docker.close()
+    if not docker.connector.closed:
+        await docker.connector.close()  # ours, when we passed it in
+
+
+@asynccontextmanager
+async def bootstrap(
+    settings: Settings,
+    *,
+    config: OrchestratorConfig | None = None,
+    runtime: ContainerRuntime | None = None,
+    ask: Ask | None = None,
+) -> AsyncIterator[Orchestrator]:
+    """Wire the real adapters (NATS, JetStream topology, the Docker engine); close them after."""
+    config = config or OrchestratorConfig.from_settings(settings)
+    nc = await connect(settings.nats_url, f"orchestrator {config.orchestrator_id}")
+    docker: aiodocker.Docker | None = None
+    try:
+        js = jetstream(nc)
+        await _ensure_topology(js, config)
+        engine: str | None = None
+        if runtime is None:
+            docker = docker_client(config.max_jobs)
+            runtime = DockerRuntime(docker)
+            engine = await engine_id(docker)
+        yield Orchestrator(config, nc, js, runtime, ask=ask, engine=engine)
+    finally:
+        if docker is not None:
+            await close_docker(docker)
+        await close(nc)
+
+
+async def _ensure_topology(js: JetStreamContext, config: OrchestratorConfig) -> None:
+    failures = 0
+    while True:
+        try:
+            await ensure_topology(js, queues=config.queues, lease_s=config.lease_s)
+            return
+        except BusUnavailable as exc:  # JetStream still starting: wait for it
+            failures += 1
+            log.warning("orchestrator.topology_retry error=%s", exc)
+            await asyncio.sleep(backoff(failures))
+
+
+async def run_orchestrator(settings: Settings) -> None:
+    """`dockyard orchestrator`: run until SIGTERM or SIGINT, then drain and return."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with bootstrap(settings) as orchestrator:
+            log.info(
+                "orchestrator.started id=%s queues=%s max_jobs=%d",
+                orchestrator.config.orchestrator_id,
+                ",".join(orchestrator.config.queues),
+                orchestrator.config.max_jobs,
+            )
+            await orchestrator.run(stop)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

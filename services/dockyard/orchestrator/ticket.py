@@ -1,0 +1,85 @@
+"""The work offer behind a running attempt: kept alive while the job runs, acked once reported.
+
+The offer is acked only after the attempt's exit report is stored: if this orchestrator dies
+first, JetStream redelivers the offer, and the claim that follows is refused (the attempt is
+over, or taken) or, for this same orchestrator after a restart, fenced by `Registry`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Final, Protocol
+
+import nats.errors
+from nats.aio.msg import Msg
+
+log = logging.getLogger("dockyard.orchestrator.ticket")
+
+ACK_TIMEOUT_S: Final = 2.0
+
+
+class Ticket(Protocol):
+    def adopt(self, msg: Msg) -> None:
+        """A later delivery of the same offer: keep that one alive and ack it instead."""
+        ...
+
+    async def keep_alive(self) -> None:
+        """Send in-progress acks until cancelled."""
+        ...
+
+    async def ack(self) -> None:
+        """The attempt is reported: remove the offer from the work queue (best effort)."""
+        ...
+
+
+class WorkTicket:
+    """Every offer message for one attempt: a redelivery of the same stream message replaces
+    the old delivery; another message offering the same attempt (republished past the
+    duplicate window) is kept alive and acked along with it."""
+
+    def __init__(self, msg: Msg, keepalive_s: float) -> None:
+        self._msgs: dict[int | str, Msg] = {}
+        self._keepalive_s = keepalive_s
+        self.adopt(msg)
+
+    def adopt(self, msg: Msg) -> None:
+        self._msgs[_stream_seq(msg)] = msg
+
+    async def keep_alive(self) -> None:
+        while True:
+            await asyncio.sleep(self._keepalive_s)
+            for msg in list(self._msgs.values()):
+                try:
+                    await msg.in_progress()
+                except (nats.errors.Error, OSError) as exc:
+                    # Disconnected: the next one may pass. If the ack wait runs out meanwhile
+                    # the offer is redelivered, and its claim is refused or fenced.
+                    log.info("ticket.keepalive_failed error=%s", exc)
+
+    async def ack(self) -> None:
+        for msg in list(self._msgs.values()):
+            await _ack(msg)
+
+
+def _stream_seq(msg: Msg) -> int | str:
+    try:
+        return msg.metadata.sequence.stream
+    except (nats.errors.Error, ValueError, AttributeError):
+        return msg.reply or id(msg)  # not a JetStream delivery (a test's fake)
+
+
+async def _ack(msg: Msg) -> None:
+    try:
+        await msg.ack_sync(timeout=ACK_TIMEOUT_S)
+        return
+    except nats.errors.MsgAlreadyAckdError:
+        return
+    except nats.errors.Error as exc:
+        log.info("ticket.ack_unconfirmed error=%s", exc)
+    try:
+        # Buffered by the client through a reconnect. A lost ack only means a redelivery
+        # later, whose claim is refused.
+        await msg.ack()
+    except nats.errors.Error as exc:
+        log.warning("ticket.ack_failed subject=%s error=%s", msg.subject, exc)

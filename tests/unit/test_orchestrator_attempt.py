@@ -1,0 +1,272 @@
+"""One attempt, end to end, on the in-memory runtime: every way it can end, in the right order."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any
+
+import msgspec
+import pytest
+
+from dockyard.bus.protocol import ReportCommand
+from dockyard.core.commands import RecordResource, ReleaseResource, ReportExit, ReportStarted
+from dockyard.core.spec import JobSpec
+from dockyard.orchestrator.attempt import Attempt, AttemptContext, Claim
+from dockyard.orchestrator.config import OrchestratorConfig
+from dockyard.orchestrator.images import Images
+from dockyard.orchestrator.outcome import StopRequest
+from dockyard.runtime import ContainerError, FakeRuntime, Script
+from dockyard.runtime.output import LogLine
+
+IMAGE = "busybox:latest"
+JOB = "job-1"
+
+
+class Timeline:
+    """Reports, published lines and acks, in the order they happened."""
+
+    def __init__(self, runtime: FakeRuntime) -> None:
+        self.runtime = runtime
+        self.entries: list[tuple[str, Any]] = []
+
+    def kinds(self) -> list[str]:
+        return [kind for kind, _ in self.entries]
+
+
+class FakeReports:
+    def __init__(self, timeline: Timeline) -> None:
+        self.timeline = timeline
+        self.sent: list[ReportCommand] = []
+
+    async def send(self, job_id: str, command: ReportCommand) -> None:
+        assert job_id == JOB
+        # What the engine had been asked when the report was stored.
+        calls = list(self.timeline.runtime.calls)
+        self.timeline.entries.append((type(command).__name__, (command, calls)))
+        self.sent.append(command)
+
+
+class FakeLogs:
+    def __init__(self, timeline: Timeline) -> None:
+        self.timeline = timeline
+        self.lines: list[LogLine] = []
+
+    async def publish(self, lines: list[LogLine]) -> None:
+        self.lines.extend(lines)
+        self.timeline.entries.append(("lines", len(lines)))
+
+    async def flush(self) -> None:
+        self.timeline.entries.append(("flush", None))
+
+    def abandon(self) -> None:
+        self.timeline.entries.append(("abandon", None))
+
+
+class FakeTicket:
+    def __init__(self, timeline: Timeline) -> None:
+        self.timeline = timeline
+
+    def adopt(self, msg: Any) -> None:
+        raise AssertionError("not redelivered in these tests")
+
+    async def keep_alive(self) -> None:
+        await asyncio.Event().wait()
+
+    async def ack(self) -> None:
+        self.timeline.entries.append(("ack", None))
+
+
+class Harness:
+    def __init__(self, runtime: FakeRuntime, **config: Any) -> None:
+        self.runtime = runtime
+        self.timeline = Timeline(runtime)
+        self.reports = FakeReports(self.timeline)
+        self.logs = FakeLogs(self.timeline)
+        fields = {"orchestrator_id": "o-1", "stop_grace_s": 0.05, **config}
+        self.context = AttemptContext(
+            config=OrchestratorConfig(**fields),
+            runtime=runtime,
+            reports=self.reports,
+            images=Images(runtime),
+            log_sink=lambda job_id, attempt: self.logs,
+        )
+
+    def attempt(self, spec: JobSpec, attempt: int = 1, log_seq: int = 0) -> Attempt:
+        claim = Claim(job_id=JOB, attempt=attempt, spec=spec, log_seq=log_seq)
+        return Attempt(self.context, claim, FakeTicket(self.timeline))
+
+    def exit(self) -> ReportExit:
+        exits = [c for c in self.reports.sent if isinstance(c, ReportExit)]
+        assert len(exits) == 1
+        return exits[0]
+
+    def texts(self) -> list[tuple[str, str]]:
+        return [(line.stream, line.text) for line in self.logs.lines]
+
+
+def job_spec(*command: str, **fields: Any) -> JobSpec:
+    return msgspec.convert({"image": IMAGE, "command": list(command), **fields}, JobSpec)
+
+
+def scripted(script: Script, images: tuple[str, ...] = (IMAGE,)) -> FakeRuntime:
+    return FakeRuntime(images=images, script=lambda plan: script)
+
+
+async def until_waiting(runtime: FakeRuntime) -> None:
+    """Until the attempt waits for its running container."""
+    for _ in range(1000):
+        if any(op == "wait" for op, _ in runtime.calls):
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("the container never ran")
+
+
+async def test_success_reports_in_the_order_that_makes_it_safe() -> None:
+    runtime = scripted(Script(output=(("stdout", b"hello\n"), ("stderr", b"oops\n"))))
+    harness = Harness(runtime)
+    report = await harness.attempt(job_spec("run")).run()
+    assert (report.exit_code, report.reason) == (0, None)
+    kinds = harness.timeline.kinds()
+    # The intent is stored before the create; every line before the exit report; the offer
+    # is acked once the exit is stored; the container is removed, then its removal recorded.
+    assert kinds.index("RecordResource") < kinds.index("ReportStarted")
+    assert kinds.index("lines") < kinds.index("flush") < kinds.index("ReportExit")
+    assert kinds.index("ReportExit") < kinds.index("ack") < kinds.index("ReleaseResource")
+    intent, calls_at_intent = dict(harness.timeline.entries)["RecordResource"]
+    assert isinstance(intent, RecordResource) and intent.kind == "container"
+    assert not any(op == "create_container" for op, _ in calls_at_intent)
+    release, calls_at_release = dict(harness.timeline.entries)["ReleaseResource"]
+    assert isinstance(release, ReleaseResource) and release.how == "removed"
+    assert ("remove", runtime.calls[-1][1]) in calls_at_release
+    assert harness.texts() == [("stdout", "hello"), ("stderr", "oops")]
+    assert [line.seq for line in harness.logs.lines] == [1, 2]
+    assert await runtime.list_labelled({}) == []
+
+
+async def test_lines_continue_after_the_given_seq_and_secrets_are_masked() -> None:
+    runtime = scripted(Script(output=(("stdout", b"token is s3cret!\n"),)))
+    harness = Harness(runtime)
+    spec = job_spec("run", env={"TOKEN": "s3cret"}, secrets=["TOKEN"])
+    await harness.attempt(spec, attempt=2, log_seq=41).run()
+    assert [(line.seq, line.text) for line in harness.logs.lines] == [
+        (42, "attempt 2 of 1"),
+        (43, "token is ***!"),
+    ]
+
+
+async def test_non_zero_exit_and_oom() -> None:
+    harness = Harness(scripted(Script(exit_code=3)))
+    report = await harness.attempt(job_spec("run")).run()
+    assert (report.exit_code, report.reason) == (3, "exit_code")
+    harness = Harness(scripted(Script(exit_code=137, oom_killed=True)))
+    report = await harness.attempt(job_spec("run", resources={"memory_mb": 64})).run()
+    assert (report.exit_code, report.reason) == (137, "oom_killed")
+    assert report.error == "out of memory: killed at the 64 MiB limit (exit code 137)"
+
+
+async def test_timeout_stops_with_the_grace_and_reports_the_duration() -> None:
+    harness = Harness(scripted(Script(runs_for_s=math.inf, ignores_term=True)))
+    report = await harness.attempt(job_spec("run", timeout_s=0.1)).run()
+    assert (report.reason, report.exit_code) == ("timed_out", 137)
+    assert 0.1 + 0.05 <= report.duration_s < 1.0
+    assert report.error == "timed out after 0.1 s; it exited with code 137"
+    assert harness.texts()[-1] == (
+        "system",
+        "timed out after 0.1 s: stopping the container (SIGTERM, SIGKILL after 0.05 s)",
+    )
+
+
+async def test_cancel_while_running() -> None:
+    harness = Harness(scripted(Script(runs_for_s=math.inf)))
+    attempt = harness.attempt(job_spec("run"))
+    task = asyncio.create_task(attempt.run())
+    await until_waiting(harness.runtime)
+    attempt.request_stop(StopRequest("cancel", "cancelled by ann"))
+    attempt.request_stop(StopRequest("shutdown", "ignored: the first request wins"))
+    report = await task
+    assert (report.reason, report.exit_code, report.error) == ("cancelled", 143, "cancelled by ann")
+    assert await harness.runtime.list_labelled({}) == []
+
+
+async def test_stop_before_the_container_exists_creates_nothing() -> None:
+    harness = Harness(scripted(Script()))
+    attempt = harness.attempt(job_spec("run"))
+    attempt.request_stop(StopRequest("cancel", "cancelled by ann"))
+    report = await attempt.run()
+    assert (report.reason, report.exit_code) == ("cancelled", None)
+    assert report.error == "cancelled by ann (before the container started)"
+    assert not any(op == "create_container" for op, _ in harness.runtime.calls)
+    assert [type(c) for c in harness.reports.sent] == [ReportExit]
+
+
+async def test_image_pull_failure_is_reported_with_the_engines_words() -> None:
+    harness = Harness(FakeRuntime())
+    report = await harness.attempt(job_spec("run")).run()
+    assert report.reason == "image_pull_failed"
+    assert report.error == "pull image busybox:latest: repository does not exist or no access"
+    assert harness.texts() == [("system", f"image pull failed: {report.error}")]
+    assert [type(c) for c in harness.reports.sent] == [ReportExit]
+
+
+async def test_an_image_removed_since_it_was_seen_is_pulled_again() -> None:
+    runtime = FakeRuntime(images=[IMAGE], pullable=[IMAGE])
+    harness = Harness(runtime)
+    await harness.attempt(job_spec("run")).run()
+    runtime.images.clear()  # someone ran `docker image prune`
+    harness.reports.sent.clear()
+    report = await Attempt(
+        harness.context,
+        Claim(job_id=JOB, attempt=2, spec=job_spec("run")),
+        FakeTicket(harness.timeline),
+    ).run()
+    assert (report.exit_code, report.reason) == (0, None)
+    intents = [c for c in harness.reports.sent if isinstance(c, RecordResource)]
+    assert len(intents) == 1  # one ledger entry for the one container
+
+
+async def test_engine_error_on_start_is_a_container_error_and_cleans_up() -> None:
+    runtime = scripted(Script())
+    runtime.fail("start", ContainerError('start container: exec: "nope": not found'))
+    harness = Harness(runtime)
+    report = await harness.attempt(job_spec("nope")).run()
+    assert (report.reason, report.exit_code) == ("container_error", None)
+    assert report.error == 'start container: exec: "nope": not found'
+    assert await runtime.list_labelled({}) == []
+    released = [c for c in harness.reports.sent if isinstance(c, ReleaseResource)]
+    assert [(r.kind, r.how) for r in released] == [("container", "removed")]
+
+
+async def test_cancelling_the_task_still_removes_everything() -> None:
+    harness = Harness(scripted(Script(runs_for_s=math.inf)))
+    spec = job_spec("run", sidecars=[{"name": "db", "image": IMAGE}])
+    task = asyncio.create_task(harness.attempt(spec).run())
+    await until_waiting(harness.runtime)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await harness.runtime.list_labelled({}) == []
+    released = [c for c in harness.reports.sent if isinstance(c, ReleaseResource)]
+    assert [r.kind for r in released] == ["container", "sidecar", "network"]
+    assert not any(isinstance(c, ReportExit) for c in harness.reports.sent)
+
+
+async def test_network_and_sidecars_come_first_and_go_last() -> None:
+    harness = Harness(scripted(Script()))
+    spec = job_spec("run", sidecars=[{"name": "db", "image": IMAGE}])
+    await harness.attempt(spec).run()
+    kinds = [
+        (type(c).__name__, c.kind)
+        for c in harness.reports.sent
+        if isinstance(c, RecordResource | ReleaseResource)
+    ]
+    assert kinds == [
+        ("RecordResource", "network"),
+        ("RecordResource", "sidecar"),
+        ("RecordResource", "container"),
+        ("ReleaseResource", "container"),
+        ("ReleaseResource", "sidecar"),
+        ("ReleaseResource", "network"),
+    ]
+    started = [c for c in harness.reports.sent if isinstance(c, ReportStarted)]
+    assert len(started) == 1 and started[0].orchestrator == "o-1"

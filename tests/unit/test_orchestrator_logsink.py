@@ -1,0 +1,115 @@
+"""The log sink keeps batches in seq order and loses none across reconnects (fake NATS)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+import nats.errors
+
+from dockyard.bus import protocol
+from dockyard.orchestrator.logsink import LogSink
+from dockyard.runtime.output import LogLine
+
+AT = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+class FakeNats:
+    def __init__(self) -> None:
+        self.is_connected = True
+        self.is_closed = False
+        self.stats: dict[str, int] = {"reconnects": 0}
+
+    def reconnect(self) -> None:
+        self.stats["reconnects"] += 1
+
+
+class FakeJetStream:
+    """publish_async hands back a future the test settles; `sent` is what went on the wire."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, asyncio.Future[Any]]] = []
+
+    async def publish_async(
+        self, subject: str, payload: bytes, headers: dict[str, str], stream: str
+    ) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        first = protocol.decode_log_batch(payload).lines[0].seq
+        self.sent.append((f"from {first}", future))
+        return future
+
+    def ids(self) -> list[str]:
+        return [msg_id for msg_id, _ in self.sent]
+
+    def ack_all(self) -> None:
+        for _, future in self.sent:
+            if not future.done():
+                future.set_result(object())
+
+
+def lines(first: int, count: int = 2) -> list[LogLine]:
+    return [LogLine(seq, "stdout", f"l{seq}", AT, 1) for seq in range(first, first + count)]
+
+
+def sink(nc: FakeNats, js: FakeJetStream, window: int = 4) -> LogSink:
+    return LogSink(nc, js, "job", 1, window=window, ack_timeout_s=0.5)  # type: ignore[arg-type]
+
+
+async def test_batches_are_pipelined_up_to_the_window() -> None:
+    nc, js = FakeNats(), FakeJetStream()
+    logs = sink(nc, js, window=2)
+    await logs.publish(lines(1))
+    await logs.publish(lines(3))
+    assert js.ids() == ["from 1", "from 3"]  # both in flight, no ack awaited yet
+    third = asyncio.create_task(logs.publish(lines(5)))
+    await asyncio.sleep(0.01)
+    assert not third.done()  # the window is full: wait for the oldest ack
+    js.ack_all()
+    await third
+    js.ack_all()
+    await logs.flush()
+    assert js.ids() == ["from 1", "from 3", "from 5"]
+
+
+async def test_nothing_is_sent_behind_batches_of_a_lost_connection() -> None:
+    nc, js = FakeNats(), FakeJetStream()
+    logs = sink(nc, js)
+    await logs.publish(lines(1))
+    nc.reconnect()  # batch 1 went out on a socket that died: it may be lost
+    publishing = asyncio.create_task(logs.publish(lines(3)))
+    await asyncio.sleep(0.2)
+    # Batch 3 alone on the new connection could overtake batch 1: both go again, in order.
+    assert js.ids() == ["from 1", "from 1", "from 3"]
+    js.ack_all()
+    await publishing
+    await logs.flush()
+
+
+async def test_a_failed_ack_resends_everything_unacked_in_order() -> None:
+    nc, js = FakeNats(), FakeJetStream()
+    logs = sink(nc, js)
+    await logs.publish(lines(1))
+    await logs.publish(lines(3))
+    js.sent[0][1].set_exception(nats.errors.TimeoutError())
+    js.sent[1][1].set_result(object())  # stored, but behind a failure: sent again anyway
+    flushing = asyncio.create_task(logs.flush())
+    await asyncio.sleep(0.3)
+    assert js.ids() == ["from 1", "from 3", "from 1", "from 3"]
+    js.ack_all()
+    await flushing
+
+
+async def test_publishes_while_disconnected_wait_for_the_connection() -> None:
+    nc, js = FakeNats(), FakeJetStream()
+    logs = sink(nc, js)
+    nc.is_connected = False
+    flushing = asyncio.create_task(logs.publish(lines(1)))
+    await asyncio.sleep(0.1)
+    assert js.ids() == []  # not piled into the client's reconnect buffer
+    nc.is_connected = True
+    nc.reconnect()
+    await asyncio.sleep(0.2)
+    assert js.ids() == ["from 1"]
+    js.ack_all()
+    await flushing

@@ -1,0 +1,102 @@
+"""After a restart, what the previous process left is ended, reported and removed."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import msgspec
+
+from dockyard.bus.protocol import ReportCommand
+from dockyard.core.commands import ReleaseResource, ReportExit
+from dockyard.core.spec import JobSpec
+from dockyard.orchestrator.recovery import Recovery
+from dockyard.orchestrator.registry import Registry
+from dockyard.runtime import FakeRuntime, Script, plan_job
+from dockyard.runtime.output import LogLine
+
+IMAGE = "busybox:latest"
+
+
+class Reports:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, ReportCommand]] = []
+
+    async def send(self, job_id: str, command: ReportCommand) -> None:
+        self.sent.append((job_id, command))
+
+
+class Logs:
+    def __init__(self) -> None:
+        self.lines: list[LogLine] = []
+
+    async def publish(self, lines: list[LogLine]) -> None:
+        self.lines.extend(lines)
+
+    async def flush(self) -> None:
+        return
+
+    def abandon(self) -> None:
+        return
+
+
+async def leave_behind(runtime: FakeRuntime, job_id: str, *, start: bool, sidecar: bool) -> None:
+    """What a dead orchestrator `o-1` left: created (and maybe started) containers."""
+    body = {"image": IMAGE, "command": [job_id]}
+    if sidecar:
+        body["sidecars"] = [{"name": "db", "image": IMAGE}]
+    plan = plan_job(msgspec.convert(body, JobSpec), job_id=job_id, attempt=1, orchestrator="o-1")
+    if plan.network is not None:
+        await runtime.create_network(plan.network)
+    for sidecar_plan in plan.sidecars:
+        await runtime.start(await runtime.create_container(sidecar_plan))
+    container = await runtime.create_container(plan.job)
+    if start:
+        await runtime.start(container)
+
+
+async def test_recovery_stops_reports_and_removes_what_was_left() -> None:
+    runtime = FakeRuntime(images=[IMAGE])
+    runtime.program(["running"], Script(runs_for_s=math.inf))
+    runtime.program(["finished"], Script(exit_code=0))
+    await leave_behind(runtime, "running", start=True, sidecar=True)
+    await leave_behind(runtime, "finished", start=True, sidecar=False)
+    await leave_behind(runtime, "created", start=False, sidecar=False)
+    await asyncio.sleep(0.01)  # "finished" exits
+    other = FakeRuntime(images=[IMAGE])  # another orchestrator's are not ours to touch
+    reports, logs, registry = Reports(), Logs(), Registry()
+
+    async def last_seq(job_id: str) -> int:
+        return 7
+
+    recovery = Recovery(
+        runtime=runtime,
+        reports=reports,
+        registry=registry,
+        orchestrator="o-1",
+        stop_grace_s=0.01,
+        log_sink=lambda job_id, attempt: logs,
+        last_log_seq=last_seq,
+    )
+    found = await recovery.run()
+    assert sorted(found) == [("created", 1), ("finished", 1), ("running", 1)]
+    assert all(registry.is_done(job, 1) for job, _ in found)  # fenced before any claim
+    assert await runtime.list_labelled({}) == []
+    assert await other.list_labelled({}) == []
+    exits = {job: c for job, c in reports.sent if isinstance(c, ReportExit)}
+    assert (exits["running"].reason, exits["running"].exit_code) == ("orchestrator_lost", 143)
+    assert (exits["finished"].reason, exits["finished"].exit_code) == (None, 0)
+    assert (exits["created"].reason, exits["created"].exit_code) == ("orchestrator_lost", None)
+    released = sorted(
+        (job, c.kind, c.how) for job, c in reports.sent if isinstance(c, ReleaseResource)
+    )
+    assert released == [
+        ("created", "container", "removed"),
+        ("finished", "container", "removed"),
+        ("running", "container", "removed"),
+        ("running", "network", "removed"),
+        ("running", "sidecar", "removed"),
+    ]
+    # Only the one stopped mid-run says why in its log, after the last stored line.
+    assert [(line.seq, line.stream) for line in logs.lines] == [(8, "system")]
+    assert logs.lines[0].text.startswith("orchestrator o-1 restarted while running attempt 1")
