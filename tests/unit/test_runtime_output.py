@@ -113,6 +113,20 @@ def test_a_stalled_consumer_costs_a_bounded_backlog_and_learns_what_it_missed() 
     assert [line.seq for line in lines] == list(range(1, 15))
 
 
+def test_streams_ending_while_behind_flush_the_ring_once_and_say_nothing_more() -> None:
+    pipeline = LogPipeline(attempt=1, max_pending_lines=10, ring_lines=2)
+    for n in range(1, 15):
+        pipeline.feed("stdout", f"{n}\n".encode(), T0)
+    pipeline.finish(T0)
+    texts = [text for _, text in _texts(_drain(pipeline))]
+    assert texts[-3:] == [
+        "2 lines omitted while the log reader was behind; the last 2 follow",
+        "13",
+        "14",
+    ]
+    assert not any(t.startswith("0 lines omitted") for t in texts)
+
+
 def test_take_respects_the_batch_limits_but_always_takes_one() -> None:
     pipeline = LogPipeline(attempt=1)
     pipeline.feed("stdout", b"x" * 1000 + b"\n" + b"y\n" * 10, T0)

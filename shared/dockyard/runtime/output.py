@@ -114,6 +114,7 @@ class LogPipeline:
             for line in self._splitters[stream].flush():
                 self._accept(stream, line, at, 0)
         self.finished = True
+        self._lagging = False  # the ring is flushed here; take() must not flush it again
         if self._omitted or self._ring:
             why = "past the log limit" if self.capped else "while the log reader was behind"
             self._flush_ring(f"{why}; the last {len(self._ring)} follow", at)
@@ -188,7 +189,8 @@ class LogPipeline:
         self._flush_ring(f"while the log reader was behind; the last {len(self._ring)} follow", at)
 
     def _flush_ring(self, why: str, at: datetime) -> None:
-        self._emit_many("system", [f"{self._omitted} lines omitted {why}"], at)
+        if self._omitted:  # a reader that fell behind but dropped nothing has nothing to say
+            self._emit_many("system", [f"{self._omitted} lines omitted {why}"], at)
         for stream, text, line_at in self._ring:
             self._emit_many(stream, [text], line_at)
         self._ring.clear()
