@@ -1,0 +1,142 @@
+"""Reports reach the event log once and in a legal order, whatever NATS delivers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest_asyncio
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+
+from dockyard.bus import names, protocol
+from dockyard.bus.connection import connect, jetstream
+from dockyard.bus.publish import publish
+from dockyard.bus.topology import ensure_topology
+from dockyard.core import (
+    ClaimJob,
+    Command,
+    ReportExit,
+    ReportStarted,
+    SubmitJob,
+    fold,
+    uuid7,
+)
+from dockyard.core.spec import JobSpec, RetryPolicy
+from dockyard.handler import execute
+from dockyard.scheduler.due import PgDueJobs, enqueue_due
+from dockyard.scheduler.reports import ReportConsumer
+from dockyard.store.pool import Pool, create_pool
+from dockyard.store.postgres import PgEventStore
+
+
+class Plane:
+    def __init__(self, pool: Pool, nc: NatsClient, js: JetStreamContext) -> None:
+        self.pool, self.nc, self.js = pool, nc, js
+        self.store = PgEventStore(pool)
+        self.reports = ReportConsumer(nc, js, self.store)
+
+    async def running_job(self, retry: RetryPolicy | None = None) -> str:
+        job_id = uuid7()
+        spec = JobSpec(image="busybox", retry=retry or RetryPolicy())
+        await execute(self.store, job_id, SubmitJob(tenant="acme", spec=spec))
+        await execute(self.store, job_id, ClaimJob(attempt=1, orchestrator="o1"))
+        return job_id
+
+    async def report(self, job_id: str, command: Command, report_id: str | None = None) -> None:
+        message = protocol.Report(
+            report_id=report_id or uuid7(),
+            job_id=job_id,
+            command=command,  # type: ignore[arg-type]
+            sent_at=datetime.now(UTC),
+        )
+        await publish(
+            self.js,
+            names.report_subject(job_id),
+            protocol.encode(message),
+            msg_id=message.report_id,
+            stream=names.REPORTS_STREAM,
+        )
+
+    async def types(self, job_id: str) -> list[str]:
+        return [type(r.event).__struct_config__.tag for r in await self.store.load(job_id)]  # type: ignore[misc]
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def plane(nats_url: str, database_url: str) -> AsyncIterator[Plane]:
+    pool = await create_pool(database_url)
+    nc = await connect(nats_url, "test reports")
+    js = jetstream(nc)
+    await ensure_topology(js)
+    yield Plane(pool, nc, js)
+    await nc.close()
+    await pool.close()
+
+
+STARTED = ReportStarted(attempt=1, container_id="c1", orchestrator="o1")
+
+
+async def test_the_same_report_delivered_twice_is_recorded_once(plane: Plane) -> None:
+    job_id = await plane.running_job()
+    await plane.report(job_id, STARTED)
+    await plane.report(job_id, STARTED)  # a second copy under another message id
+    await plane.report(job_id, ReportExit(attempt=1, exit_code=0), report_id="exit-1")
+    await plane.report(job_id, ReportExit(attempt=1, exit_code=0), report_id="exit-1")
+    await plane.report(job_id, ReportExit(attempt=1, exit_code=0))
+    await plane.reports.run_until_idle()
+    assert await plane.types(job_id) == [
+        "job_submitted",
+        "job_queued",
+        "job_claimed",
+        "container_started",
+        "job_succeeded",
+    ]
+
+
+async def test_an_exit_report_overtaking_the_start_report_still_ends_the_job(plane: Plane) -> None:
+    job_id = await plane.running_job()
+    await plane.report(job_id, ReportExit(attempt=1, exit_code=3, started_at=datetime.now(UTC)))
+    await plane.report(job_id, STARTED)  # late: the job is over, nothing to record
+    await plane.reports.run_until_idle()
+    job = fold(r.event for r in await plane.store.load(job_id))
+    assert job is not None
+    assert (job.status, job.exit_code, job.reason) == ("failed", 3, "exit_code")
+    assert job.started_at is not None
+    assert "container_started" not in await plane.types(job_id)
+
+
+async def test_a_stale_start_report_is_refused_and_its_container_told_to_stop(
+    plane: Plane,
+) -> None:
+    job_id = await plane.running_job(RetryPolicy(max_attempts=2, backoff_s=0))
+    await plane.report(job_id, ReportExit(attempt=1, exit_code=1))
+    await plane.reports.run_until_idle()
+    orders: asyncio.Queue[protocol.StopOrder] = asyncio.Queue()
+
+    async def on_order(msg: object) -> None:
+        await orders.put(protocol.decode_stop(msg.data))  # type: ignore[attr-defined]
+
+    sub = await plane.nc.subscribe(names.control_subject("o1"), cb=on_order)
+    await plane.report(job_id, STARTED)  # attempt 1 is over: its container must not run
+    await plane.reports.run_until_idle()
+    order = await asyncio.wait_for(orders.get(), 5)
+    await sub.unsubscribe()
+    assert (order.job_id, order.attempt) == (job_id, 1)
+    assert (await plane.types(job_id)).count("container_started") == 0
+
+
+async def test_a_retry_waits_for_its_backoff_then_is_queued_once(plane: Plane) -> None:
+    job_id = await plane.running_job(RetryPolicy(max_attempts=2, backoff_s=30))
+    await plane.report(job_id, ReportExit(attempt=1, exit_code=1))
+    await plane.reports.run_until_idle()
+    due = PgDueJobs(plane.pool)
+    now = datetime.now(UTC)
+    assert await enqueue_due(plane.store, due, clock=lambda: now + timedelta(seconds=29)) == 0
+    later = now + timedelta(seconds=31)
+    queued = await asyncio.gather(
+        *(enqueue_due(plane.store, due, clock=lambda: later) for _ in range(3))
+    )  # three schedulers tick at once
+    assert sum(queued) == 1
+    job = fold(r.event for r in await plane.store.load(job_id))
+    assert job is not None and (job.status, job.attempt) == ("queued", 2)
