@@ -67,4 +67,6 @@ async def run_due_ticker(
                 pass  # a backlog: keep going without sleeping
         except StoreUnavailable as error:
             log.warning("due.store_unavailable error=%s", error)
+        except Exception:  # a loop of a long-running service must outlive any one tick
+            log.exception("due.tick_failed", extra={"event": "due.tick_failed"})
         await asyncio.sleep(tick_s)

@@ -69,4 +69,6 @@ async def run_firing(
             await fire_due(store, schedules, clock)
         except StoreUnavailable as error:
             log.warning("schedule.store_unavailable error=%s", error)
+        except Exception:  # a loop of a long-running service must outlive any one tick
+            log.exception("schedule.tick_failed", extra={"event": "schedule.tick_failed"})
         await asyncio.sleep(tick_s)

@@ -92,6 +92,10 @@ class ReportConsumer:
                 await self.run_once(timeout_s=5.0)
             except BusUnavailable:
                 await asyncio.sleep(RETRY_DELAY_S)
+            except Exception:  # unacked reports come back: the loop must live on
+                log.exception("reports.fetch_failed", extra={"event": "reports.fetch_failed"})
+                self._sub = None  # re-bind: the subscription may be what broke
+                await asyncio.sleep(RETRY_DELAY_S)
 
     async def run_until_idle(self, idle_s: float = 0.2) -> int:
         """Record every report waiting now (for tests); returns how many were handled."""

@@ -34,6 +34,10 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     pgx.CrashShutdownError,
     pgx.InsufficientResourcesError,  # too many connections, disk full, out of memory
     pgx.ReadOnlySQLTransactionError,  # a standby after failover: writes must wait
+    # A pooled connection that died mid-operation when the server restarted: asyncpg reports
+    # it as a client-side state error ("cannot switch to state ...", "connection is closed").
+    pgx.InternalClientError,
+    pgx.InterfaceError,
 )
 
 

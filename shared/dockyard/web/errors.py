@@ -14,6 +14,7 @@ import msgspec
 from aiohttp import web
 
 from dockyard.core import AlreadyFinished, Rejected, SpecError, StaleAttempt, UnknownJob, uuid7
+from dockyard.store.ports import StoreUnavailable
 
 log = logging.getLogger("dockyard.web")
 
@@ -81,6 +82,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(error)
     except (SpecError, Rejected) as error:
         return error_response(_from_core(error))
+    except StoreUnavailable:
+        unavailable = ApiError(503, "unavailable", "the database is not answering; try again")
+        return error_response(unavailable, {"Retry-After": "1"})
     except web.HTTPException as http:
         if http.status < 400:
             raise
