@@ -70,8 +70,13 @@ async def test_oom_of_a_child_is_reported_even_when_the_job_exits_zero(jobs: Job
         "head -c 200m /dev/zero | tail; echo survived", resources=Resources(memory_mb=32)
     )
 
-    assert status == ExitStatus(0, oom_killed=True)
-    assert lines["stdout"] == ["survived"]
+    # The kernel picks its victim by size, and under load it has taken the shell as well:
+    # what must hold is that the OOM kill is reported, whoever it hit.
+    assert status.oom_killed
+    if status.exit_code == 0:
+        assert lines["stdout"] == ["survived"]
+    else:
+        assert status.exit_code == 137
 
 
 async def test_a_fork_bomb_hits_the_pid_limit_and_the_host_is_fine(jobs: Jobs) -> None:
