@@ -5,9 +5,6 @@ CREATE TABLE log_chunks (
     job_id     uuid   NOT NULL,
     first_seq  bigint NOT NULL CHECK (first_seq >= 1),
     last_seq   bigint NOT NULL,
-    -- The JetStream sequence of the message the lines came in: tells whether a gap before
-    -- them can still be filled (see dockyard.log_relay.completion).
-    stream_seq bigint NOT NULL DEFAULT 0,
     lines      bytea  NOT NULL,
     CHECK (last_seq >= first_seq),
     PRIMARY KEY (job_id, last_seq)

@@ -7,7 +7,7 @@ from functools import partial
 import msgspec
 from aiohttp import web
 
-from dockyard.scheduler import jobs_api, schedules_api
+from dockyard.scheduler import jobs_api, page_routes, schedules_api
 from dockyard.scheduler.context import CONTEXT, Context
 from dockyard.web import health
 from dockyard.web.errors import error_middleware
@@ -25,6 +25,7 @@ def build_app(ctx: Context) -> web.Application:
         )
     )
     app.router.add_get("/openapi.json", _openapi)
+    app.add_routes(page_routes.routes())
     return app
 
 

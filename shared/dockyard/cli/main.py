@@ -2,45 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
-from collections.abc import Callable, Coroutine
-from typing import Any, NoReturn
+from pathlib import Path
 
 import click
 
 from dockyard import config
+from dockyard.cli import jobs, schedules
+from dockyard.cli.common import fail, run_async
 
-_NOT_YET = {
-    "up": "the whole stack on one machine",
-    "orchestrator": "the container runner",
-    "log-relay": "the log service",
-    "janitor": "the cleanup service",
-    "submit": "submitting a job",
-    "status": "a job's status",
-    "ls": "listing jobs",
-    "logs": "a job's log",
-    "cancel": "cancelling a job",
-    "events": "a job's history",
-    "schedules": "cron and interval schedules",
-}
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    """Every error the user sees is one line on stderr and a non-zero exit."""
-    click.secho(f"dockyard: {message}", err=True, fg="red")
-    sys.exit(code)
-
-
-def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
-    try:
-        return asyncio.run(coro)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except config.ConfigError as error:
-        fail(str(error))
-    except OSError as error:
-        fail(f"cannot connect: {error}")
+__all__ = ["cli", "fail", "main", "run_async"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -96,20 +67,97 @@ def scheduler_command() -> None:
     run_async(run_scheduler(config.load()))
 
 
-def _not_yet(name: str, what: str) -> Callable[..., None]:
-    @cli.command(
-        name,
-        help=f"{what[0].upper()}{what[1:]} (not yet available).",
-        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-    )
-    def command() -> None:
-        fail(f"`{name}` ({what}) is not yet available in this build", code=2)
+@cli.command("orchestrator")
+def orchestrator_command() -> None:
+    """Run an orchestrator: claim queued jobs and run them in Docker."""
+    from dockyard.orchestrator.service import run_orchestrator
+    from dockyard.telemetry.logs import configure_logging
 
-    return command
+    configure_logging("orchestrator")
+    run_async(run_orchestrator(config.load()))
 
 
-for _name, _what in _NOT_YET.items():
-    _not_yet(_name, _what)
+@cli.command("janitor")
+@click.option("--dry-run", is_flag=True, help="List what one sweep would do; change nothing.")
+@click.option("--once", is_flag=True, help="One sweep, then exit.")
+def janitor_command(dry_run: bool, once: bool) -> None:
+    """Run the janitor: orphans, lost orchestrators, stuck jobs, retention."""
+    from dockyard.janitor.service import run_janitor
+    from dockyard.telemetry.logs import configure_logging
+
+    configure_logging("janitor")
+    run_async(run_janitor(config.load(), dry_run=dry_run, once=once))
+
+
+@cli.command("log-relay")
+def log_relay_command() -> None:
+    """Run the log relay: persist job logs and serve them over HTTP and WebSocket."""
+    from dockyard.log_relay.service import run_log_relay
+    from dockyard.telemetry.logs import configure_logging
+
+    configure_logging("log-relay")
+    run_async(run_log_relay(config.load()))
+
+
+@cli.command("up")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".dockyard"),
+    show_default=True,
+    help="Keeps NATS and PostgreSQL data (and the dev token) across restarts.",
+)
+@click.option(
+    "--nats-port",
+    type=click.IntRange(1, 65535),
+    default=4222,
+    show_default=True,
+    help="Port of the embedded NATS (unless DOCKYARD_NATS_URL is set).",
+)
+@click.option(
+    "--postgres-port",
+    type=click.IntRange(1, 65535),
+    default=5432,
+    show_default=True,
+    help="Port of the embedded PostgreSQL (unless DOCKYARD_DATABASE_URL is set).",
+)
+def up_command(data_dir: Path, nats_port: int, postgres_port: int) -> None:
+    """The whole stack on this machine, in the foreground, until Ctrl-C."""
+    from dockyard.embedded import EmbeddedServerError
+    from dockyard.stack import StackError, UpOptions, run_up
+
+    options = UpOptions(data_dir=data_dir, nats_port=nats_port, postgres_port=postgres_port)
+    try:
+        code = run_async(run_up(options))
+    except (StackError, EmbeddedServerError) as error:
+        fail(str(error).strip().replace("\n", " | "))
+    sys.exit(code)
+
+
+@cli.command("demo-image")
+def demo_image_command() -> None:
+    """Build the local demo image dockyard/busybox:latest (no registry needed).
+
+    Made from this host's static busybox (Debian: `apt-get install busybox-static`);
+    `dockyard submit` uses it by default.
+    """
+    from dockyard.images import ImageBuildError, ensure_busybox_image
+
+    async def build() -> str:
+        try:
+            return await ensure_busybox_image()
+        except ImageBuildError as error:
+            fail(str(error))
+        except Exception as error:  # aiodocker's errors: no engine, engine refused
+            reason = str(error).splitlines()[0] if str(error) else repr(error)
+            fail(f"cannot build the demo image: {reason}")
+
+    click.echo(run_async(build()))
+
+
+for _command in (jobs.submit, jobs.status, jobs.ls, jobs.logs, jobs.cancel, jobs.events,
+                 schedules.schedules):  # fmt: skip
+    cli.add_command(_command)
 
 
 def main() -> None:

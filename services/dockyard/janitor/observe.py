@@ -1,0 +1,218 @@
+"""Reading the world for one sweep: PostgreSQL, the Docker engine, NATS — each part on its own.
+
+A source that does not answer leaves its part of the `World` unknown (None, or absent) and
+is reported as a failed step; the rules that need it then do nothing, so an unreachable
+engine or bucket never looks like an empty one. Only the database is essential: without it
+no job can be judged, and the sweep stops there.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from msgspec import Struct
+from msgspec.structs import replace
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+from dockyard.bus import names
+from dockyard.bus.errors import BusError, translate, translated
+from dockyard.bus.names import LABEL_JOB
+from dockyard.bus.protocol import decode_heartbeat
+from dockyard.core.errors import Rejected
+from dockyard.janitor import queries
+from dockyard.janitor.config import JanitorConfig
+from dockyard.janitor.facts import JobFacts, Orchestrator, World, job_facts
+from dockyard.janitor.ledger_watch import LedgerWatch
+from dockyard.janitor.plan import Policy, verdict_candidates
+from dockyard.janitor.report import StepFailure
+from dockyard.runtime.ports import (
+    ContainerRuntime,
+    ContainerRuntimeError,
+    Resource,
+    RuntimeUnavailable,
+)
+from dockyard.store.pool import Pool
+
+log = logging.getLogger("dockyard.janitor")
+
+EngineId = Callable[[], Awaitable[str]]
+T = TypeVar("T")
+
+_ABSENT = (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError)
+
+
+class Sources(Struct, frozen=True, kw_only=True):
+    """What a sweep reads and writes; None for a part this janitor does without."""
+
+    pool: Pool
+    runtime: ContainerRuntime | None = None
+    engine_id: EngineId | None = None
+    js: JetStreamContext | None = None
+
+
+class Observer:
+    def __init__(self, sources: Sources, config: JanitorConfig, policy: Policy) -> None:
+        self._sources = sources
+        self._config = config
+        self._policy = policy
+        self._engine: str | None = None
+        self.ledger = LedgerWatch()
+        # The last heartbeat seen from each orchestrator: how long a silent one has been silent.
+        self._last_beat: dict[str, datetime] = {}
+
+    async def observe(self, now: datetime, failures: list[StepFailure]) -> World:
+        """One sweep's World; raises StoreUnavailable when the database cannot be read."""
+        pool = self._sources.pool
+        wanted: set[str] = set(await queries.active_job_ids(pool))
+        reoffer_before = now - timedelta(seconds=self._config.reoffer_after_s)
+        wanted |= set(await queries.queued_since(pool, reoffer_before))
+        docker = await self._step("observe.docker", failures, self._docker())
+        engine = self._engine if docker is not None else None
+        if docker is not None:
+            wanted |= {r.labels[LABEL_JOB] for r in docker if r.labels.get(LABEL_JOB)}
+        if engine is not None:
+            found = await self._step("observe.ledger", failures, self.ledger.refresh(pool, engine))
+            wanted |= found or set()
+        jobs, unknown = await self._jobs(wanted, failures)
+        world = World(now=now, jobs=jobs, unknown_jobs=unknown, engine=engine, docker=docker)
+        world = replace(world, orchestrators=await self._orchestrators(world, failures))
+        world = replace(world, idle_queues=await self._idle_queues(world, failures))
+        pending = await self._step("observe.reports", failures, self._pending_reports(world))
+        return replace(world, pending_reports=pending)
+
+    def forget_settled(self, world: World) -> None:
+        """Drop ledger candidates a fold shows have nothing open on this engine."""
+        if world.engine is None:
+            return  # the engine was not seen: nothing can be told about its entries
+        for job_id in list(self.ledger.jobs):
+            facts = world.jobs.get(job_id)
+            if facts is not None and all(e.engine != world.engine for e in facts.ledger):
+                self.ledger.settled(job_id)
+
+    async def _step(self, step: str, failures: list[StepFailure], work: Awaitable[T]) -> T | None:
+        try:
+            return await work
+        except (ContainerRuntimeError, BusError, OSError) as exc:
+            failures.append(StepFailure(step, str(exc)))
+            log.warning(
+                "janitor.step_failed step=%s error=%s",
+                step,
+                exc,
+                extra={"event": "janitor.step_failed", "step": step},
+            )
+            return None
+
+    async def _docker(self) -> tuple[Resource, ...]:
+        runtime, engine_id = self._sources.runtime, self._sources.engine_id
+        if runtime is None or engine_id is None:
+            raise RuntimeUnavailable("this janitor has no Docker engine")
+        if self._engine is None:
+            self._engine = await engine_id()
+        labels: dict[str, str | None] = {**self._config.select, LABEL_JOB: None}
+        return tuple(await runtime.list_labelled(labels))
+
+    async def _jobs(
+        self, wanted: set[str], failures: list[StepFailure]
+    ) -> tuple[dict[str, JobFacts], frozenset[str]]:
+        ids, not_ids = queries.split_ids(wanted)
+        found = await queries.histories(self._sources.pool, ids)
+        jobs: dict[str, JobFacts] = {}
+        for job_id, events in found.items():
+            try:
+                facts = job_facts(events)
+            except Rejected as exc:  # a history the core cannot fold: leave that job alone
+                failures.append(StepFailure("observe.jobs", f"job {job_id}: {exc}"))
+                continue
+            if facts is not None:
+                jobs[job_id] = facts
+        # Unknown: not a job id at all, or a job id without history. (A label spelling a
+        # known job's id differently is neither: the planner leaves it alone.)
+        unknown = not_ids | {i for i in wanted - not_ids if queries.canonical(i) not in found}
+        return jobs, frozenset(unknown)
+
+    async def _orchestrators(
+        self, world: World, failures: list[StepFailure]
+    ) -> dict[str, Orchestrator]:
+        holders = {
+            f.job.orchestrator
+            for f in world.jobs.values()
+            if f.job.status in ("starting", "running") and f.job.orchestrator
+        }
+        js = self._sources.js
+        if not holders or js is None:
+            return {}
+        try:
+            with translated():
+                kv = await js.key_value(names.HEARTBEATS_BUCKET)
+            seen: dict[str, Orchestrator] = {}
+            for orchestrator in sorted(holders):
+                seen[orchestrator] = await self._heartbeat(kv, orchestrator, world.now)
+            return seen
+        except BusError as exc:
+            failures.append(StepFailure("observe.heartbeats", str(exc)))
+            return {}
+
+    async def _heartbeat(self, kv: KeyValue, orchestrator: str, now: datetime) -> Orchestrator:
+        try:
+            # Not under `translated`: nats-py's KeyValueError lacks the `code` it reads.
+            entry = await kv.get(names.heartbeat_key(orchestrator))
+        except _ABSENT:
+            last = self._last_beat.get(orchestrator)
+            silent_s = self._config.lease_s
+            if last is not None:
+                silent_s = max(silent_s, (now - last).total_seconds())
+            return Orchestrator(alive=False, silent_s=silent_s)
+        except (nats.errors.Error, OSError) as exc:
+            raise translate(exc) from exc
+        try:
+            self._last_beat[orchestrator] = decode_heartbeat(entry.value or b"").sent_at
+        except msgspec.DecodeError:
+            self._last_beat[orchestrator] = now
+        return Orchestrator(alive=True)
+
+    async def _idle_queues(self, world: World, failures: list[StepFailure]) -> frozenset[str]:
+        queues = {f.job.spec.queue for f in world.jobs.values() if f.job.status == "queued"}
+        js = self._sources.js
+        if not queues or js is None:
+            return frozenset()
+        idle: set[str] = set()
+        for queue in sorted(queues):
+            try:
+                with translated():
+                    info = await js.consumer_info(names.WORK_STREAM, names.work_durable(queue))
+            except BusError as exc:
+                if not isinstance(exc.__cause__, nats.js.errors.NotFoundError):
+                    failures.append(StepFailure("observe.queues", f"queue {queue}: {exc}"))
+                continue  # no consumer: nobody serves the queue, its offers wait in the stream
+            if info.num_pending == 0:
+                idle.add(queue)
+        return frozenset(idle)
+
+    async def _pending_reports(self, world: World) -> dict[str, float] | None:
+        candidates = verdict_candidates(world, self._policy)
+        if not candidates:
+            return {}
+        js = self._sources.js
+        if js is None:
+            return None
+        waiting: dict[str, float] = {}
+        for job_id in sorted(candidates):
+            try:
+                with translated():
+                    msg = await js.get_msg(
+                        names.REPORTS_STREAM, seq=1, subject=names.report_subject(job_id), next=True
+                    )
+            except BusError as exc:
+                if isinstance(exc.__cause__, nats.js.errors.NotFoundError):
+                    continue  # nothing waiting
+                raise
+            sent = msg.time or world.now
+            waiting[job_id] = max(0.0, (world.now - sent).total_seconds())
+        return waiting

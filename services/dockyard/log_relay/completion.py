@@ -1,0 +1,87 @@
+"""Whether the lines of a job are all stored: what `complete` and the `end` frame wait for.
+
+The orchestrator publishes an attempt's last batch and waits for JetStream's ack before it
+reports the exit, so once a job's terminal event exists, every batch of the job is in the
+LOGS stream. But the batches and the event travel on different streams, to different
+consumers: the event may well be read before the relay has written the last batch. So the
+relay does not guess (no "wait a little"); it checks that its durable consumer has acked
+every message up to the job's last one. The consumer acks only after the commit, and its ack
+floor is the stream sequence below which every message is acked, so
+
+    all stored  <=>  ack floor >= stream sequence of the last message on `log_subject(job)`
+
+(or the stream holds nothing for the job). The last message, not the highest seq: a batch
+resent after a NATS outage can land in the stream after later ones, and this test still
+waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from typing import Final
+
+import nats.js.errors
+from nats.js import JetStreamContext
+
+from dockyard.bus import names
+from dockyard.bus.errors import translated
+
+# Many requests in a burst (a page load, a room's followers) share one consumer lookup.
+FLOOR_TTL_S: Final = 0.02
+REMEMBERED_JOBS: Final = 100_000
+
+
+class Completion:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        *,
+        floor_ttl_s: float = FLOOR_TTL_S,
+        remembered: int = REMEMBERED_JOBS,
+    ) -> None:
+        self._js = js
+        self._ttl = floor_ttl_s
+        self._floor = 0
+        self._floor_at = -1.0
+        self._floor_lock = asyncio.Lock()
+        self._done: OrderedDict[str, None] = OrderedDict()
+        self._remembered = remembered
+
+    async def all_stored(self, job_id: str) -> bool:
+        """True once every batch the LOGS stream holds for the job has been written.
+
+        Meaningful once the job is finished (no batch can come after). Raises BusUnavailable.
+        """
+        if job_id in self._done:
+            self._done.move_to_end(job_id)
+            return True
+        last = await self._last_message_seq(job_id)
+        if last and not await self.acked_through(last):
+            return False
+        self._done[job_id] = None
+        if len(self._done) > self._remembered:
+            self._done.popitem(last=False)
+        return True
+
+    async def acked_through(self, stream_seq: int) -> bool:
+        """Whether the log relay's consumer has acked every message up to `stream_seq`."""
+        if stream_seq <= self._floor:
+            return True
+        loop = asyncio.get_running_loop()
+        async with self._floor_lock:
+            if loop.time() - self._floor_at >= self._ttl:
+                with translated():
+                    info = await self._js.consumer_info(names.LOGS_STREAM, names.LOGS_DURABLE)
+                floor = info.ack_floor.stream_seq if info.ack_floor else None
+                self._floor = max(self._floor, floor or 0)
+                self._floor_at = loop.time()
+        return stream_seq <= self._floor
+
+    async def _last_message_seq(self, job_id: str) -> int:
+        with translated():
+            try:
+                message = await self._js.get_last_msg(names.LOGS_STREAM, names.log_subject(job_id))
+            except nats.js.errors.NotFoundError:
+                return 0
+        return message.seq or 0

@@ -1,0 +1,243 @@
+"""`dockyard up` end to end, driven only through the `dockyard` command: the stack on free
+ports with a fresh data dir, jobs submitted and followed (exit codes 0, 3, 124, 130), the
+client commands, Ctrl-C stopping every child, a restart that finds the earlier jobs, and a
+service that dies taking the stack down loudly."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.timeout(300)
+
+DEMO = 'for i in 1 2 3 4 5; do echo "step $i"; sleep 0.3; done; echo done'
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Up:
+    """One `dockyard up` process and the environment its CLI clients need."""
+
+    def __init__(self, data_dir: Path, config_home: Path) -> None:
+        self.data_dir = data_dir
+        api, logs = free_port(), free_port()
+        self.ports = ["--nats-port", str(free_port()), "--postgres-port", str(free_port())]
+        self.env = {
+            **os.environ,
+            "DOCKYARD_API_LISTEN": f"127.0.0.1:{api}",
+            "DOCKYARD_LOGS_LISTEN": f"127.0.0.1:{logs}",
+            "DOCKYARD_API_URL": f"http://127.0.0.1:{api}",
+            "DOCKYARD_LOGS_URL": f"http://127.0.0.1:{logs}",
+            "XDG_CONFIG_HOME": str(config_home),
+        }
+        for name in ("DOCKYARD_TOKEN", "DOCKYARD_TOKENS", "DOCKYARD_NATS_URL",
+                     "DOCKYARD_DATABASE_URL"):  # fmt: skip
+            self.env.pop(name, None)
+        self.proc: subprocess.Popen[str] | None = None
+        self.output: list[str] = []
+        self._reader = threading.Thread()
+
+    def start(self) -> None:
+        self.output = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dockyard.cli", "up", "--data-dir", str(self.data_dir),
+             *self.ports],
+            env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + 120
+        while not any(line.startswith("Stop: Ctrl-C") for line in self.output):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self._reader.join(timeout=5)
+                pytest.fail("dockyard up did not come up:\n" + "".join(self.output))
+            time.sleep(0.1)
+
+    def _read(self) -> None:
+        assert self.proc is not None
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.output.append(line)
+        self.proc.stdout.close()
+
+    def child_pids(self) -> dict[str, int]:
+        pids = {}
+        for line in self.output:
+            if match := re.match(r"(\S+)\s+\| started \(pid (\d+)\)", line):
+                pids[match[1]] = int(match[2])
+        return pids
+
+    def finish(self, sig: signal.Signals | None = signal.SIGINT, within: float = 60) -> int:
+        assert self.proc is not None
+        if sig is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=within)
+        self._reader.join(timeout=10)
+        return code
+
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "dockyard.cli", *args],
+            env=self.env, capture_output=True, text=True, timeout=timeout, check=False,
+        )  # fmt: skip
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is gone for our purpose; it is reaped by its parent (`up`) when that exits.
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split(") ")[-1][0] != "Z"
+
+
+@pytest.fixture(scope="module")
+def stack(busybox_image: str) -> Iterator[Up]:
+    # Not under pytest's tmp dir: as root that is 0700, and PostgreSQL's own user must enter it.
+    base = Path(tempfile.mkdtemp(prefix="dockyard-up-"))
+    base.chmod(0o755)
+    up = Up(base / "data", base / "config")
+    up.start()
+    try:
+        yield up
+    finally:
+        if up.proc is not None and up.proc.poll() is None:
+            up.finish(signal.SIGTERM)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_up_prints_urls_and_a_dev_token_the_cli_finds(stack: Up) -> None:
+    text = "".join(stack.output)
+    assert stack.env["DOCKYARD_API_URL"] in text
+    assert stack.env["DOCKYARD_LOGS_URL"] in text
+    token = (stack.data_dir / "token").read_text().strip()
+    assert token in text
+    assert (Path(stack.env["XDG_CONFIG_HOME"]) / "dockyard" / "token").read_text().strip() == token
+    assert set(stack.child_pids()) == {"scheduler", "orchestrator", "log-relay", "janitor"}
+
+
+def test_submit_follow_streams_the_log_and_exits_zero(stack: Up) -> None:
+    result = stack.cli("submit", "--follow", "--", "sh", "-c", DEMO)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert re.fullmatch(r"[0-9a-f-]{36}", lines[0])
+    assert lines[1:] == [f"step {i}" for i in range(1, 6)] + ["done"]
+    assert "succeeded" in result.stderr
+
+
+def test_submit_follow_exits_with_the_jobs_exit_code(stack: Up) -> None:
+    result = stack.cli(
+        "submit", "-f", "--env", "CODE=3", "--", "sh", "-c", "echo bad >&2; exit $CODE"
+    )
+    assert result.returncode == 3
+    assert "bad" in result.stderr
+
+
+def test_submit_follow_exits_124_when_timed_out(stack: Up) -> None:
+    result = stack.cli("submit", "--timeout", "1", "--follow", "--", "sleep", "30")
+    assert result.returncode == 124, result.stderr
+    assert "timed_out" in result.stderr
+
+
+def test_logs_follow_exits_130_when_cancelled(stack: Up) -> None:
+    job_id = stack.cli("submit", "--", "sh", "-c", "echo started; sleep 60").stdout.strip()
+    with subprocess.Popen(
+        [sys.executable, "-m", "dockyard.cli", "logs", "-f", job_id],
+        env=stack.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    ) as follower:  # fmt: skip
+        assert follower.stdout is not None
+        assert follower.stdout.readline().strip() == "started"  # running: its log is live
+        cancel = stack.cli("cancel", job_id)
+        assert cancel.returncode == 0, cancel.stderr
+        assert follower.wait(timeout=60) == 130
+    status = json.loads(stack.cli("status", job_id, "--json").stdout)
+    assert status["status"] == "cancelled"
+
+
+def test_status_ls_events_and_logs(stack: Up) -> None:
+    job_id = stack.cli("submit", "--follow", "--", "echo", "hello").stdout.splitlines()[0]
+    status = stack.cli("status", job_id)
+    assert status.returncode == 0
+    assert "succeeded" in status.stdout
+    listing = stack.cli("ls")
+    assert job_id in listing.stdout
+    assert listing.stdout.splitlines()[0].split()[:2] == ["ID", "STATUS"]
+    page = json.loads(stack.cli("ls", "--json", "--status", "succeeded").stdout)
+    assert job_id in [job["id"] for job in page["jobs"]]
+    events = json.loads(stack.cli("events", job_id, "--json").stdout)["events"]
+    assert [e["version"] for e in events] == list(range(1, len(events) + 1))
+    assert stack.cli("events", job_id).stdout.splitlines()[0].split()[2] == "job_submitted"
+    assert stack.cli("logs", job_id).stdout == "hello\n"
+    assert stack.cli("logs", job_id, "--after", "1").stdout == ""
+
+
+def test_schedules_create_list_delete(stack: Up) -> None:
+    created = stack.cli("schedules", "create", "nightly", "--cron", "0 3 * * *", "--", "echo", "hi")
+    assert created.returncode == 0, created.stderr
+    listing = stack.cli("schedules")
+    assert "nightly" in listing.stdout
+    assert "0 3 * * *" in listing.stdout
+    again = stack.cli("schedules", "create", "nightly", "--interval", "60", "--", "true")
+    assert again.returncode != 0
+    assert "exists" in again.stderr
+    assert stack.cli("schedules", "delete", "nightly").returncode == 0
+    assert "nightly" not in stack.cli("schedules", "ls").stdout
+
+
+def test_errors_are_one_line_without_traceback(stack: Up) -> None:
+    for args, words in [
+        (["status", "no-such-job"], "no-such-job"),
+        (["cancel", "no-such-job"], "no-such-job"),
+        (["submit", "--memory", "0", "--", "true"], "--memory"),
+        (["submit", "--cpus", "-1", "--", "true"], "--cpus"),
+    ]:
+        result = stack.cli(*args)
+        assert result.returncode != 0, args
+        assert "Traceback" not in result.stderr
+        assert words in result.stderr, result.stderr
+    bad_token = stack.cli("ls", "--json")
+    assert bad_token.returncode == 0
+    env_backup = stack.env
+    stack.env = {**env_backup, "DOCKYARD_TOKEN": "wrong"}
+    try:
+        result = stack.cli("ls")
+    finally:
+        stack.env = env_backup
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "token" in result.stderr
+
+
+def test_up_stops_on_sigint_resumes_and_a_dead_service_stops_it(stack: Up) -> None:
+    queued = stack.cli("submit", "--queue", "nobody-serves-this", "--", "true").stdout.strip()
+    pids = stack.child_pids()
+    assert stack.finish(signal.SIGINT) == 0, "".join(stack.output)
+    assert not [name for name, pid in pids.items() if alive(pid)]
+
+    stack.start()
+    status = json.loads(stack.cli("status", queued, "--json").stdout)
+    assert status["status"] == "queued"  # still there after a restart, still waiting
+
+    os.kill(stack.child_pids()["log-relay"], signal.SIGKILL)
+    assert stack.finish(sig=None) == 1
+    assert "EXITED" in "".join(stack.output)
+    assert not [name for name, pid in stack.child_pids().items() if alive(pid)]

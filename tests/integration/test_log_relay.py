@@ -1,0 +1,376 @@
+"""The log relay against real NATS, PostgreSQL and Docker: storage, HTTP, WebSocket, tenancy.
+
+Lines come from real containers through LogPipeline and LogPump, published as log batches
+the way the orchestrator does (tests/support/log_relay.py), so these tests need only the
+LogBatch message, not a running orchestrator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import aiodocker
+import aiohttp
+import pytest
+import pytest_asyncio
+
+from dockyard.bus import connect, ensure_topology, jetstream, names, protocol
+from dockyard.log_relay import last_stored_seq, purge_finished_logs
+from dockyard.log_relay.chunks import chunks_of
+from dockyard.log_relay.store import LogStore
+from dockyard.store.pool import Pool, create_pool
+from dockyard.store.postgres import PgEventStore
+from tests.support.log_relay import (
+    PAGE_ORIGIN,
+    BatchPublisher,
+    Jobs,
+    Relay,
+    Tail,
+    eventually,
+    lines_of,
+    relay_in_process,
+    run_container,
+    stored_seqs,
+)
+
+ACME = {"Authorization": "Bearer acme-token"}
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def pool(database_url: str) -> AsyncIterator[Pool]:
+    pool = await create_pool(database_url)
+    yield pool
+    await pool.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def bus(nats_url: str) -> AsyncIterator[Any]:
+    nc = await connect(nats_url, "test log publisher")
+    js = jetstream(nc)
+    await ensure_topology(js)
+    yield js
+    await nc.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def jobs(pool: Pool, bus: Any) -> AsyncIterator[Jobs]:
+    store = PgEventStore(pool)
+    yield Jobs(store, bus)
+    await store.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def relay(nats_url: str, database_url: str) -> AsyncIterator[Relay]:
+    async with relay_in_process(nats_url, database_url) as relay:
+        yield relay
+
+
+async def get_logs(relay: Relay, job_id: str, **query: Any) -> Any:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{relay.url}/v1/jobs/{job_id}/logs", params=query, headers=ACME) as response,
+    ):
+        assert response.status == 200, await response.text()
+        return await response.json()
+
+
+async def wait_complete(relay: Relay, job_id: str, timeout_s: float = 30.0) -> list[Any]:
+    """Page through the log with GET until `complete`; every line, checked in order."""
+    lines: list[Any] = []
+    after = 0
+    async with asyncio.timeout(timeout_s):
+        while True:
+            page = await get_logs(relay, job_id, after=after, limit=5000)
+            lines += page["lines"]
+            assert [x["seq"] for x in page["lines"]] == list(
+                range(after + 1, page["next_after"] + 1)
+            )
+            after = page["next_after"]
+            if page["complete"]:
+                return lines
+            if not page["lines"]:
+                await asyncio.sleep(0.05)
+
+
+# -- storage
+
+
+async def test_a_containers_lines_are_stored_once_each_in_order(
+    relay: Relay,
+    jobs: Jobs,
+    bus: Any,
+    docker: aiodocker.Docker,
+    busybox_image: str,
+    pool: Pool,
+) -> None:
+    job_id = await jobs.running()
+    publisher = BatchPublisher(bus, job_id)
+    last = await run_container(docker, busybox_image, ["seq", "1", "50000"], publisher)
+    await jobs.finish(job_id)
+    lines = await wait_complete(relay, job_id)
+    assert last == 50000
+    assert [x["text"] for x in lines] == [str(n) for n in range(1, 50001)]
+    assert {x["stream"] for x in lines} == {"stdout"} and {x["attempt"] for x in lines} == {1}
+    assert await stored_seqs(pool, job_id) == list(range(1, 50001))
+    assert await last_stored_seq(pool, job_id) == 50000
+
+
+async def test_redelivered_and_overlapping_batches_store_nothing_twice(
+    relay: Relay, jobs: Jobs, bus: Any, pool: Pool
+) -> None:
+    job_id = await jobs.running()
+    subject = names.log_subject(job_id)
+
+    async def publish(seqs: range, msg_id: str) -> None:
+        batch = protocol.LogBatch(job_id=job_id, attempt=1, lines=lines_of(seqs))
+        headers = {names.MSG_ID: msg_id}
+        await bus.publish(
+            subject, protocol.encode(batch), headers=headers, stream=names.LOGS_STREAM
+        )
+
+    await publish(range(1, 101), "a")
+    await publish(range(1, 101), "a-again")  # past the duplicate window: stored in the stream twice
+    await publish(range(50, 151), "overlap")  # half old, half new
+    await publish(range(151, 201), "b")
+    await publish(range(101, 151), "late")  # all stored already
+    await jobs.finish(job_id)
+    lines = await wait_complete(relay, job_id)
+    assert [x["seq"] for x in lines] == list(range(1, 201))
+    assert await stored_seqs(pool, job_id) == list(range(1, 201))
+    assert await pool.fetchval("SELECT lines FROM log_jobs WHERE job_id = $1", job_id) == 200
+    assert relay.ctx.metrics.duplicate_lines._value.get() == 100 + 51 + 50
+
+
+async def test_the_store_skips_repeats_within_one_write_and_across_writers(
+    pool: Pool,
+) -> None:
+    store = LogStore(pool)
+    job_id = "0195f0c8-0000-7000-8000-0000000000aa"
+    data = protocol.encode(
+        protocol.LogBatch(job_id=job_id, attempt=1, lines=lines_of(range(1, 11)))
+    )
+    (chunk,) = chunks_of(data)
+    later = chunks_of(
+        protocol.encode(protocol.LogBatch(job_id=job_id, attempt=1, lines=lines_of(range(5, 21))))
+    )
+    results = await asyncio.gather(*(store.append([chunk, chunk, *later]) for _ in range(4)))
+    assert sum(r.lines for r in results) == 20
+    page = await store.read(job_id, 0, 100)
+    assert (page.line_count, page.last, page.gap) == (20, 20, None)
+
+
+async def test_reads_stop_at_a_gap_until_told_to_skip_it(pool: Pool) -> None:
+    store = LogStore(pool)
+    job_id = "0195f0c8-0000-7000-8000-0000000000ab"
+    for seqs in (range(1, 6), range(9, 13)):
+        batch = protocol.LogBatch(job_id=job_id, attempt=1, lines=lines_of(seqs))
+        await store.append(chunks_of(protocol.encode(batch)))
+    page = await store.read(job_id, 0, 100)
+    assert (page.line_count, page.last, page.gap) == (5, 5, 9)
+    page = await store.read(job_id, 5, 100)
+    assert (page.line_count, page.gap) == (0, 9)
+    page = await store.read(job_id, 0, 100, contiguous=False)
+    assert (page.line_count, page.last, page.gap) == (9, 12, None)
+    page = await store.read(job_id, 2, 2)
+    assert (page.line_count, page.last) == (2, 4)
+    assert await store.stored_max(job_id) == 12
+
+
+async def test_retention_removes_the_lines_of_jobs_finished_long_ago(
+    relay: Relay, jobs: Jobs, bus: Any, pool: Pool
+) -> None:
+    old, recent, running = [await jobs.running() for _ in range(3)]
+    for job_id in (old, recent, running):
+        publisher = BatchPublisher(bus, job_id)
+        await publisher.publish(lines_of(range(1, 11)))
+        await publisher.flush()
+    await jobs.finish(old)
+    await jobs.finish(recent)
+    for job_id in (old, recent, running):
+        await _wait_stored(pool, job_id, 10)
+    await pool.execute(
+        "UPDATE jobs SET finished_at = now() - interval '10 days' WHERE id = $1", old
+    )
+    purged = await purge_finished_logs(pool, older_than=timedelta(days=7))
+    assert (purged.jobs, purged.lines) == (1, 10)
+    assert await last_stored_seq(pool, old) == 0
+    assert await last_stored_seq(pool, recent) == 10
+    assert await last_stored_seq(pool, running) == 10
+    assert await purge_finished_logs(pool, older_than=timedelta(days=7)) == (0, 0)
+
+
+async def _wait_stored(pool: Pool, job_id: str, seq: int) -> None:
+    async def stored() -> bool:
+        return await last_stored_seq(pool, job_id) >= seq
+
+    await eventually(stored, timeout_s=20)
+
+
+# -- HTTP
+
+
+async def test_http_pages_follow_after_and_limit_and_complete_comes_last(
+    relay: Relay, jobs: Jobs, bus: Any, pool: Pool
+) -> None:
+    job_id = await jobs.running()
+    publisher = BatchPublisher(bus, job_id)
+    await publisher.publish(lines_of(range(1, 26)))
+    await publisher.flush()
+    await _wait_stored(pool, job_id, 25)
+    page = await get_logs(relay, job_id, after=10, limit=5)
+    assert [x["seq"] for x in page["lines"]] == [11, 12, 13, 14, 15]
+    assert (page["next_after"], page["complete"]) == (15, False)
+    page = await get_logs(relay, job_id, after=20)
+    assert (len(page["lines"]), page["next_after"], page["complete"]) == (5, 25, False)
+    await jobs.finish(job_id, exit_code=3)
+
+    async def complete() -> bool:
+        return bool((await get_logs(relay, job_id, after=20))["complete"])
+
+    await eventually(complete, timeout_s=10)
+    page = await get_logs(relay, job_id, after=20)
+    assert page["next_after"] == 25
+    assert (await get_logs(relay, job_id, after=0, limit=10))["complete"] is False
+    assert (await get_logs(relay, job_id, after=99))["complete"] is True
+    assert set(page["lines"][0]) == {"seq", "stream", "text", "at", "attempt"}
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [({"after": "-1"}, "after"), ({"limit": "0"}, "limit"), ({"limit": "x"}, "limit")],
+)
+async def test_http_bad_parameters_are_422(
+    relay: Relay, jobs: Jobs, query: dict[str, str], field: str
+) -> None:
+    job_id = await jobs.running()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{relay.url}/v1/jobs/{job_id}/logs", params=query, headers=ACME) as response,
+    ):
+        assert response.status == 422
+        assert (await response.json())["error"]["details"]["field"] == field
+
+
+async def test_http_tenancy_tokens_and_cors(relay: Relay, jobs: Jobs) -> None:
+    job_id = await jobs.running(tenant="acme")
+    url = f"{relay.url}/v1/jobs/{job_id}/logs"
+    async with aiohttp.ClientSession() as session:
+        for headers, status, code in [
+            ({}, 401, "unauthorized"),
+            ({"Authorization": "Bearer nope"}, 401, "unauthorized"),
+            ({"Authorization": "Bearer globex-token"}, 404, "not_found"),
+        ]:
+            async with session.get(url, headers=headers) as response:
+                assert response.status == status
+                assert (await response.json())["error"]["code"] == code
+        async with session.get(url, headers={"Authorization": "Bearer admin-token"}) as response:
+            assert response.status == 200
+        async with session.get(f"{relay.url}/v1/jobs/nope/logs", headers=ACME) as response:
+            assert response.status == 404
+        preflight = {
+            "Origin": PAGE_ORIGIN,
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "authorization",
+        }
+        async with session.options(url, headers=preflight) as response:
+            assert response.status == 204
+            assert response.headers["Access-Control-Allow-Origin"] == PAGE_ORIGIN
+            assert "Authorization" in response.headers["Access-Control-Allow-Headers"]
+        async with session.get(url, headers={**ACME, "Origin": PAGE_ORIGIN}) as response:
+            assert response.headers["Access-Control-Allow-Origin"] == PAGE_ORIGIN
+        async with session.get(url, headers={"Origin": PAGE_ORIGIN}) as response:
+            assert response.status == 401  # the page can read why
+            assert response.headers["Access-Control-Allow-Origin"] == PAGE_ORIGIN
+        async with session.get(url, headers={**ACME, "Origin": "http://evil.test"}) as response:
+            assert "Access-Control-Allow-Origin" not in response.headers
+
+
+# -- WebSocket
+
+
+async def ws_refusal(
+    relay: Relay, job_id: str, headers: dict[str, str], protocols: tuple[str, ...] = ()
+) -> int:
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await session.ws_connect(
+                f"{relay.ws_url}/v1/jobs/{job_id}/logs/ws", headers=headers, protocols=protocols
+            )
+    return refused.value.status
+
+
+async def test_ws_refuses_foreign_origins_bad_tokens_and_other_tenants_jobs(
+    relay: Relay, jobs: Jobs
+) -> None:
+    job_id = await jobs.running(tenant="acme")
+    assert await ws_refusal(relay, job_id, {**ACME, "Origin": "http://evil.test"}) == 403
+    assert await ws_refusal(relay, job_id, {"Origin": PAGE_ORIGIN}) == 401
+    assert await ws_refusal(relay, job_id, {"Authorization": "Bearer nope"}) == 401
+    assert await ws_refusal(relay, job_id, {}, ("dockyard.v1", "bearer.nope")) == 401
+    assert await ws_refusal(relay, job_id, {"Authorization": "Bearer globex-token"}) == 404
+    assert await ws_refusal(relay, "0195f0c8-0000-7000-8000-00000000ffff", ACME) == 404
+    assert relay.ctx.rooms.get(job_id) is None
+
+
+async def test_ws_by_subprotocol_from_the_page_origin_gets_lines_and_end(
+    relay: Relay, jobs: Jobs, bus: Any
+) -> None:
+    job_id = await jobs.running()
+    publisher = BatchPublisher(bus, job_id)
+    await publisher.publish(lines_of(range(1, 11)))
+    await publisher.flush()
+    tail = Tail(relay.ws_url, job_id, by_subprotocol=True, origin=PAGE_ORIGIN)
+    following = asyncio.create_task(tail.run(reconnect=False))
+    await publisher.publish(lines_of(range(11, 21)))
+    await publisher.flush()
+    await jobs.finish(job_id, exit_code=2)
+    end = await following
+    assert tail.after == 20 and tail.texts == [f"line {n}" for n in range(1, 21)]
+    assert (end.status, end.exit_code, end.reason) == ("failed", 2, "exit_code")
+    assert tail.close_codes == [1000]
+
+
+async def test_ws_resumes_after_the_seq_it_is_given(
+    relay: Relay, jobs: Jobs, bus: Any, pool: Pool
+) -> None:
+    job_id = await jobs.running()
+    publisher = BatchPublisher(bus, job_id)
+    await publisher.publish(lines_of(range(1, 1001)))
+    await publisher.flush()
+    await jobs.finish(job_id)
+    tail = Tail(relay.ws_url, job_id, after=990)
+    await tail.run(reconnect=False)
+    assert tail.texts == [f"line {n}" for n in range(991, 1001)]
+    late = Tail(relay.ws_url, job_id, after=1000)
+    end = await late.run(reconnect=False)
+    assert late.texts == [] and end.status == "succeeded"
+
+
+async def test_replay_then_live_hand_over_under_a_job_printing_continuously(
+    relay: Relay, jobs: Jobs, bus: Any, docker: aiodocker.Docker, busybox_image: str, pool: Pool
+) -> None:
+    """Clients join while lines stream in; each sees every line once, in order."""
+    job_id = await jobs.running()
+    publisher = BatchPublisher(bus, job_id)
+    script = "i=0; while [ $i -lt 60000 ]; do echo line $((i+1)); i=$((i+1)); done"
+    job = asyncio.create_task(run_container(docker, busybox_image, ["sh", "-c", script], publisher))
+    tails: list[Tail] = []
+    followers: list[asyncio.Task[Any]] = []
+    for _ in range(4):  # joining at different moments of the run
+        await asyncio.sleep(0.3)
+        tail = Tail(relay.ws_url, job_id)
+        tails.append(tail)
+        followers.append(asyncio.create_task(tail.run(reconnect=False)))
+    last = await job
+    await jobs.finish(job_id)
+    await asyncio.gather(*followers)
+    assert last == 60000
+    for tail in tails:
+        assert tail.after == 60000 and tail.texts == [f"line {n}" for n in range(1, 60001)]
+        assert tail.close_codes == [1000]
+    joined_live = [t for t in tails if t.frames > 10]
+    assert joined_live, "no client saw live lines"
+    assert await stored_seqs(pool, job_id) == list(range(1, 60001))
