@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -26,7 +27,12 @@ log = logging.getLogger("dockyard.scheduler.claims")
 MAX_IN_FLIGHT = 64
 
 
-async def answer_claim(store: EventStore, request: protocol.ClaimRequest) -> protocol.ClaimAnswer:
+LogSeq = Callable[[str], Awaitable[int]]
+
+
+async def answer_claim(
+    store: EventStore, request: protocol.ClaimRequest, log_seq: LogSeq | None = None
+) -> protocol.ClaimAnswer:
     command = ClaimJob(attempt=request.attempt, orchestrator=request.orchestrator)
     try:
         outcome = await execute(store, request.job_id, command, meta=request.meta)
@@ -36,18 +42,34 @@ async def answer_claim(store: EventStore, request: protocol.ClaimRequest) -> pro
         return protocol.ClaimAnswer(granted=False, reason=str(error), retry=True)
     job = outcome.job
     assert job is not None  # decide raised UnknownJob otherwise
+    stored_seq = 0
+    if log_seq is not None:
+        try:  # the attempt numbers its lines after every line stored so far
+            stored_seq = await log_seq(request.job_id)
+        except Exception as error:  # the orchestrator also reads the LOGS stream's last seq
+            log.warning("claim.log_seq_unknown job=%s error=%s", request.job_id, error)
     return protocol.ClaimAnswer(
-        granted=True, tenant=job.tenant, spec=job.spec, queued_at=job.queued_at, meta=request.meta
+        log_seq=stored_seq,
+        granted=True,
+        tenant=job.tenant,
+        spec=job.spec,
+        queued_at=job.queued_at,
+        meta=request.meta,
     )
 
 
 class ClaimResponder:
     def __init__(
-        self, nc: NatsClient, store: EventStore, metrics: SchedulerMetrics | None = None
+        self,
+        nc: NatsClient,
+        store: EventStore,
+        metrics: SchedulerMetrics | None = None,
+        log_seq: LogSeq | None = None,
     ) -> None:
         self.nc = nc
         self.store = store
         self.metrics = metrics
+        self.log_seq = log_seq
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._tasks: set[asyncio.Task[None]] = set()
         self._sub: Subscription | None = None
@@ -82,7 +104,7 @@ class ClaimResponder:
                 protocol.encode(protocol.ClaimAnswer(granted=False, reason=str(error)))
             )
             return
-        answer = await answer_claim(self.store, request)
+        answer = await answer_claim(self.store, request, self.log_seq)
         if answer.granted and self.metrics is not None and answer.queued_at is not None:
             waited = (utc_now() - answer.queued_at).total_seconds()
             self.metrics.dispatch_latency.observe(max(waited, 0.0))

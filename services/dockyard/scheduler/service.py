@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import AsyncExitStack
+from functools import partial
 
 from aiohttp import web
 from nats.aio.client import Client as NatsClient
@@ -15,6 +16,7 @@ from dockyard.bus.publish import EventPublisher
 from dockyard.bus.topology import ensure_topology
 from dockyard.config import Settings
 from dockyard.lifecycle import supervise, wait_for_stop_signal
+from dockyard.log_relay.store import last_stored_seq
 from dockyard.scheduler.app import build_app
 from dockyard.scheduler.claims import ClaimResponder
 from dockyard.scheduler.context import Context
@@ -50,7 +52,7 @@ async def run_scheduler(settings: Settings) -> None:
         await ensure_topology(js, lease_s=settings.lease_s, queues=settings.queues)
 
         ctx = _context(settings, pool, store, nc, metrics)
-        claims = ClaimResponder(nc, store, ctx.metrics)
+        claims = ClaimResponder(nc, store, ctx.metrics, partial(last_stored_seq, pool))
         await claims.start()
         stack.push_async_callback(claims.stop)
 

@@ -63,6 +63,8 @@ def translate(exc: BaseException) -> BusError:
     """The project's error for a nats-py (or socket) exception."""
     if isinstance(exc, BusError):
         return exc
+    if isinstance(exc, nats.js.errors.ServiceUnavailableError):
+        return BusUnavailable(f"JetStream unavailable: {exc}")  # raised with no code
     if isinstance(exc, nats.js.errors.APIError):
         # Some subclasses (KeyNotFoundError, KeyDeletedError) are raised without a code.
         code = getattr(exc, "code", None)

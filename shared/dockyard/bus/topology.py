@@ -90,8 +90,11 @@ REPORTS_POLICY: Final = RedeliveryPolicy(
     backoff=(30.0, 60.0, 120.0, 300.0), max_deliver=50, max_ack_pending=1000
 )
 # Logs: the log relay writes a batch in one statement; many batches in flight for throughput.
+# A short first ack wait: after a relay crash, what it had fetched but not stored comes back
+# within seconds, and tailing clients wait at that gap meanwhile (the relay's in-progress acks
+# keep slow writes alive).
 LOGS_POLICY: Final = RedeliveryPolicy(
-    backoff=(30.0, 60.0, 120.0, 300.0), max_deliver=50, max_ack_pending=10_000
+    backoff=(5.0, 10.0, 30.0, 60.0), max_deliver=50, max_ack_pending=10_000
 )
 
 
