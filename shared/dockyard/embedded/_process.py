@@ -11,6 +11,8 @@ import subprocess
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 
 class EmbeddedServerError(RuntimeError):
@@ -214,3 +216,43 @@ def _group_has_live_members(pgid: int) -> bool:
         if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
             return True
     return False
+
+
+class EmbeddedServer:
+    """What the embedded servers share once started: the fault-injection verbs tests use and
+    the async context manager. Subclasses define `start` and `stop` and set `_process`."""
+
+    _process: ServerProcess
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        raise NotImplementedError
+
+    async def kill(self) -> None:
+        """SIGKILL, like `kill -9`: nothing is flushed, recovery happens on the next start."""
+        await self._process.kill()
+
+    async def restart(self) -> None:
+        await self.stop()
+        await self.start()
+
+    async def pause(self) -> None:
+        """SIGSTOP: the server holds its sockets open but answers nothing, like a hung host."""
+        self._process.pause()
+
+    async def resume(self) -> None:
+        self._process.resume()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()

@@ -10,11 +10,11 @@ import signal
 import sys
 import sysconfig
 from pathlib import Path
-from types import TracebackType
 
 import aiohttp
 
 from dockyard.embedded._process import (
+    EmbeddedServer,
     EmbeddedServerError,
     ServerProcess,
     free_port,
@@ -51,7 +51,7 @@ def _installed_by_wheel() -> list[Path]:
     return [Path(str(f.locate())) for f in files if f.name == _BINARY]
 
 
-class EmbeddedNats:
+class EmbeddedNats(EmbeddedServer):
     """One local NATS server with JetStream on file storage under `store_dir`.
 
     Ports are picked once, so a restarted server is at the same URL and clients reconnect.
@@ -110,33 +110,6 @@ class EmbeddedNats:
     async def stop(self, grace_s: float = 10.0) -> None:
         """SIGTERM (NATS flushes and exits), then SIGKILL if it takes longer than `grace_s`."""
         await self._process.terminate(signal.SIGTERM, grace_s)
-
-    async def kill(self) -> None:
-        """SIGKILL, like `kill -9`: nothing is flushed, recovery happens on the next start."""
-        await self._process.kill()
-
-    async def restart(self) -> None:
-        await self.stop()
-        await self.start()
-
-    async def pause(self) -> None:
-        """SIGSTOP: the server holds its sockets open but answers nothing, like a hung host."""
-        self._process.pause()
-
-    async def resume(self) -> None:
-        self._process.resume()
-
-    async def __aenter__(self) -> EmbeddedNats:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     def _config(self) -> str:
         # Strings go through json.dumps: NATS config accepts JSON-quoted strings, and paths

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 from pathlib import Path
-from types import TracebackType
 from urllib.parse import quote
 
 import asyncpg
@@ -23,7 +22,7 @@ from dockyard.embedded._pg_install import (
     postgres_bin_dir,
     require_searchable,
 )
-from dockyard.embedded._process import EmbeddedServerError, ServerProcess, free_port
+from dockyard.embedded._process import EmbeddedServer, EmbeddedServerError, ServerProcess, free_port
 
 DEFAULT_OS_USER = "dockyard-pg"
 _HOST = "127.0.0.1"
@@ -35,7 +34,7 @@ host all all 127.0.0.1/32 trust
 """
 
 
-class EmbeddedPostgres:
+class EmbeddedPostgres(EmbeddedServer):
     """One local PostgreSQL cluster in `data_dir`, created on first start and kept after.
 
     PostgreSQL refuses to run as root; as root, the server runs as the system user `os_user`
@@ -103,33 +102,6 @@ class EmbeddedPostgres:
     async def stop(self, grace_s: float = 30.0) -> None:
         """Fast shutdown (SIGINT): clients are disconnected, a checkpoint is written."""
         await self._process.terminate(signal.SIGINT, grace_s)
-
-    async def kill(self) -> None:
-        """SIGKILL the postmaster and every backend at once; the next start runs crash recovery."""
-        await self._process.kill()
-
-    async def restart(self) -> None:
-        await self.stop()
-        await self.start()
-
-    async def pause(self) -> None:
-        """SIGSTOP every server process: connections stay open, nothing answers."""
-        self._process.pause()
-
-    async def resume(self) -> None:
-        self._process.resume()
-
-    async def __aenter__(self) -> EmbeddedPostgres:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     def _prepare_data_dir(self) -> tuple[int, int] | None:
         """Hand the data dir (and binaries it can run) to the server's user; its (uid, gid)."""
