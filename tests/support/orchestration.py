@@ -30,6 +30,7 @@ import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
+from dockyard.batching import CommandBatcher
 from dockyard.bus import (
     EventPublisher,
     OutboxRelay,
@@ -108,9 +109,10 @@ class ControlPlane:
         self._nc = await connect(self.nats_url, "test control plane")
         self._js = jetstream(self._nc)
         await ensure_topology(self._js, queues=self.queues, lease_s=TEST_LEASE_S)
-        self._responder = ClaimResponder(self._nc, self._store)
+        self.batcher = CommandBatcher(self._store)  # shared, as the scheduler's service does
+        self._responder = ClaimResponder(self._nc, self._store, batcher=self.batcher)
         await self._responder.start()
-        reports = ReportConsumer(self._nc, self._js, self._store)
+        reports = ReportConsumer(self._nc, self._js, self._store, self.batcher)
         relay = OutboxRelay(self._store, EventPublisher(self._js), poll_interval_s=0.2)
         due = PgDueJobs(self._pool)
         self._tasks = [
@@ -129,6 +131,7 @@ class ControlPlane:
         if self._responder is not None:
             with contextlib.suppress(Exception):
                 await self._responder.stop()
+            await self.batcher.close()
         if self._nc is not None:
             await self._nc.close()  # no drain: what the loops left unread does not matter
         if self._store is not None:

@@ -29,11 +29,13 @@ from dockyard.core import (
 from dockyard.core.events import JobQueued
 from dockyard.store.ports import (
     START,
+    BatchConflict,
     ConcurrencyError,
     DuplicateIdempotencyKey,
     EventStore,
     InvalidCursor,
     JobViews,
+    PendingAppend,
     Position,
 )
 from dockyard.store.read_model import job_view
@@ -370,3 +372,82 @@ class EventStoreContract:
         ):
             with pytest.raises(InvalidCursor):
                 await views.list_views(None, cursor=bad)
+
+    # -- group commit: load_many / append_many
+
+    async def test_load_many_gives_each_jobs_history_keyed_as_asked(
+        self, store: EventStore
+    ) -> None:
+        a = await submitted(store)
+        b = await submitted(store)
+        unknown = uuid7()
+        histories = await store.load_many([a.job_id, b.job_id.upper(), unknown])
+        assert list(histories) == [a.job_id, b.job_id.upper(), unknown]
+        assert [r.event for r in histories[a.job_id]] == a.events
+        assert [r.event for r in histories[b.job_id.upper()]] == b.events
+        assert histories[unknown] == []
+
+    async def test_append_many_stores_every_job_and_its_view(
+        self, store: EventStore, views: JobViews
+    ) -> None:
+        a, b = History(), History()
+        new_a, new_b = a.submit(), b.submit(tenant="other")
+        await store.append_many(
+            [
+                PendingAppend(a.job_id, 0, new_a, a.view()),
+                PendingAppend(b.job_id, 0, new_b, b.view()),
+            ]
+        )
+        more = b.run(ClaimJob(attempt=1, orchestrator="o"))
+        await store.append_many([PendingAppend(b.job_id, len(b.events) - 1, more, b.view())])
+        assert [r.event for r in await store.load(a.job_id)] == a.events
+        assert [r.version for r in await store.load(b.job_id)] == [1, 2, 3]
+        assert await views.get_view(b.job_id) == job_view(b.view())
+        assert await views.get_view(a.job_id) == job_view(a.view())
+
+    async def test_append_many_with_one_conflict_stores_nothing(
+        self, store: EventStore, views: JobViews
+    ) -> None:
+        a = await submitted(store)
+        fresh = History()
+        new_fresh = fresh.submit()
+        stale = a.run(ClaimJob(attempt=1, orchestrator="o"))
+        await write(store, a, stale)
+        again = History(a.job_id)  # a second writer, still at version 2
+        again.events = a.events[:2]
+        late = again.run(ClaimJob(attempt=1, orchestrator="p"))
+        with pytest.raises(BatchConflict):
+            await store.append_many(
+                [
+                    PendingAppend(fresh.job_id, 0, new_fresh, fresh.view()),
+                    PendingAppend(a.job_id, 2, late, again.view()),
+                ]
+            )
+        assert await store.load(fresh.job_id) == []
+        assert await views.get_view(fresh.job_id) is None
+        assert [r.event for r in await store.load(a.job_id)] == a.events
+
+    async def test_append_many_refuses_a_held_idempotency_key(self, store: EventStore) -> None:
+        await submitted(store, idempotency_key="k")
+        second = History()
+        new = second.submit(idempotency_key="k")
+        with pytest.raises(BatchConflict):
+            await store.append_many([PendingAppend(second.job_id, 0, new, second.view())])
+        assert await store.load(second.job_id) == []
+
+    async def test_append_many_refuses_one_job_twice(self, store: EventStore) -> None:
+        a = History()
+        first = a.submit()
+        more = a.run(ClaimJob(attempt=1, orchestrator="o"))
+        with pytest.raises(ValueError, match="twice"):
+            await store.append_many(
+                [
+                    PendingAppend(a.job_id, 0, first, _job(fold(first))),
+                    PendingAppend(a.job_id, 2, more, a.view()),
+                ]
+            )
+
+
+def _job(job: Job | None) -> Job:
+    assert job is not None
+    return job

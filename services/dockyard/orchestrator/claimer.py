@@ -33,6 +33,9 @@ log = logging.getLogger("dockyard.orchestrator.claimer")
 Ask = Callable[[protocol.ClaimRequest], Awaitable[protocol.ClaimAnswer | None]]
 Launch = Callable[[Claim, Ticket], None]
 
+# Offers pulled at once, when that many slots are free: claimed side by side.
+MAX_FETCH = 32
+
 
 def claim_asker(nc: NatsClient, timeout_s: float) -> Ask:
     """The claim request over NATS; None when no scheduler answered (ask again later)."""
@@ -89,21 +92,19 @@ class Claimer:
             while not stopping.is_set():
                 if not await _acquire_or_stop(self._slots, stopping):
                     return
-                launched = False
+                held = 1 + await _take_free(self._slots, MAX_FETCH - 1)
+                launched = 0
                 try:
-                    msgs = await self._fetch(sub)
+                    msgs = await self._fetch(sub, held)
                     failures = 0
-                    for msg in msgs:
-                        if stopping.is_set():
-                            await _quietly(msg.nak())  # at once: another orchestrator takes it
-                        else:
-                            launched = await self._offer(msg) or launched
+                    # Side by side: the scheduler commits claims that arrive together at once.
+                    launched = sum(await asyncio.gather(*(self._take(m, stopping) for m in msgs)))
                 except BusError as exc:
                     failures += 1
                     log.info("orchestrator.fetch_failed queue=%s error=%s", self._queue, exc)
                     await asyncio.sleep(backoff(failures))
                 finally:
-                    if not launched:
+                    for _ in range(held - launched):
                         self._slots.release()
         finally:
             await _quietly(sub.unsubscribe())
@@ -122,14 +123,27 @@ class Claimer:
                 await asyncio.sleep(backoff(failures))
         return None
 
-    async def _fetch(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
+    async def _fetch(self, sub: JetStreamContext.PullSubscription, n: int) -> list[Msg]:
         try:
             with translated():
-                return await sub.fetch(1, timeout=self._config.fetch_timeout_s)
+                return await sub.fetch(n, timeout=self._config.fetch_timeout_s)
         except BusError as exc:
             if isinstance(exc.__cause__, TimeoutError | nats.errors.TimeoutError):
                 return []  # nothing offered meanwhile
             raise
+
+    async def _take(self, msg: Msg, stopping: asyncio.Event) -> bool:
+        if stopping.is_set():
+            await _quietly(msg.nak())  # at once: another orchestrator takes it
+            return False
+        return await self._offer(msg)
+
+    async def _stream_seq(self, job_id: str, attempt: int) -> int:
+        """The job's last seq on the LOGS stream. A first attempt follows no other, so it
+        has none, and the round trip is saved."""
+        if attempt == 1:
+            return 0
+        return await until_stored(self._nc, lambda: last_log_seq(self._js, job_id), "last log seq")
 
     async def _offer(self, msg: Msg) -> bool:
         """Claim and launch one offer; True if an attempt now owns the slot."""
@@ -150,8 +164,7 @@ class Claimer:
             job_id=offer.job_id, attempt=offer.attempt, orchestrator=self._config.orchestrator_id
         )
         answer, stored_seq = await asyncio.gather(
-            self._ask(request),
-            until_stored(self._nc, lambda: last_log_seq(self._js, offer.job_id), "last log seq"),
+            self._ask(request), self._stream_seq(offer.job_id, offer.attempt)
         )
         if answer is None or (not answer.granted and answer.retry):
             await _quietly(msg.nak(delay=self._config.claim_retry_s))
@@ -186,6 +199,15 @@ class Claimer:
         self.claimed += 1
         self._launch(claim, WorkTicket(msg, self._config.keepalive_s))
         return True
+
+
+async def _take_free(slots: asyncio.Semaphore, most: int) -> int:
+    """Slots free right now, up to `most` (acquire does not wait while one is free)."""
+    taken = 0
+    while taken < most and not slots.locked():
+        await slots.acquire()
+        taken += 1
+    return taken
 
 
 async def _acquire_or_stop(slots: asyncio.Semaphore, stopping: asyncio.Event) -> bool:

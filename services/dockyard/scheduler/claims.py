@@ -14,10 +14,11 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from dockyard.batching import CommandBatcher
 from dockyard.bus import names, protocol
 from dockyard.bus.errors import MessageDecodeError
 from dockyard.core import ClaimJob, Rejected
-from dockyard.handler import execute, utc_now
+from dockyard.handler import utc_now
 from dockyard.scheduler.metrics import SchedulerMetrics
 from dockyard.store.ports import ConcurrencyError, EventStore, StoreUnavailable
 
@@ -31,11 +32,11 @@ LogSeq = Callable[[str], Awaitable[int]]
 
 
 async def answer_claim(
-    store: EventStore, request: protocol.ClaimRequest, log_seq: LogSeq | None = None
+    batcher: CommandBatcher, request: protocol.ClaimRequest, log_seq: LogSeq | None = None
 ) -> protocol.ClaimAnswer:
     command = ClaimJob(attempt=request.attempt, orchestrator=request.orchestrator)
     try:
-        outcome = await execute(store, request.job_id, command, meta=request.meta)
+        outcome = await batcher.execute(request.job_id, command, meta=request.meta)
     except Rejected as refused:
         return protocol.ClaimAnswer(granted=False, reason=refused.message)
     except (StoreUnavailable, ConcurrencyError) as error:
@@ -43,7 +44,8 @@ async def answer_claim(
     job = outcome.job
     assert job is not None  # decide raised UnknownJob otherwise
     stored_seq = 0
-    if log_seq is not None:
+    # A first attempt follows no other, so nothing of the job can be stored yet.
+    if log_seq is not None and request.attempt > 1:
         try:  # the attempt numbers its lines after every line stored so far
             stored_seq = await log_seq(request.job_id)
         except Exception as error:  # the orchestrator also reads the LOGS stream's last seq
@@ -65,9 +67,12 @@ class ClaimResponder:
         store: EventStore,
         metrics: SchedulerMetrics | None = None,
         log_seq: LogSeq | None = None,
+        batcher: CommandBatcher | None = None,
     ) -> None:
         self.nc = nc
         self.store = store
+        self.batcher = batcher or CommandBatcher(store)
+        self._owns_batcher = batcher is None
         self.metrics = metrics
         self.log_seq = log_seq
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
@@ -84,6 +89,8 @@ class ClaimResponder:
             await self._sub.unsubscribe()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._owns_batcher:
+            await self.batcher.close()
 
     async def _on_message(self, msg: Msg) -> None:
         await self._slots.acquire()
@@ -104,7 +111,7 @@ class ClaimResponder:
                 protocol.encode(protocol.ClaimAnswer(granted=False, reason=str(error)))
             )
             return
-        answer = await answer_claim(self.store, request, self.log_seq)
+        answer = await answer_claim(self.batcher, request, self.log_seq)
         if answer.granted and self.metrics is not None and answer.queued_at is not None:
             waited = (utc_now() - answer.queued_at).total_seconds()
             self.metrics.dispatch_latency.observe(max(waited, 0.0))

@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from dockyard.core.events import Event, type_name
 from dockyard.core.state import Job
-from dockyard.store.ports import EventStore, Position, RecordedEvent
+from dockyard.store.ports import EventStore, PendingAppend, Position, RecordedEvent
 
 
 class SchedulerMetrics:
@@ -69,6 +69,15 @@ class CountingStore:
 
     async def load(self, job_id: str) -> list[RecordedEvent]:
         return await self.inner.load(job_id)
+
+    async def append_many(self, appends: Sequence[PendingAppend]) -> None:
+        await self.inner.append_many(appends)
+        for append in appends:
+            for event in append.events:
+                self.metrics.events_appended.labels(type_name(type(event))).inc()
+
+    async def load_many(self, job_ids: Sequence[str]) -> dict[str, list[RecordedEvent]]:
+        return await self.inner.load_many(job_ids)
 
     async def read_all(self, after: Position, limit: int = 1000) -> list[RecordedEvent]:
         return await self.inner.read_all(after, limit)

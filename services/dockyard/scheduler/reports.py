@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
 from enum import Enum
 
 from nats.aio.client import Client as NatsClient
@@ -17,6 +16,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import FetchTimeoutError
 
+from dockyard.batching import CommandBatcher, Request, Result
 from dockyard.bus import names, protocol
 from dockyard.bus.errors import BusUnavailable, MessageDecodeError
 from dockyard.core import RecordResource, Rejected, ReportStarted, StaleAttempt
@@ -36,21 +36,36 @@ class Verdict(Enum):
 
 
 async def record(store: EventStore, nc: NatsClient | None, report: protocol.Report) -> Verdict:
+    """One report on its own (the consumer records its batches through `verdict`)."""
     try:
-        await execute(store, report.job_id, report.command, meta=report.meta)
-    except StaleAttempt as stale:
-        log.warning("report.stale %s", stale.message, extra={"event": "report.stale"})
-        await _stop_stale(nc, report, stale)
-        return Verdict.DONE
-    except Rejected as refused:
-        log.warning("report.refused %s", refused.message, extra={"event": "report.refused"})
-        return Verdict.DONE
-    except (StoreUnavailable, ConcurrencyError) as error:
-        log.warning("report.retry error=%s", error, extra={"event": "report.retry"})
-        return Verdict.LATER
-    except Exception:
-        log.exception("report.failed job=%s", report.job_id, extra={"event": "report.failed"})
-        return Verdict.LATER
+        result: Result = await execute(store, report.job_id, report.command, meta=report.meta)
+    except Exception as error:
+        result = error
+    return await verdict(nc, report, result)
+
+
+async def verdict(nc: NatsClient | None, report: protocol.Report, result: Result) -> Verdict:
+    """What the outcome of recording `report` means for its message."""
+    match result:
+        case StaleAttempt() as stale:
+            log.warning("report.stale %s", stale.message, extra={"event": "report.stale"})
+            await _stop_stale(nc, report, stale)
+            return Verdict.DONE
+        case Rejected() as refused:
+            log.warning("report.refused %s", refused.message, extra={"event": "report.refused"})
+            return Verdict.DONE
+        case StoreUnavailable() | ConcurrencyError():
+            log.warning("report.retry error=%s", result, extra={"event": "report.retry"})
+            return Verdict.LATER
+        case Exception():
+            log.error(
+                "report.failed job=%s error=%r",
+                report.job_id,
+                result,
+                exc_info=result,
+                extra={"event": "report.failed"},
+            )
+            return Verdict.LATER
     return Verdict.DONE
 
 
@@ -73,10 +88,17 @@ async def _stop_stale(nc: NatsClient | None, report: protocol.Report, stale: Sta
 class ReportConsumer:
     """Pulls the REPORTS durable consumer and records each report."""
 
-    def __init__(self, nc: NatsClient, js: JetStreamContext, store: EventStore) -> None:
+    def __init__(
+        self,
+        nc: NatsClient,
+        js: JetStreamContext,
+        store: EventStore,
+        batcher: CommandBatcher | None = None,
+    ) -> None:
         self.nc = nc
         self.js = js
         self.store = store
+        self.batcher = batcher or CommandBatcher(store)
         self._sub: JetStreamContext.PullSubscription | None = None
 
     async def _subscription(self) -> JetStreamContext.PullSubscription:
@@ -110,22 +132,20 @@ class ReportConsumer:
             msgs = await sub.fetch(BATCH, timeout=timeout_s)
         except (FetchTimeoutError, TimeoutError):
             return 0
-        by_job: dict[str, list[tuple[Msg, protocol.Report]]] = defaultdict(list)
+        decoded: list[tuple[Msg, protocol.Report]] = []
         for msg in msgs:
             try:
-                report = protocol.decode_report(msg.data)
+                decoded.append((msg, protocol.decode_report(msg.data)))
             except MessageDecodeError as error:
                 log.error("report.poison error=%s", error, extra={"event": "report.poison"})
                 await msg.term()
-                continue
-            by_job[report.job_id].append((msg, report))
-        await asyncio.gather(*(self._one_job(items) for items in by_job.values()))
-        return len(msgs)
-
-    async def _one_job(self, items: list[tuple[Msg, protocol.Report]]) -> None:
-        for msg, report in items:
-            verdict = await record(self.store, self.nc, report)
-            if verdict is Verdict.LATER:
+        # In fetch order, so one job's reports are recorded in the order they were sent.
+        results = await self.batcher.execute_all(
+            [Request(r.job_id, r.command, r.meta) for _, r in decoded]
+        )
+        for (msg, report), result in zip(decoded, results, strict=True):
+            if await verdict(self.nc, report, result) is Verdict.LATER:
                 await msg.nak(delay=RETRY_DELAY_S)
             else:
                 await msg.ack()
+        return len(msgs)

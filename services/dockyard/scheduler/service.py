@@ -9,6 +9,7 @@ from functools import partial
 from aiohttp import web
 from nats.aio.client import Client as NatsClient
 
+from dockyard.batching import CommandBatcher
 from dockyard.bus import connection
 from dockyard.bus.leader import PgLeader
 from dockyard.bus.outbox import OutboxRelay
@@ -52,7 +53,12 @@ async def run_scheduler(settings: Settings) -> None:
         await ensure_topology(js, lease_s=settings.lease_s, queues=settings.queues)
 
         ctx = _context(settings, pool, store, nc, metrics)
-        claims = ClaimResponder(nc, store, ctx.metrics, partial(last_stored_seq, pool))
+        # One batcher for claims and reports: what arrives together is committed together.
+        batcher = CommandBatcher(store)
+        stack.push_async_callback(batcher.close)
+        claims = ClaimResponder(
+            nc, store, ctx.metrics, partial(last_stored_seq, pool), batcher=batcher
+        )
         await claims.start()
         stack.push_async_callback(claims.stop)
 
@@ -72,7 +78,7 @@ async def run_scheduler(settings: Settings) -> None:
         await supervise(
             {
                 "outbox": relay.run(),
-                "reports": ReportConsumer(nc, js, store).run(),
+                "reports": ReportConsumer(nc, js, store, batcher).run(),
                 "due": run_due_ticker(store, PgDueJobs(pool)),
                 "schedules": run_firing(store, ctx.schedules),
             },

@@ -4,12 +4,14 @@ from dockyard.store.memory import InMemoryEventStore
 from dockyard.store.pool import create_pool
 from dockyard.store.ports import (
     START,
+    BatchConflict,
     ConcurrencyError,
     DuplicateIdempotencyKey,
     EventStore,
     InvalidCursor,
     JobView,
     JobViews,
+    PendingAppend,
     Position,
     RecordedEvent,
     StoreUnavailable,
@@ -20,6 +22,7 @@ from dockyard.store.read_model import PgJobViews, job_view
 
 __all__ = [
     "START",
+    "BatchConflict",
     "ConcurrencyError",
     "DuplicateIdempotencyKey",
     "EventStore",
@@ -27,6 +30,7 @@ __all__ = [
     "InvalidCursor",
     "JobView",
     "JobViews",
+    "PendingAppend",
     "PgEventStore",
     "PgJobViews",
     "Position",

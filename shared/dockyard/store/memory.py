@@ -16,11 +16,14 @@ from typing import NamedTuple
 
 from dockyard.core.events import Event
 from dockyard.core.state import Job
+from dockyard.store import append_many
 from dockyard.store.ports import (
     START,
+    BatchConflict,
     ConcurrencyError,
     DuplicateIdempotencyKey,
     JobView,
+    PendingAppend,
     Position,
     RecordedEvent,
     ViewPage,
@@ -125,6 +128,33 @@ class InMemoryEventStore:
 
     async def load(self, job_id: str) -> list[RecordedEvent]:
         return [s.recorded() for s in self._histories.get(canonical_id(job_id), [])]
+
+    async def load_many(self, job_ids: Sequence[str]) -> dict[str, list[RecordedEvent]]:
+        return {job_id: await self.load(job_id) for job_id in job_ids}
+
+    async def append_many(self, appends: Sequence[PendingAppend]) -> None:
+        appends = [a for a in appends if a.events]
+        append_many.arguments(appends)  # the same ValueErrors as PostgreSQL's
+        if self._conflicts(appends):
+            raise BatchConflict("an append of the batch conflicts")
+        for job_id, expected_version, events, view in appends:
+            await self.append(job_id, expected_version, events, view)
+
+    def _conflicts(self, appends: Sequence[PendingAppend]) -> bool:
+        keys: set[tuple[str, str]] = set()
+        for append in appends:
+            job_id = canonical_id(append.job_id)
+            if len(self._histories.get(job_id, [])) != append.expected_version:
+                return True
+            if any(canonical_id(e.event_id) in self._owners for e in append.events):
+                return True
+            key = append.view.spec.idempotency_key
+            if key is not None:
+                holder = self._idempotency.get((append.view.tenant, key))
+                if (holder is not None and holder != job_id) or (append.view.tenant, key) in keys:
+                    return True
+                keys.add((append.view.tenant, key))
+        return False
 
     async def read_all(self, after: Position, limit: int = 1000) -> list[RecordedEvent]:
         start = bisect.bisect_right(self._log_keys, after)

@@ -56,6 +56,21 @@ class DuplicateIdempotencyKey(Exception):
         self.key = key
 
 
+class BatchConflict(Exception):
+    """Raised by append_many when any append of the batch conflicts (a version another writer
+    took, an event stored already, an idempotency key held): nothing of the batch is stored.
+    Append its jobs one at a time to learn which, and why."""
+
+
+class PendingAppend(NamedTuple):
+    """One job's part of append_many: its events after `expected_version`, and its view."""
+
+    job_id: str
+    expected_version: int
+    events: Sequence[Event]
+    view: Job
+
+
 class StoreUnavailable(Exception):
     """Raised when the database cannot be reached; worth retrying later."""
 
@@ -97,6 +112,17 @@ class EventStore(Protocol):
 
     async def load(self, job_id: str) -> list[RecordedEvent]:
         """The job's whole history in version order (empty for an unknown job)."""
+        ...
+
+    async def load_many(self, job_ids: Sequence[str]) -> dict[str, list[RecordedEvent]]:
+        """The histories of several jobs in one read, keyed by the ids as given (an unknown
+        job's is empty)."""
+        ...
+
+    async def append_many(self, appends: Sequence[PendingAppend]) -> None:
+        """Several jobs' appends in one transaction: one commit, however many jobs (group
+        commit). All or nothing; each job at most once. BatchConflict if any conflicts;
+        StoreUnavailable and ValueError as append."""
         ...
 
     async def read_all(self, after: Position, limit: int = 1000) -> list[RecordedEvent]:

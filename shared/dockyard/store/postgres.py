@@ -14,17 +14,20 @@ import asyncpg
 
 from dockyard.core.events import Event
 from dockyard.core.state import Job
+from dockyard.store import append_many
 from dockyard.store.append import DIAGNOSE, Append
 from dockyard.store.notify import Listener
 from dockyard.store.pool import Pool, translated
 from dockyard.store.ports import (
     START,
+    BatchConflict,
     ConcurrencyError,
     DuplicateIdempotencyKey,
+    PendingAppend,
     Position,
     RecordedEvent,
 )
-from dockyard.store.records import join
+from dockyard.store.records import canonical_id, join
 
 _COLUMNS = "version, position, tx_id, recorded_at, data, metadata"
 
@@ -100,6 +103,26 @@ class PgEventStore:
         async with translated("load"):
             rows = await self._pool.fetch(_LOAD, job_id)
         return [_recorded(r) for r in rows]
+
+    async def load_many(self, job_ids: Sequence[str]) -> dict[str, list[RecordedEvent]]:
+        given = {canonical_id(job_id): job_id for job_id in job_ids}
+        async with translated("load_many"):
+            rows = await self._pool.fetch(append_many.LOAD, list(given))
+        histories: dict[str, list[RecordedEvent]] = {job_id: [] for job_id in job_ids}
+        for row in rows:
+            histories[given[str(row["job_id"])]].append(_recorded(row))
+        return histories
+
+    async def append_many(self, appends: Sequence[PendingAppend]) -> None:
+        appends = [a for a in appends if a.events]
+        if not appends:
+            return
+        args = append_many.arguments(appends)
+        async with translated("append_many"):
+            try:
+                await self._pool.execute(append_many.SQL, *args)
+            except asyncpg.UniqueViolationError as exc:
+                raise BatchConflict(str(exc)) from None
 
     async def read_all(self, after: Position, limit: int = 1000) -> list[RecordedEvent]:
         async with translated("read_all"):
