@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 
 import pytest
@@ -111,3 +112,16 @@ async def test_ensure_topology_refuses_a_stream_it_cannot_convert(js: JetStreamC
 async def test_ensure_topology_refuses_replicas_without_a_cluster(js: JetStreamContext) -> None:
     with pytest.raises(TopologyError, match="replicas"):
         await ensure_topology(js, replicas=3)
+
+
+async def test_connect_to_a_node_list_with_a_dead_first_node(nats_url: str) -> None:
+    """A cluster's URL list: the first connection goes on to a live node."""
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        dead = f"nats://127.0.0.1:{probe.getsockname()[1]}"
+    nc = await connect(f"{dead},{nats_url}", "test node list", timeout_s=10)
+    try:
+        assert nc.is_connected
+        assert nc.connected_url is not None and nc.connected_url.geturl() == nats_url
+    finally:
+        await close(nc)

@@ -19,7 +19,7 @@ from dockyard.bus import (
     message_id,
     names,
 )
-from dockyard.bus.connection import RECONNECT_CAP_S, reconnect_delay, redact
+from dockyard.bus.connection import RECONNECT_CAP_S, reconnect_delay, redact, server_urls
 from dockyard.bus.errors import translate
 from dockyard.bus.messages import event_headers, work_offer_for, work_offer_headers
 from dockyard.bus.topology import (
@@ -126,3 +126,11 @@ def test_reconnect_backoff_is_bounded_and_urls_are_redacted() -> None:
     assert max(delays) <= RECONNECT_CAP_S * 1.2
     assert redact("nats://user:secret@host:4222") == "nats://***@host:4222"
     assert redact("nats://host:4222") == "nats://host:4222"
+
+
+def test_a_nats_url_may_name_a_clusters_nodes() -> None:
+    assert server_urls("nats://a:4222") == ["nats://a:4222"]
+    assert server_urls(" nats://a:4222, nats://b:4222 ,") == ["nats://a:4222", "nats://b:4222"]
+    assert redact("nats://u:p@a:4222,nats://b:4222") == "nats://***@a:4222,nats://b:4222"
+    with pytest.raises(ValueError, match="no NATS server"):
+        server_urls(" , ")

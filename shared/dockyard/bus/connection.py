@@ -49,8 +49,19 @@ def _choose_server(servers: list[Server], _info: dict[str, Any]) -> tuple[Server
     return server, reconnect_delay(server.reconnects)
 
 
+def server_urls(url: str) -> list[str]:
+    """The servers of DOCKYARD_NATS_URL: one URL, or a comma-separated list (a cluster's
+    nodes, so the first connection does not hang on one node being down)."""
+    urls = [u.strip() for u in url.split(",") if u.strip()]
+    if not urls:
+        raise ValueError("no NATS server URL given")
+    return urls
+
+
 def redact(url: str) -> str:
-    """The URL without credentials, for logs."""
+    """The URL (or comma-separated URLs) without credentials, for logs."""
+    if "," in url:
+        return ",".join(redact(u) for u in server_urls(url))
     parts = urlsplit(url)
     if parts.username is None and parts.password is None:
         return url
@@ -104,7 +115,7 @@ async def connect(url: str, name: str, *, timeout_s: float | None = None) -> Nat
     try:
         async with asyncio.timeout(timeout_s):
             await nc.connect(
-                url,
+                server_urls(url),
                 name=name,
                 error_cb=on_error,
                 disconnected_cb=on_disconnected,
