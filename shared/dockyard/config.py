@@ -23,6 +23,7 @@ DEFAULTS: Final[Mapping[str, str]] = {
     "DOCKYARD_MAX_JOBS": "4",
     "DOCKYARD_LEASE_S": "15",
     "DOCKYARD_JANITOR_INTERVAL_S": "30",
+    "DOCKYARD_NATS_REPLICAS": "1",
 }
 
 
@@ -41,6 +42,8 @@ class Settings(Struct, frozen=True, kw_only=True):
     queues: tuple[str, ...]
     max_jobs: int
     lease_s: float
+    # Copies of every stream and of the heartbeat bucket: 3 on a three-node NATS cluster.
+    nats_replicas: int = 1
     janitor_interval_s: float
     janitor_cron: str | None
 
@@ -63,6 +66,9 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         queues=tuple(q.strip() for q in get("DOCKYARD_QUEUES").split(",") if q.strip()),
         max_jobs=_number("DOCKYARD_MAX_JOBS", get("DOCKYARD_MAX_JOBS"), int, minimum=1),
         lease_s=_number("DOCKYARD_LEASE_S", get("DOCKYARD_LEASE_S"), float, minimum=1),
+        nats_replicas=_number(
+            "DOCKYARD_NATS_REPLICAS", get("DOCKYARD_NATS_REPLICAS"), int, minimum=1
+        ),
         janitor_interval_s=_number(
             "DOCKYARD_JANITOR_INTERVAL_S", get("DOCKYARD_JANITOR_INTERVAL_S"), float, minimum=1
         ),
@@ -85,6 +91,11 @@ def parse_tokens(text: str) -> dict[str, str]:
     return tokens
 
 
+def parse_listen(name: str, value: str) -> tuple[str, int]:
+    """`host:port` from the variable `name` (an empty host is 127.0.0.1), or ConfigError."""
+    return _listen(name, value)
+
+
 def _listen(name: str, value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit():
@@ -96,8 +107,16 @@ def _origins(value: str | None, api: tuple[str, int]) -> tuple[str, ...]:
     if value:
         return tuple(o.strip().rstrip("/") for o in value.split(",") if o.strip())
     host, port = api
-    # The web page is served by the scheduler: its own origin, by either loopback name.
-    names = {host, "localhost", "127.0.0.1"} if host in ("127.0.0.1", "localhost") else {host}
+    # The web page is served by the scheduler: its own origin, by either loopback name. Bound
+    # to every interface, the names it is reached by are unknown here: loopback only, until
+    # DOCKYARD_ALLOWED_ORIGINS names them.
+    loopback = {"localhost", "127.0.0.1"}
+    if host in ("0.0.0.0", "::"):
+        names = loopback
+    elif host in loopback:
+        names = {host} | loopback
+    else:
+        names = {host}
     return tuple(sorted(f"http://{name}:{port}" for name in names))
 
 

@@ -62,7 +62,6 @@ ENGINE_USERS = frozenset({"orchestrator", "janitor"})
 # Variables the deploy files set that the code does not read yet: issue #7 adds them (the
 # orchestrator's /metrics, the streams' replica count). Once the code names them they are
 # found by `known_variables` anyway, and they can leave this set.
-PENDING_VARIABLES = frozenset({"DOCKYARD_METRICS_LISTEN", "DOCKYARD_NATS_REPLICAS"})
 VARIABLE = re.compile(r"\bDOCKYARD_[A-Z0-9_]*[A-Z0-9]\b")
 
 
@@ -376,7 +375,7 @@ def test_env_files_are_plain_key_value_lines() -> None:
 
 
 def test_every_dockyard_variable_in_the_deploy_files_is_read_by_the_code() -> None:
-    known = known_variables() | PENDING_VARIABLES
+    known = known_variables()
     for path, content in deploy_texts().items():
         unknown = set(VARIABLE.findall(content)) - known
         assert not unknown, f"{path.relative_to(ROOT)}: {sorted(unknown)}"

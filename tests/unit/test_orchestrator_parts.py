@@ -169,6 +169,16 @@ def test_config_defaults_follow_the_contract() -> None:
         OrchestratorConfig.from_settings(load({}), env={"DOCKYARD_DRAIN_S": "soon"})
 
 
+def test_the_metrics_port_is_off_unless_asked_for() -> None:
+    assert OrchestratorConfig.from_settings(load({}), env={}).metrics_listen is None
+    env = {"DOCKYARD_METRICS_LISTEN": "0.0.0.0:8702"}
+    assert OrchestratorConfig.from_settings(load({}), env=env).metrics_listen == ("0.0.0.0", 8702)
+    env = {"DOCKYARD_METRICS_LISTEN": ":9100"}
+    assert OrchestratorConfig.from_settings(load({}), env=env).metrics_listen == ("127.0.0.1", 9100)
+    with pytest.raises(ConfigError, match="DOCKYARD_METRICS_LISTEN"):
+        OrchestratorConfig.from_settings(load({}), env={"DOCKYARD_METRICS_LISTEN": "8702"})
+
+
 def test_heartbeat_keys_are_valid_and_distinct() -> None:
     ids = ["host-1234", "host.example.com-1", "host_example_com-1", "a=b", "a b", "ünï"]
     keys = [names.heartbeat_key(i) for i in ids]

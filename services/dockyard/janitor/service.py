@@ -44,6 +44,7 @@ from dockyard.runtime.ports import ContainerRuntime, RuntimeUnavailable
 from dockyard.store.migrations import migrate
 from dockyard.store.pool import create_pool
 from dockyard.store.postgres import PgEventStore
+from dockyard.telemetry import tracing
 
 log = logging.getLogger("dockyard.janitor")
 
@@ -107,7 +108,12 @@ async def _ensure_topology(js: JetStreamContext, settings: Settings) -> None:
     failures = 0
     while True:
         try:
-            await ensure_topology(js, lease_s=settings.lease_s, queues=settings.queues)
+            await ensure_topology(
+                js,
+                lease_s=settings.lease_s,
+                queues=settings.queues,
+                replicas=settings.nats_replicas,
+            )
             return
         except BusUnavailable as exc:  # JetStream still starting: wait for it
             failures += 1
@@ -166,7 +172,10 @@ async def run_janitor(
     `once`: one sweep (taking its turn), then return its report. `dry_run`: one sweep that
     changes nothing, its plan printed to `out` (stdout) one line per action."""
     config = JanitorConfig.from_settings(settings)
-    async with bootstrap(settings, config) as janitor:
+    async with AsyncExitStack() as stack:
+        if tracing.configure_tracing(tracing.JANITOR):
+            stack.push_async_callback(tracing.shutdown_tracing)
+        janitor = await stack.enter_async_context(bootstrap(settings, config))
         if dry_run:
             report = await janitor.sweep(dry_run=True)
             print("\n".join(report.lines()), file=out or sys.stdout)

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Final
@@ -26,10 +27,12 @@ from nats.js import JetStreamContext
 from dockyard.bus import names
 from dockyard.bus.errors import BusError, BusRejected, MessageDecodeError, translated
 from dockyard.bus.topology import LOGS_POLICY
+from dockyard.core.events import Metadata
 from dockyard.log_relay.chunks import Chunk, chunks_of
 from dockyard.log_relay.metrics import RelayMetrics
 from dockyard.log_relay.store import LogStore
 from dockyard.store.ports import StoreUnavailable
+from dockyard.telemetry import tracing
 
 log = logging.getLogger("dockyard.log_relay.persister")
 
@@ -171,6 +174,7 @@ class LogPersister:
         failures = 0
         loop = asyncio.get_running_loop()
         kept_at = loop.time()
+        began_ns = time.time_ns()
         while True:
             started = loop.time()
             try:
@@ -188,6 +192,8 @@ class LogPersister:
                     raise
                 log.error("log_persister.refused error=%s", error)
                 return await self._persist_one_by_one(flush)
+        if tracing.enabled():
+            _trace_persisted(flush, began_ns)
         self._metrics.persisted(
             loop.time() - started,
             lines=written.lines,
@@ -218,6 +224,26 @@ class LogPersister:
         )
         self._metrics.poison.inc()
         await _each([msg], Msg.term)
+
+
+def _trace_persisted(flush: _Flush, began_ns: int) -> None:
+    """A span per job trace in the flush (from the write's start to its commit), each a child
+    of the context its batches carried from the orchestrator's attempt."""
+    traces: dict[str, tuple[Metadata, str, int]] = {}  # traceparent: (parent, job, lines)
+    for msg, chunks in zip(flush.msgs, flush.of_msg, strict=True):
+        parent = tracing.message_metadata(msg.headers)
+        if parent.traceparent is None or not chunks:
+            continue
+        _, job_id, lines = traces.get(parent.traceparent, (parent, chunks[0].job_id, 0))
+        traces[parent.traceparent] = (parent, job_id, lines + sum(c.count for c in chunks))
+    for parent, job_id, lines in traces.values():
+        tracing.record_span(
+            tracing.LOG_RELAY,
+            "dockyard.logs.persist",
+            parent=parent,
+            start=began_ns,
+            attributes={tracing.JOB: job_id, "dockyard.lines": lines},
+        )
 
 
 async def _each(msgs: list[Msg], action: Callable[[Msg], Awaitable[None]]) -> None:

@@ -23,6 +23,7 @@ from dockyard.log_relay.store import LogStore
 from dockyard.store.migrations import migrate
 from dockyard.store.pool import create_pool
 from dockyard.store.read_model import PgJobViews
+from dockyard.telemetry import tracing
 from dockyard.web.auth import Tokens
 
 log = logging.getLogger("dockyard.log_relay")
@@ -31,6 +32,8 @@ log = logging.getLogger("dockyard.log_relay")
 async def run_log_relay(settings: Settings) -> None:
     """Persist log batches and serve logs until SIGTERM/SIGINT."""
     async with AsyncExitStack() as stack:
+        if tracing.configure_tracing(tracing.LOG_RELAY):
+            stack.push_async_callback(tracing.shutdown_tracing)  # last: flushes every span
         await migrate(settings.database_url)
         pool = await create_pool(settings.database_url, max_size=8)
         stack.push_async_callback(pool.close)
@@ -38,7 +41,9 @@ async def run_log_relay(settings: Settings) -> None:
         persist_nc = await connection.connect(settings.nats_url, "log-relay-persist")
         stack.push_async_callback(connection.close, persist_nc)
         js = connection.jetstream(persist_nc)
-        await ensure_topology(js, lease_s=settings.lease_s, queues=settings.queues)
+        await ensure_topology(
+            js, lease_s=settings.lease_s, queues=settings.queues, replicas=settings.nats_replicas
+        )
         live_nc = await connection.connect(settings.nats_url, "log-relay-live")
         stack.push_async_callback(connection.close, live_nc)
 

@@ -17,8 +17,10 @@ from datetime import datetime
 from typing import Any
 
 from msgspec import Struct
+from opentelemetry import trace
 
 from dockyard.core.commands import ReportExit, ReportStarted
+from dockyard.core.events import NO_METADATA, Metadata
 from dockyard.core.spec import JobSpec
 from dockyard.orchestrator.config import OrchestratorConfig
 from dockyard.orchestrator.images import Images
@@ -29,6 +31,7 @@ from dockyard.orchestrator.outcome import (
     exit_report,
     failed_report,
     not_started_report,
+    outcome_of,
     stopped_note,
 )
 from dockyard.orchestrator.ports import LogSinkPort, ReportSink
@@ -46,6 +49,7 @@ from dockyard.runtime.ports import (
     NotFound,
     RuntimeUnavailable,
 )
+from dockyard.telemetry import tracing
 
 log = logging.getLogger("dockyard.orchestrator.attempt")
 
@@ -58,13 +62,15 @@ WAIT_AFTER_STOP_S = 30.0
 
 
 class Claim(Struct, frozen=True, kw_only=True):
-    """A granted claim: what to run, and the seq its log continues after."""
+    """A granted claim: what to run, and the seq its log continues after; `meta` is the
+    claim's trace context (the claim answer's), which the attempt's spans continue."""
 
     job_id: str
     attempt: int
     spec: JobSpec
     tenant: str | None = None
     log_seq: int = 0
+    meta: Metadata = NO_METADATA
 
 
 @dataclass(frozen=True)
@@ -112,13 +118,36 @@ class Attempt:
     def log_seq(self) -> int:
         return self._log.last_seq
 
+    @property
+    def dropped_bytes(self) -> int:
+        """Output of this attempt dropped past the log limit or while the bus was away."""
+        return self._log.dropped_bytes
+
     def request_stop(self, stop: StopRequest) -> None:
         if not self._stop.done():
             self._stop.set_result(stop)
 
     async def run(self) -> ReportExit:
         """Run to the stored exit report; the engine is clean afterwards, even if cancelled."""
+        claim = self.claim
+        with tracing.job_span(
+            tracing.ORCHESTRATOR,
+            "dockyard.attempt",
+            parent=claim.meta,
+            attributes={
+                tracing.JOB: claim.job_id,
+                tracing.ATTEMPT: claim.attempt,
+                tracing.ORCHESTRATOR_ID: self._ctx.config.orchestrator_id,
+            },
+        ) as span:
+            report = await self._run()
+            if span.is_recording():
+                span.set_attributes(_report_attributes(report))
+            return report
+
+    async def _run(self) -> ReportExit:
         ctx, claim = self._ctx, self.claim
+        # Made inside the attempt's span: its batches carry the span's trace context.
         sink = ctx.log_sink(claim.job_id, claim.attempt)
         resources = AttemptResources(
             ctx.runtime,
@@ -139,7 +168,8 @@ class Attempt:
                 report = failed_report(claim.attempt, exc)
             await self._log.end()
             await publisher
-            await ctx.reports.send(claim.job_id, report)
+            with tracing.job_span(tracing.ORCHESTRATOR, "dockyard.report_exit"):
+                await ctx.reports.send(claim.job_id, report)
             self.report = report
             await self._ticket.ack()
             return report
@@ -147,7 +177,8 @@ class Attempt:
             if not publisher.done():
                 sink.abandon()
             await cancel_all([keepalive, publisher])
-            await to_completion(resources.release())
+            with tracing.job_span(tracing.ORCHESTRATOR, "dockyard.cleanup"):
+                await to_completion(resources.release())
 
     async def _execute(self, resources: AttemptResources) -> ReportExit:
         claim, spec = self.claim, self.claim.spec
@@ -191,14 +222,17 @@ class Attempt:
 
     async def _ensure_image(self, ref: str) -> None:
         pull = self.claim.spec.pull
-        task = asyncio.create_task(self._ctx.images.ensure(ref, pull))
-        try:
-            done, _ = await asyncio.wait({task}, timeout=PULL_NOTE_AFTER_S)
-            if not done:
-                self._log.note(f"pulling image {ref}")
-            await task
-        finally:
-            await cancel_all([task])
+        with tracing.job_span(
+            tracing.ORCHESTRATOR, "dockyard.image", attributes={"dockyard.image": ref}
+        ):
+            task = asyncio.create_task(self._ctx.images.ensure(ref, pull))
+            try:
+                done, _ = await asyncio.wait({task}, timeout=PULL_NOTE_AFTER_S)
+                if not done:
+                    self._log.note(f"pulling image {ref}")
+                await task
+            finally:
+                await cancel_all([task])
 
     async def _create(self, resources: AttemptResources, plan: ContainerPlan) -> str:
         image = str(plan.config["Image"])
@@ -209,9 +243,25 @@ class Attempt:
             self._ctx.images.forget(image)
             await self._ctx.images.ensure(image, self.claim.spec.pull)
 
-        return await resources.container(plan, kind, on_missing_image=pull_again)
+        with tracing.job_span(
+            tracing.ORCHESTRATOR,
+            "dockyard.container.create",
+            attributes={"dockyard.container.role": plan.role, "dockyard.container": plan.name},
+        ):
+            return await resources.container(plan, kind, on_missing_image=pull_again)
 
     async def _run_container(self, container_id: str) -> ReportExit:
+        with tracing.job_span(
+            tracing.ORCHESTRATOR,
+            "dockyard.container.run",
+            attributes={"dockyard.container.id": container_id},
+        ) as span:
+            report = await self._run_started(container_id)
+            if span.is_recording():
+                span.set_attributes(_report_attributes(report))
+            return report
+
+    async def _run_started(self, container_id: str) -> ReportExit:
         ctx, claim = self._ctx, self.claim
         loop = asyncio.get_running_loop()
         runtime = ctx.runtime
@@ -224,6 +274,7 @@ class Attempt:
                 reader = asyncio.create_task(self._log.read(chunks))
                 await runtime.start(container_id)
                 began, started_at = loop.time(), ctx.clock()
+                trace.get_current_span().add_event("started")
                 started = asyncio.create_task(
                     ctx.reports.send(
                         claim.job_id,
@@ -237,6 +288,7 @@ class Attempt:
                 wait = asyncio.create_task(runtime.wait(container_id))
                 stop = await self._supervise(wait, container_id, began + claim.spec.timeout_s)
                 status = await wait
+                trace.get_current_span().add_event("exited")
                 ran = Ran(status=status, duration_s=loop.time() - began, started_at=started_at)
                 await started
                 await self._finish_reading(reader)
@@ -299,3 +351,10 @@ class Attempt:
             return False
         finally:
             await cancel_all([task])
+
+
+def _report_attributes(report: ReportExit) -> dict[str, str | int | float]:
+    attributes: dict[str, str | int | float] = {"dockyard.outcome": outcome_of(report)}
+    if report.exit_code is not None:
+        attributes["dockyard.exit_code"] = report.exit_code
+    return attributes

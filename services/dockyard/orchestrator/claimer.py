@@ -27,6 +27,7 @@ from dockyard.orchestrator.logsink import last_log_seq
 from dockyard.orchestrator.registry import Registry
 from dockyard.orchestrator.retrying import backoff, until_stored
 from dockyard.orchestrator.ticket import Ticket, WorkTicket
+from dockyard.telemetry import tracing
 
 log = logging.getLogger("dockyard.orchestrator.claimer")
 
@@ -161,7 +162,10 @@ class Claimer:
             await _quietly(msg.ack())  # ran here already (or was recovered): never again
             return False
         request = protocol.ClaimRequest(
-            job_id=offer.job_id, attempt=offer.attempt, orchestrator=self._config.orchestrator_id
+            job_id=offer.job_id,
+            attempt=offer.attempt,
+            orchestrator=self._config.orchestrator_id,
+            meta=tracing.message_metadata(msg.headers),
         )
         answer, stored_seq = await asyncio.gather(
             self._ask(request), self._stream_seq(offer.job_id, offer.attempt)
@@ -185,7 +189,12 @@ class Claimer:
             )
             await _quietly(msg.ack())  # the attempt is someone else's, or over
             return False
-        if self._registry.get(offer.job_id) is not None:
+        running = self._registry.get(offer.job_id)
+        if running is not None and running.attempt == offer.attempt:
+            # A copy of this offer, pulled in the same fetch, launched it meanwhile.
+            running.ticket.adopt(msg)
+            return False
+        if running is not None:
             # Still cleaning up this job's previous attempt here: let it finish first.
             await _quietly(msg.nak(delay=self._config.claim_retry_s))
             return False
@@ -195,6 +204,7 @@ class Claimer:
             spec=answer.spec,
             tenant=answer.tenant,
             log_seq=max(answer.log_seq, stored_seq),
+            meta=answer.meta,
         )
         self.claimed += 1
         self._launch(claim, WorkTicket(msg, self._config.keepalive_s))

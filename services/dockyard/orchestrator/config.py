@@ -10,7 +10,7 @@ from msgspec import Struct
 from msgspec.structs import replace
 
 from dockyard.bus.topology import WORK_POLICY
-from dockyard.config import ConfigError, Settings
+from dockyard.config import ConfigError, Settings, parse_listen
 from dockyard.runtime.output import DEFAULT_CAP_BYTES
 
 # The contract: SIGTERM, then SIGKILL 10 s later.
@@ -26,6 +26,7 @@ class OrchestratorConfig(Struct, frozen=True, kw_only=True):
     queues: tuple[str, ...] = ("default",)
     max_jobs: int = 4
     lease_s: float = 15.0
+    nats_replicas: int = 1
     stop_grace_s: float = STOP_GRACE_S
     drain_s: float = DRAIN_S
     # In-progress acks keep a running job's work offer from being redelivered: three per ack
@@ -56,6 +57,9 @@ class OrchestratorConfig(Struct, frozen=True, kw_only=True):
     log_window: int = 16
     # How long an image known to be present skips the engine's inspect before a create.
     image_cache_s: float = 60.0
+    # Where to serve /metrics, /healthz and /readyz; None: nowhere (orchestrators sharing a
+    # host would need a port each, so it is off unless asked for).
+    metrics_listen: tuple[str, int] | None = None
 
     @property
     def heartbeat_s(self) -> float:
@@ -66,13 +70,17 @@ class OrchestratorConfig(Struct, frozen=True, kw_only=True):
     def from_settings(
         cls, settings: Settings, env: Mapping[str, str] | None = None
     ) -> OrchestratorConfig:
-        """The contract's variables, and DOCKYARD_DRAIN_S (seconds, default 20) for the drain."""
+        """The contract's variables, DOCKYARD_DRAIN_S (seconds, default 20) for the drain, and
+        DOCKYARD_METRICS_LISTEN (host:port, default off) for the metrics port."""
         env = os.environ if env is None else env
+        metrics = env.get("DOCKYARD_METRICS_LISTEN")
         config = cls(
             orchestrator_id=settings.orchestrator_id,
             queues=settings.queues or ("default",),
             max_jobs=settings.max_jobs,
             lease_s=settings.lease_s,
+            nats_replicas=settings.nats_replicas,
+            metrics_listen=parse_listen("DOCKYARD_METRICS_LISTEN", metrics) if metrics else None,
         )
         drain = env.get("DOCKYARD_DRAIN_S")
         if drain:

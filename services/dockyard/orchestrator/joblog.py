@@ -53,6 +53,10 @@ class JobLog:
         """The last seq numbered so far."""
         return self._pipeline.next_seq - 1
 
+    @property
+    def dropped_bytes(self) -> int:
+        return self._pipeline.dropped_bytes
+
     def note(self, text: str) -> None:
         """A `system` line: Dockyard's own words."""
         self._pump.note(text)

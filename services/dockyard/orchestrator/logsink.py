@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Mapping
 from typing import Final
 
 import nats.errors
@@ -65,7 +66,9 @@ class LogSink:
         *,
         window: int = 16,
         ack_timeout_s: float = ACK_TIMEOUT_S,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
+        """`headers` go on every batch besides its Nats-Msg-Id: the attempt's trace context."""
         self._nc = nc
         self._js = js
         self._job_id = job_id
@@ -75,6 +78,7 @@ class LogSink:
         self._ack_timeout_s = ack_timeout_s
         self._in_flight: deque[_Batch] = deque()
         self._epoch = -1  # the connection (reconnect count) the sent batches went out on
+        self._headers = dict(headers or {})
         self.published_lines = 0
 
     async def publish(self, lines: list[LogLine]) -> None:
@@ -129,7 +133,7 @@ class LogSink:
             item.ack = await self._js.publish_async(
                 self._subject,
                 item.payload,
-                headers={names.MSG_ID: item.msg_id},
+                headers={**self._headers, names.MSG_ID: item.msg_id},
                 stream=names.LOGS_STREAM,
             )
         except (nats.errors.Error, OSError) as exc:

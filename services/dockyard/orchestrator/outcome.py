@@ -125,3 +125,10 @@ def recovered_report(
         return ReportExit(attempt=attempt, exit_code=0)
     error = f"the command exited with code {exit_code} (found after {lost})"
     return ReportExit(attempt=attempt, exit_code=exit_code, reason="exit_code", error=error)
+
+
+def outcome_of(report: ReportExit) -> str:
+    """`succeeded`, or the reason the attempt failed (`exit_code`, `timed_out`...)."""
+    if report.reason is None and report.exit_code == 0:
+        return "succeeded"
+    return report.reason or "exit_code"

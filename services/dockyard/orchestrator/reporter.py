@@ -24,6 +24,7 @@ from dockyard.core.commands import (
     ReportStarted,
 )
 from dockyard.orchestrator.retrying import until_stored
+from dockyard.telemetry import tracing
 
 
 def utc_now() -> datetime:
@@ -64,7 +65,11 @@ class Reporter:
         """Store the report, waiting through NATS outages; BusRejected if JetStream refuses."""
         rid = report_id(job_id, command)
         report = protocol.Report(
-            report_id=rid, job_id=job_id, command=command, sent_at=self._clock()
+            report_id=rid,
+            job_id=job_id,
+            command=command,
+            sent_at=self._clock(),
+            meta=tracing.current_metadata(),
         )
         payload = protocol.encode(report)
         subject = names.report_subject(job_id)

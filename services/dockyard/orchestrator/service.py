@@ -16,6 +16,7 @@ from pathlib import Path
 
 import aiodocker
 import aiohttp
+from aiohttp import web
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
@@ -30,7 +31,10 @@ from dockyard.orchestrator.control import Control
 from dockyard.orchestrator.heartbeat import Heartbeats
 from dockyard.orchestrator.images import Images
 from dockyard.orchestrator.logsink import LogSink, last_log_seq
-from dockyard.orchestrator.outcome import StopRequest
+from dockyard.orchestrator.metrics import CountingLogSink, OrchestratorMetrics, serve_metrics
+from dockyard.orchestrator.observed import observed_ask
+from dockyard.orchestrator.outcome import StopRequest, outcome_of
+from dockyard.orchestrator.ports import LogSinkPort
 from dockyard.orchestrator.recovery import Recovery
 from dockyard.orchestrator.registry import Registry
 from dockyard.orchestrator.reporter import Reporter
@@ -39,6 +43,7 @@ from dockyard.orchestrator.tasks import cancel_all
 from dockyard.orchestrator.ticket import Ticket
 from dockyard.runtime.docker import DockerRuntime, engine_id
 from dockyard.runtime.ports import ContainerRuntime, RuntimeUnavailable
+from dockyard.telemetry import tracing
 
 log = logging.getLogger("dockyard.orchestrator")
 
@@ -79,7 +84,9 @@ class Orchestrator:
             period_s=config.heartbeat_s,
             on_beat=self.control.sweep,
         )
-        self._ask = ask or claim_asker(nc, config.claim_timeout_s)
+        self.metrics = OrchestratorMetrics()
+        self.metrics.watch(running=lambda: self.running, nats_connected=lambda: nc.is_connected)
+        self._ask = observed_ask(ask or claim_asker(nc, config.claim_timeout_s), self.metrics)
         self._slots = asyncio.Semaphore(config.max_jobs)
         self._attempts: set[asyncio.Task[None]] = set()
         self._context = AttemptContext(
@@ -139,6 +146,7 @@ class Orchestrator:
         """Run a granted claim; the slot the claimer took is released when it is over."""
         attempt = Attempt(self._context, claim, ticket)
         self.registry.add(attempt)
+        self.metrics.started.inc()
         early = self.control.early_cancel(claim.job_id)
         if early is not None:
             attempt.request_stop(early)
@@ -161,6 +169,9 @@ class Orchestrator:
         except Exception:
             log.exception("orchestrator.attempt_unreported job=%s", attempt.job_id)
             return
+        finally:
+            self.metrics.log_dropped.inc(attempt.dropped_bytes)
+        self.metrics.finished.labels(outcome_of(report)).inc()
         self.finished += 1
         log.info(
             "orchestrator.attempt_done job=%s attempt=%d exit_code=%s reason=%s",
@@ -228,8 +239,32 @@ class Orchestrator:
             last_log_seq=last_seq,
         )
 
-    def _log_sink(self, job_id: str, attempt: int) -> LogSink:
-        return LogSink(self.nc, self.js, job_id, attempt, window=self.config.log_window)
+    def _log_sink(self, job_id: str, attempt: int) -> LogSinkPort:
+        """Called inside the attempt's span: every batch carries its trace context, so that
+        the log relay's spans join the job's trace."""
+        sink = LogSink(
+            self.nc,
+            self.js,
+            job_id,
+            attempt,
+            window=self.config.log_window,
+            headers=tracing.current_headers(),
+        )
+        return CountingLogSink(sink, self.metrics.log_lines)
+
+    async def serve_metrics(self) -> web.AppRunner | None:
+        """Serve /metrics, /healthz and /readyz if the config says where; the runner, to stop."""
+        if self.config.metrics_listen is None:
+            return None
+
+        async def nats() -> bool:
+            return self.nc.is_connected
+
+        async def ready() -> bool:
+            return self.ready.is_set()
+
+        probes = {"nats": nats, "claiming": ready}
+        return await serve_metrics(self.metrics, probes, *self.config.metrics_listen)
 
 
 def docker_client(max_jobs: int) -> aiodocker.Docker:
@@ -285,7 +320,9 @@ async def _ensure_topology(js: JetStreamContext, config: OrchestratorConfig) -> 
     failures = 0
     while True:
         try:
-            await ensure_topology(js, queues=config.queues, lease_s=config.lease_s)
+            await ensure_topology(
+                js, queues=config.queues, lease_s=config.lease_s, replicas=config.nats_replicas
+            )
             return
         except BusUnavailable as exc:  # JetStream still starting: wait for it
             failures += 1
@@ -299,6 +336,7 @@ async def run_orchestrator(settings: Settings) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    tracing.configure_tracing(tracing.ORCHESTRATOR)
     try:
         async with bootstrap(settings) as orchestrator:
             log.info(
@@ -307,7 +345,13 @@ async def run_orchestrator(settings: Settings) -> None:
                 ",".join(orchestrator.config.queues),
                 orchestrator.config.max_jobs,
             )
-            await orchestrator.run(stop)
+            metrics = await orchestrator.serve_metrics()
+            try:
+                await orchestrator.run(stop)
+            finally:
+                if metrics is not None:
+                    await metrics.cleanup()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        await tracing.shutdown_tracing()

@@ -14,6 +14,7 @@ from dockyard.handler import Clock, execute, utc_now
 from dockyard.scheduler.schedule_store import ScheduleStore
 from dockyard.scheduler.schedules import Schedule, fire_key, latest_fire, next_fire_after
 from dockyard.store.ports import ConcurrencyError, EventStore, StoreUnavailable
+from dockyard.telemetry import tracing
 
 log = logging.getLogger("dockyard.scheduler.firing")
 
@@ -42,7 +43,13 @@ async def _fire(
             tenant=schedule.tenant, spec=schedule.job, schedule=schedule.name, fire_time=fire_time
         )
         try:
-            outcome = await execute(store, job_id, command, clock=clock)
+            with tracing.start_trace(
+                tracing.SCHEDULER,
+                "dockyard.schedule.fire",
+                attributes={tracing.JOB: job_id, "dockyard.schedule": schedule.name},
+            ) as span:
+                meta = tracing.metadata_of(span)
+                outcome = await execute(store, job_id, command, meta=meta, clock=clock)
         except (Rejected, ConcurrencyError) as error:
             log.warning("schedule.fire_failed name=%s error=%s", schedule.name, error)
             return 0

@@ -8,14 +8,15 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from dockyard.core import RequestCancel, SubmitJob, uuid7
+from dockyard.core import Metadata, RequestCancel, SubmitJob, uuid7
 from dockyard.core.codec import encode
-from dockyard.core.spec import convert_spec
+from dockyard.core.spec import JobSpec, convert_spec
 from dockyard.core.state import Status
 from dockyard.handler import execute
 from dockyard.scheduler.context import Context, ctx_of
 from dockyard.store.ports import DuplicateIdempotencyKey, InvalidCursor, JobView
 from dockyard.store.read_model import job_view
+from dockyard.telemetry import tracing
 from dockyard.web.auth import ADMIN, can_see
 from dockyard.web.errors import ApiError, invalid, not_found
 
@@ -92,9 +93,23 @@ async def submit(request: web.Request) -> web.Response:
         if existing is not None:
             return json_response(existing, 200)
     job_id = uuid7()
+    # The job's trace begins here (in the caller's, if it sent a traceparent); its events
+    # carry it, so every service's spans for the job join it.
+    with tracing.start_trace(
+        tracing.SCHEDULER,
+        "dockyard.submit",
+        parent=tracing.message_metadata(request.headers),
+        attributes={tracing.JOB: job_id, "dockyard.tenant": tenant},
+    ) as span:
+        return await _submit(ctx, tenant, job_id, spec, tracing.metadata_of(span))
+
+
+async def _submit(
+    ctx: Context, tenant: str, job_id: str, spec: JobSpec, meta: Metadata
+) -> web.Response:
     try:
         outcome = await execute(
-            ctx.store, job_id, SubmitJob(tenant=tenant, spec=spec), clock=ctx.clock
+            ctx.store, job_id, SubmitJob(tenant=tenant, spec=spec), meta=meta, clock=ctx.clock
         )
     except DuplicateIdempotencyKey:
         assert spec.idempotency_key is not None

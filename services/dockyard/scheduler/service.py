@@ -32,6 +32,7 @@ from dockyard.store.pool import Pool, create_pool
 from dockyard.store.ports import EventStore
 from dockyard.store.postgres import PgEventStore
 from dockyard.store.read_model import PgJobViews
+from dockyard.telemetry import tracing
 from dockyard.web.auth import Tokens
 
 log = logging.getLogger("dockyard.scheduler")
@@ -40,6 +41,8 @@ log = logging.getLogger("dockyard.scheduler")
 async def run_scheduler(settings: Settings) -> None:
     """Serve the API and record events until SIGTERM/SIGINT."""
     async with AsyncExitStack() as stack:
+        if tracing.configure_tracing(tracing.SCHEDULER):
+            stack.push_async_callback(tracing.shutdown_tracing)  # last: flushes every span
         await migrate(settings.database_url)
         pool = await create_pool(settings.database_url, max_size=16)
         stack.push_async_callback(pool.close)
@@ -50,7 +53,9 @@ async def run_scheduler(settings: Settings) -> None:
         nc = await connection.connect(settings.nats_url, "scheduler")
         stack.push_async_callback(connection.close, nc)
         js = connection.jetstream(nc)
-        await ensure_topology(js, lease_s=settings.lease_s, queues=settings.queues)
+        await ensure_topology(
+            js, lease_s=settings.lease_s, queues=settings.queues, replicas=settings.nats_replicas
+        )
 
         ctx = _context(settings, pool, store, nc, metrics)
         # One batcher for claims and reports: what arrives together is committed together.

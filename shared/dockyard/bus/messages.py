@@ -16,6 +16,7 @@ from dockyard.bus import names
 from dockyard.bus.errors import MessageDecodeError
 from dockyard.core import codec
 from dockyard.core.events import Event, JobQueued, Metadata, type_name
+from dockyard.telemetry import tracing
 
 
 class WorkOffer(Struct, frozen=True, kw_only=True):
@@ -75,12 +76,29 @@ def event_headers(event: Event) -> dict[str, str]:
 
 
 def work_offer_headers(offer: WorkOffer, event: Event) -> dict[str, str]:
-    """The offer's dedup id is per attempt, so a republished offer for the same attempt drops."""
+    """The offer's dedup id is per attempt, so a republished offer for the same attempt drops.
+
+    Its trace context is the dispatch's: a span from the JobQueued's commit to this publish,
+    in the job's trace (with tracing off, the event's own context is passed on unchanged).
+    """
     headers = {names.MSG_ID: names.work_msg_id(offer.job_id, offer.attempt)}
-    if event.meta.traceparent is not None:
-        headers[names.TRACEPARENT] = event.meta.traceparent
-    if event.meta.tracestate is not None:
-        headers[names.TRACESTATE] = event.meta.tracestate
+    meta = event.meta
+    if meta.traceparent is not None and tracing.enabled():
+        meta = tracing.record_span(
+            tracing.SCHEDULER,
+            "dockyard.dispatch",
+            parent=meta,
+            start=event.at,
+            attributes={
+                tracing.JOB: offer.job_id,
+                tracing.ATTEMPT: offer.attempt,
+                "dockyard.queue": offer.queue,
+            },
+        )
+    if meta.traceparent is not None:
+        headers[names.TRACEPARENT] = meta.traceparent
+    if meta.tracestate is not None:
+        headers[names.TRACESTATE] = meta.tracestate
     return headers
 
 

@@ -11,6 +11,8 @@ from datetime import datetime, timedelta
 from functools import singledispatch
 from typing import TypedDict
 
+from msgspec.structs import replace
+
 from dockyard.core.commands import (
     ClaimJob,
     Command,
@@ -59,18 +61,26 @@ class _Base(TypedDict):
 
 
 class _Maker:
-    """Stamps the common fields on every event one decision makes."""
+    """Stamps the common fields on every event one decision makes.
 
-    def __init__(self, ctx: Context, new_id: NewId) -> None:
+    Events stay in their job's trace: without a trace context of the command's own (a span of
+    the service that sent it), they carry the job's, as its JobSubmitted recorded it.
+    """
+
+    def __init__(self, ctx: Context, new_id: NewId, job: Job | None = None) -> None:
         self.ctx = ctx
         self.new_id = new_id
+        meta = ctx.meta
+        if meta.traceparent is None and job is not None and job.traceparent is not None:
+            meta = replace(meta, traceparent=job.traceparent, tracestate=job.tracestate)
+        self.meta = meta
 
     def base(self) -> _Base:
         return {
             "event_id": self.new_id(),
             "job_id": self.ctx.job_id,
             "at": self.ctx.now,
-            "meta": self.ctx.meta,
+            "meta": self.meta,
         }
 
 
@@ -79,7 +89,7 @@ def decide(job: Job | None, command: Command, ctx: Context, new_id: NewId) -> li
         return [] if job is not None else _submit(command, _Maker(ctx, new_id))
     if job is None:
         raise UnknownJob(ctx.job_id)
-    return _decide(command, job, _Maker(ctx, new_id))
+    return _decide(command, job, _Maker(ctx, new_id, job))
 
 
 def _submit(cmd: SubmitJob, m: _Maker) -> list[Event]:

@@ -67,6 +67,9 @@ class Job(Struct, frozen=True, kw_only=True):
     resources: frozenset[str] = frozenset()
     # Ids of the events folded in, so a redelivered event is a no-op.
     seen: frozenset[str] = frozenset()
+    # The job's trace (its JobSubmitted's): events decided later for the job carry it too.
+    traceparent: str | None = None
+    tracestate: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -113,6 +116,8 @@ def _submitted(event: JobSubmitted) -> Job:
         due_at=event.at,
         version=1,
         seen=frozenset({event.event_id}),
+        traceparent=event.meta.traceparent,
+        tracestate=event.meta.tracestate,
     )
 
 

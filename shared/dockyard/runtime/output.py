@@ -77,6 +77,7 @@ class LogPipeline:
         self._ring_bytes = 0
         self._ring_max = (ring_lines, ring_bytes)
         self._omitted = 0
+        self.dropped_bytes = 0  # text of the lines omitted (past the cap, or while behind)
 
     @property
     def pending_lines(self) -> int:
@@ -178,7 +179,9 @@ class LogPipeline:
         self._ring_bytes += len(text)
         max_lines, max_bytes = self._ring_max
         while len(self._ring) > max_lines or (self._ring_bytes > max_bytes and len(self._ring) > 1):
-            self._ring_bytes -= len(self._ring.popleft()[1])
+            dropped = len(self._ring.popleft()[1])
+            self._ring_bytes -= dropped
+            self.dropped_bytes += dropped
             self._omitted += 1
 
     def _catch_up(self, at: datetime) -> None:

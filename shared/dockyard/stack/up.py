@@ -21,6 +21,8 @@ from dockyard.stack.children import SERVICES, ServiceProcess, say
 from dockyard.stack.layout import Layout, StackError
 
 READY_WITHIN_S = 90.0
+# The orchestrator's /metrics, next to the API's 8700 and the log relay's 8701.
+ORCHESTRATOR_METRICS_PORT = 8702
 
 
 class UpOptions(Struct, frozen=True, kw_only=True):
@@ -91,7 +93,8 @@ async def _start(options: UpOptions, stack: AsyncExitStack) -> list[ServiceProce
         "DOCKYARD_LOG_FORMAT": "text",
         "PYTHONUNBUFFERED": "1",
     }
-    children = [ServiceProcess(name, child_env) for name in SERVICES]
+    own_env = {"orchestrator": await _orchestrator_env(env)}
+    children = [ServiceProcess(name, {**child_env, **own_env.get(name, {})}) for name in SERVICES]
     stack.push_async_callback(_stop_all, children)
     for child in children:
         await child.start()
@@ -193,13 +196,31 @@ async def _stopped(name: str, server: EmbeddedNats | EmbeddedPostgres) -> None:
 
 
 async def _require_free(what: str, port: int, variable: str, option: str) -> None:
-    with contextlib.suppress(OSError):
-        _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 2)
-        writer.close()
+    if await _taken(port):
         raise StackError(
             f"port {port} is taken, so {what} cannot start there: stop what holds it, "
             f"pick another with {option}, or use that server with {variable}"
         )
+
+
+async def _taken(port: int) -> bool:
+    with contextlib.suppress(OSError):
+        _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 2)
+        writer.close()
+        return True
+    return False
+
+
+async def _orchestrator_env(env: dict[str, str]) -> dict[str, str]:
+    """The orchestrator's metrics port: DOCKYARD_METRICS_LISTEN if set, else 8702 if free
+    (a convenience, so a taken port only means no metrics)."""
+    if "DOCKYARD_METRICS_LISTEN" in env:
+        return {}
+    port = ORCHESTRATOR_METRICS_PORT
+    if await _taken(port):
+        say("orchestrator", f"port {port} is taken: no metrics port (DOCKYARD_METRICS_LISTEN)")
+        return {}
+    return {"DOCKYARD_METRICS_LISTEN": f"127.0.0.1:{port}"}
 
 
 async def _wait_ready(urls: list[str], children: list[ServiceProcess]) -> None:

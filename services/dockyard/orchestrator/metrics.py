@@ -1,0 +1,104 @@
+"""The orchestrator's Prometheus metrics, and the optional port that serves them.
+
+Off by default (DOCKYARD_METRICS_LISTEN unset): several orchestrators may share a host, and
+each would need a port of its own. The registry is the orchestrator's own (tests run many).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from dockyard.orchestrator.ports import LogSinkPort
+from dockyard.runtime.output import LogLine
+from dockyard.web import health
+
+log = logging.getLogger("dockyard.orchestrator.metrics")
+
+
+class OrchestratorMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.running = Gauge("dockyard_orchestrator_jobs_running", "Attempts running", registry=r)
+        self.started = Counter(
+            "dockyard_orchestrator_jobs_started", "Attempts started (claims granted)", registry=r
+        )
+        self.finished = Counter(
+            "dockyard_orchestrator_jobs_finished",
+            "Attempts reported, by outcome: succeeded, or the failure's reason",
+            ["outcome"],
+            registry=r,
+        )
+        self.claim_seconds = Histogram(
+            "dockyard_orchestrator_claim_seconds",
+            "From a claim request to the scheduler's answer, by answer: granted, refused, "
+            "unanswered",
+            ["answer"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r,
+        )
+        self.log_lines = Counter(
+            "dockyard_orchestrator_log_lines_published",
+            "Log lines handed to the LOGS stream",
+            registry=r,
+        )
+        self.log_dropped = Counter(
+            "dockyard_orchestrator_log_dropped_bytes",
+            "Job output dropped: past the log limit, or while NATS was away too long",
+            registry=r,
+        )
+        self.nats_connected = Gauge(
+            "dockyard_orchestrator_nats_connected", "1 while connected to NATS", registry=r
+        )
+
+    def watch(self, *, running: Callable[[], int], nats_connected: Callable[[], bool]) -> None:
+        """Read the gauges from the orchestrator at each scrape."""
+        self.running.set_function(lambda: float(running()))
+        self.nats_connected.set_function(lambda: 1.0 if nats_connected() else 0.0)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class CountingLogSink:
+    """A LogSinkPort that counts the lines it passes on."""
+
+    def __init__(self, inner: LogSinkPort, lines: Counter) -> None:
+        self._inner = inner
+        self._lines = lines
+
+    async def publish(self, lines: list[LogLine]) -> None:
+        await self._inner.publish(lines)
+        self._lines.inc(len(lines))
+
+    async def flush(self) -> None:
+        await self._inner.flush()
+
+    def abandon(self) -> None:
+        self._inner.abandon()
+
+
+async def serve_metrics(
+    metrics: OrchestratorMetrics, probes: Mapping[str, health.Probe], host: str, port: int
+) -> web.AppRunner:
+    """`/metrics`, `/healthz` and `/readyz` (200 once every probe answers true) on host:port."""
+
+    async def render() -> bytes:
+        return metrics.render()
+
+    app = web.Application()
+    app.add_routes(health.routes(probes, render))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    log.info(
+        "orchestrator.metrics url=http://%s:%d/metrics",
+        host,
+        port,
+        extra={"event": "orchestrator.metrics"},
+    )
+    return runner
