@@ -350,6 +350,45 @@ async def test_a_report_waiting_in_the_reports_stream_holds_the_lost_verdict(
     assert [a.action for a in report2.actions] == ["mark_lost"]
 
 
+async def test_a_batch_of_its_orchestrator_waiting_holds_the_lost_verdict(
+    nats_url: str, database_url: str, docker: aiodocker.Docker, db: Db
+) -> None:
+    """Orchestrators send reports in batches on their own subject: a batch still waiting
+    from the job's orchestrator may hold its exit, so the job is not judged lost yet."""
+    from dockyard.bus import protocol
+    from dockyard.bus.publish import publish
+
+    ghost = scoped_orchestrator_id()
+    job_id = uuid7()
+    await db.run(
+        job_id,
+        submit(retry={"max_attempts": 2, "backoff_s": 0}),
+        ClaimJob(attempt=1, orchestrator=ghost),
+        started(1, ghost),
+    )
+    async with running_janitor(nats_url, database_url, docker, ghost) as janitor:
+        assert janitor.sources.js is not None
+        exit_report = protocol.Report(
+            report_id="b1",
+            job_id=job_id,
+            command=ReportExit(attempt=1, exit_code=0),
+            sent_at=NOW(),
+        )
+        batch = protocol.ReportBatch(reports=[exit_report])
+        await publish(
+            janitor.sources.js,
+            names.report_batch_subject(ghost),
+            protocol.encode_report_batch(batch),
+            msg_id="b1",
+            stream=names.REPORTS_STREAM,
+        )
+        held = await janitor.turn(30)
+        assert held.ok and held.actions == []
+        await janitor.sources.js.purge_stream(names.REPORTS_STREAM)  # the scheduler took it
+        report2 = await janitor.turn(30)
+    assert [a.action for a in report2.actions] == ["mark_lost"]
+
+
 # -- re-offers and retention ------------------------------------------------------------------
 
 

@@ -26,6 +26,7 @@ from dockyard.core import (
 from dockyard.core.spec import JobSpec, RetryPolicy
 from dockyard.handler import execute
 from dockyard.scheduler.due import PgDueJobs, enqueue_due
+from dockyard.orchestrator.reporter import Reporter
 from dockyard.scheduler.reports import ReportConsumer
 from dockyard.store.pool import Pool, create_pool
 from dockyard.store.postgres import PgEventStore
@@ -140,3 +141,43 @@ async def test_a_retry_waits_for_its_backoff_then_is_queued_once(plane: Plane) -
     assert sum(queued) == 1
     job = fold(r.event for r in await plane.store.load(job_id))
     assert job is not None and (job.status, job.attempt) == ("queued", 2)
+
+
+async def test_reports_sent_together_go_in_few_messages_and_are_recorded_in_order(
+    plane: Plane,
+) -> None:
+    """The orchestrator's Reporter batches what is sent while a publish waits for its ack;
+    the consumer records every report of a batch, each job's in the order sent."""
+    reporter = Reporter(plane.nc, plane.js, orchestrator="o1")
+    jobs = [await plane.running_job() for _ in range(30)]
+
+    async def one_job(job_id: str) -> None:
+        await reporter.send(job_id, STARTED)
+        await reporter.send(job_id, ReportExit(attempt=1, exit_code=0))
+
+    await asyncio.gather(*(one_job(j) for j in jobs))
+    assert reporter.sent == 60
+    assert reporter.messages < 60  # batched
+    await plane.reports.run_until_idle()
+    for job_id in jobs:
+        assert await plane.types(job_id) == [
+            "job_submitted",
+            "job_queued",
+            "job_claimed",
+            "container_started",
+            "job_succeeded",
+        ]
+
+
+async def test_a_refused_report_in_a_batch_does_not_hold_back_the_others(
+    plane: Plane,
+) -> None:
+    reporter = Reporter(plane.nc, plane.js, orchestrator="o2")
+    job_id = await plane.running_job()
+    await asyncio.gather(
+        reporter.send(job_id, STARTED), reporter.send(uuid7(), STARTED)
+    )  # the second job does not exist: refused, logged, acknowledged with the batch
+    await plane.reports.run_until_idle()
+    assert "container_started" in await plane.types(job_id)
+    info = await plane.js.stream_info(names.REPORTS_STREAM)
+    assert info.state.messages == 0

@@ -195,6 +195,19 @@ class Observer:
                 idle.add(queue)
         return frozenset(idle)
 
+    async def _oldest_report(
+        self, js: JetStreamContext, subject: str, now: datetime
+    ) -> datetime | None:
+        """When the oldest report still waiting on `subject` was stored; None if none waits."""
+        try:
+            with translated():
+                msg = await js.get_msg(names.REPORTS_STREAM, seq=1, subject=subject, next=True)
+        except BusError as exc:
+            if isinstance(exc.__cause__, nats.js.errors.NotFoundError):
+                return None
+            raise
+        return msg.time or now
+
     async def _pending_reports(self, world: World) -> dict[str, float] | None:
         candidates = verdict_candidates(world, self._policy)
         if not candidates:
@@ -203,16 +216,21 @@ class Observer:
         if js is None:
             return None
         waiting: dict[str, float] = {}
+        by_orchestrator: dict[str, datetime | None] = {}
         for job_id in sorted(candidates):
-            try:
-                with translated():
-                    msg = await js.get_msg(
-                        names.REPORTS_STREAM, seq=1, subject=names.report_subject(job_id), next=True
+            sent = await self._oldest_report(js, names.report_subject(job_id), world.now)
+            orchestrator = world.jobs[job_id].job.orchestrator if job_id in world.jobs else None
+            if orchestrator is not None:
+                # Its reports go in batches on its own subject: one waiting there may be this
+                # job's, so the job waits for it (judged at the next sweep).
+                if orchestrator not in by_orchestrator:
+                    subject = names.report_batch_subject(orchestrator)
+                    by_orchestrator[orchestrator] = await self._oldest_report(
+                        js, subject, world.now
                     )
-            except BusError as exc:
-                if isinstance(exc.__cause__, nats.js.errors.NotFoundError):
-                    continue  # nothing waiting
-                raise
-            sent = msg.time or world.now
-            waiting[job_id] = max(0.0, (world.now - sent).total_seconds())
+                batched = by_orchestrator[orchestrator]
+                if batched is not None and (sent is None or batched < sent):
+                    sent = batched
+            if sent is not None:
+                waiting[job_id] = max(0.0, (world.now - sent).total_seconds())
         return waiting

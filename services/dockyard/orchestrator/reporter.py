@@ -1,4 +1,5 @@
-"""Reports to the scheduler on the REPORTS stream: stored before `send` returns, exactly once.
+"""Reports to the scheduler on the REPORTS stream: stored before `send` returns, exactly once,
+batched under load.
 
 Each report's id (its Nats-Msg-Id) is derived from what it says, not drawn at random, so the
 same fact sent twice - retried after a timeout, or again by this orchestrator after a restart -
@@ -7,8 +8,11 @@ is stored once by JetStream, and the scheduler's fold ignores it anyway if it co
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Final
 
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
@@ -25,6 +29,9 @@ from dockyard.core.commands import (
 )
 from dockyard.orchestrator.retrying import until_stored
 from dockyard.telemetry import tracing
+
+# Reports in one message at most: a few hundred bytes each, far below the payload limit.
+MAX_BATCH: Final = 256
 
 
 def utc_now() -> datetime:
@@ -47,37 +54,96 @@ def report_id(job_id: str, command: ReportCommand) -> str:
 
 
 class Reporter:
-    """Sends reports; each `send` returns once JetStream has stored the report."""
+    """Sends reports; each `send` returns once JetStream has stored the report.
+
+    Reports sent while an earlier publish waits for its ack go together in the next message
+    (a ReportBatch on this orchestrator's batch subject): idle, one report is one message at
+    once; busy, one fsync stores many. One publish at a time keeps them in the order sent.
+    """
 
     def __init__(
         self,
         nc: NatsClient,
         js: JetStreamContext,
         *,
+        orchestrator: str,
         clock: Callable[[], datetime] = utc_now,
+        max_batch: int = MAX_BATCH,
     ) -> None:
         self._nc = nc
         self._js = js
+        self._subject = names.report_batch_subject(orchestrator)
         self._clock = clock
+        self._max_batch = max_batch
+        self._waiting: list[tuple[protocol.Report, asyncio.Future[None]]] = []
+        self._task: asyncio.Task[None] | None = None
         self.sent = 0
+        self.messages = 0
 
     async def send(self, job_id: str, command: ReportCommand) -> None:
         """Store the report, waiting through NATS outages; BusRejected if JetStream refuses."""
-        rid = report_id(job_id, command)
         report = protocol.Report(
-            report_id=rid,
+            report_id=report_id(job_id, command),
             job_id=job_id,
             command=command,
             sent_at=self._clock(),
             meta=tracing.current_metadata(),
         )
-        payload = protocol.encode(report)
-        subject = names.report_subject(job_id)
+        stored: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        stored.add_done_callback(_retrieved)  # its sender may have been cancelled meanwhile
+        self._waiting.append((report, stored))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._publish_waiting(), name="reporter")
+        # Shielded: a cancelled sender's report still goes (it is a fact), and must not
+        # cancel the publish the others in its batch wait for.
+        await asyncio.shield(stored)
+        self.sent += 1
+
+    async def _publish_waiting(self) -> None:
+        while self._waiting:
+            batch = self._waiting[: self._max_batch]
+            del self._waiting[: len(batch)]
+            try:
+                await self._publish([report for report, _ in batch])
+            except asyncio.CancelledError:
+                for _, stored in [*batch, *self._waiting]:
+                    stored.cancel()
+                self._waiting.clear()
+                raise
+            except Exception as exc:  # BusRejected, or the connection closed for good
+                for _, stored in batch:
+                    if not stored.done():
+                        stored.set_exception(exc)
+                continue
+            for _, stored in batch:
+                if not stored.done():
+                    stored.set_result(None)
+
+    async def _publish(self, reports: list[protocol.Report]) -> None:
+        payload = protocol.encode_report_batch(protocol.ReportBatch(reports=reports))
+        msg_id = batch_id(reports)
 
         async def once() -> object:
             return await publish(
-                self._js, subject, payload, msg_id=rid, stream=names.REPORTS_STREAM
+                self._js, self._subject, payload, msg_id=msg_id, stream=names.REPORTS_STREAM
             )
 
-        await until_stored(self._nc, once, f"report {rid}")
-        self.sent += 1
+        await until_stored(self._nc, once, f"reports {msg_id}")
+        self.messages += 1
+
+
+def _retrieved(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def batch_id(reports: list[protocol.Report]) -> str:
+    """The batch's Nats-Msg-Id, from its reports' ids: the same batch retried is stored once
+    (a fact sent again in another batch is stored again, and the scheduler ignores it)."""
+    if len(reports) == 1:
+        return reports[0].report_id
+    digest = hashlib.blake2b(digest_size=16)
+    for report in reports:
+        digest.update(report.report_id.encode())
+        digest.update(b"\n")
+    return f"batch:{digest.hexdigest()}"

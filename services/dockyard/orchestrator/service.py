@@ -71,7 +71,7 @@ class Orchestrator:
         self.js = js
         self.runtime = runtime
         self.registry = Registry()
-        self.reporter = Reporter(nc, js)
+        self.reporter = Reporter(nc, js, orchestrator=config.orchestrator_id)
         self.images = Images(runtime, fresh_s=config.image_cache_s)
         self.control = Control(nc, js, config.orchestrator_id, self.registry)
         self.heartbeats = Heartbeats(

@@ -132,19 +132,21 @@ class ReportConsumer:
             msgs = await sub.fetch(BATCH, timeout=timeout_s)
         except (FetchTimeoutError, TimeoutError):
             return 0
-        decoded: list[tuple[Msg, protocol.Report]] = []
+        decoded: list[tuple[Msg, list[protocol.Report]]] = []
         for msg in msgs:
             try:
-                decoded.append((msg, protocol.decode_report(msg.data)))
+                decoded.append((msg, protocol.decode_reports(msg.subject, msg.data)))
             except MessageDecodeError as error:
                 log.error("report.poison error=%s", error, extra={"event": "report.poison"})
                 await msg.term()
         # In fetch order, so one job's reports are recorded in the order they were sent.
-        results = await self.batcher.execute_all(
-            [Request(r.job_id, r.command, r.meta) for _, r in decoded]
+        reports = [r for _, batch in decoded for r in batch]
+        results = iter(
+            await self.batcher.execute_all([Request(r.job_id, r.command, r.meta) for r in reports])
         )
-        for (msg, report), result in zip(decoded, results, strict=True):
-            if await verdict(self.nc, report, result) is Verdict.LATER:
+        for msg, batch in decoded:
+            verdicts = [await verdict(self.nc, r, next(results)) for r in batch]
+            if Verdict.LATER in verdicts:  # all again later: those recorded are no-ops then
                 await msg.nak(delay=RETRY_DELAY_S)
             else:
                 await msg.ack()

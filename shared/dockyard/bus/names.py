@@ -69,6 +69,14 @@ def report_subject(job_id: str) -> str:
     return f"dockyard.reports.{job_id}"
 
 
+def report_batch_subject(orchestrator: str) -> str:
+    """An orchestrator's report batches; the janitor looks here for reports still waiting."""
+    return f"dockyard.reports.from.{subject_token(orchestrator)}"
+
+
+REPORT_BATCH_PREFIX: Final = "dockyard.reports.from."
+
+
 def log_subject(job_id: str) -> str:
     return f"dockyard.logs.{job_id}"
 

@@ -16,6 +16,7 @@ from typing import TypeVar
 import msgspec
 from msgspec import Struct
 
+from dockyard.bus import names
 from dockyard.bus.errors import MessageDecodeError
 from dockyard.core.commands import (
     MarkOrchestratorLost,
@@ -39,6 +40,12 @@ class Report(Struct, frozen=True, kw_only=True):
     command: ReportCommand
     sent_at: datetime
     meta: Metadata = Metadata()
+
+
+class ReportBatch(Struct, frozen=True, kw_only=True):
+    """Reports of one orchestrator, in the order sent, in one message (one fsync)."""
+
+    reports: list[Report]
 
 
 class ClaimRequest(Struct, frozen=True, kw_only=True):
@@ -84,6 +91,7 @@ class StopOrder(Struct, frozen=True, kw_only=True):
 
 _encoder = msgspec.json.Encoder()
 _report = msgspec.json.Decoder(Report)
+_report_batch = msgspec.json.Decoder(ReportBatch)
 _claim = msgspec.json.Decoder(ClaimRequest)
 _answer = msgspec.json.Decoder(ClaimAnswer)
 _stop = msgspec.json.Decoder(StopOrder)
@@ -96,6 +104,17 @@ def encode(message: Report | ClaimRequest | ClaimAnswer | StopOrder | LogBatch) 
 
 def decode_report(data: bytes) -> Report:
     return _decode(_report, data, "report")
+
+
+def encode_report_batch(batch: ReportBatch) -> bytes:
+    return _encoder.encode(batch)
+
+
+def decode_reports(subject: str, data: bytes) -> list[Report]:
+    """The reports of a REPORTS message: a batch on a batch subject, else one report."""
+    if subject.startswith(names.REPORT_BATCH_PREFIX):
+        return _decode(_report_batch, data, "report batch").reports
+    return [decode_report(data)]
 
 
 def decode_claim(data: bytes) -> ClaimRequest:
