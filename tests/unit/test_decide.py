@@ -12,6 +12,7 @@ from dockyard.core import (
     EnqueueDue,
     IllegalTransition,
     MarkOrchestratorLost,
+    PlannedResource,
     RecordResource,
     ReleaseResource,
     ReportExit,
@@ -22,6 +23,7 @@ from dockyard.core import (
     UnknownJob,
 )
 from dockyard.core.spec import RetryPolicy
+from dockyard.core.state import resource_key
 from tests.unit.builders import T0, Scenario, spec, types
 
 SUBMIT = SubmitJob(tenant="acme", spec=spec(command=["true"]))
@@ -83,6 +85,17 @@ def test_a_second_orchestrator_cannot_claim() -> None:
 def test_the_same_orchestrator_claiming_again_changes_nothing() -> None:
     s = Scenario().given(SUBMIT, CLAIM)
     assert s.when(CLAIM) == []
+
+
+def test_a_claim_records_the_resources_it_will_create_first() -> None:
+    planned = [PlannedResource(kind="container", name="dockyard-j-1", engine="E")]
+    claim = ClaimJob(attempt=1, orchestrator="o1", resources=planned)
+    s = Scenario().given(SUBMIT)
+    assert types(s.when(claim)) == ["job_claimed", "resource_intended"]
+    assert s.job is not None and resource_key("container", "dockyard-j-1", 1) in s.job.resources
+    assert s.when(claim) == []  # asked again: the claim and its ledger entry stand
+    with pytest.raises(IllegalTransition):  # another's claim records nothing
+        s.when(ClaimJob(attempt=1, orchestrator="o2", resources=planned))
 
 
 def test_a_stale_attempt_is_refused() -> None:

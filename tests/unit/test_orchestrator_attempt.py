@@ -10,13 +10,20 @@ import msgspec
 import pytest
 
 from dockyard.bus.protocol import ReportCommand
-from dockyard.core.commands import RecordResource, ReleaseResource, ReportExit, ReportStarted
+from dockyard.core.commands import (
+    PlannedResource,
+    RecordResource,
+    ReleaseResource,
+    ReportExit,
+    ReportStarted,
+)
 from dockyard.core.spec import JobSpec
 from dockyard.orchestrator.attempt import Attempt, AttemptContext, Claim
 from dockyard.orchestrator.config import OrchestratorConfig
 from dockyard.orchestrator.images import Images
 from dockyard.orchestrator.outcome import StopRequest
 from dockyard.runtime import ContainerError, FakeRuntime, Script
+from dockyard.runtime.hardening import container_name
 from dockyard.runtime.output import LogLine
 
 IMAGE = "busybox:latest"
@@ -92,8 +99,16 @@ class Harness:
             log_sink=lambda job_id, attempt: self.logs,
         )
 
-    def attempt(self, spec: JobSpec, attempt: int = 1, log_seq: int = 0) -> Attempt:
-        claim = Claim(job_id=JOB, attempt=attempt, spec=spec, log_seq=log_seq)
+    def attempt(
+        self,
+        spec: JobSpec,
+        attempt: int = 1,
+        log_seq: int = 0,
+        recorded: list[PlannedResource] | None = None,
+    ) -> Attempt:
+        claim = Claim(
+            job_id=JOB, attempt=attempt, spec=spec, log_seq=log_seq, recorded=recorded or []
+        )
         return Attempt(self.context, claim, FakeTicket(self.timeline))
 
     def exit(self) -> ReportExit:
@@ -187,6 +202,32 @@ async def test_cancel_while_running() -> None:
     report = await task
     assert (report.reason, report.exit_code, report.error) == ("cancelled", 143, "cancelled by ann")
     assert await harness.runtime.list_labelled({}) == []
+
+
+def claimed_container(attempt: int = 1) -> list[PlannedResource]:
+    return [PlannedResource(kind="container", name=container_name(JOB, attempt))]
+
+
+async def test_a_container_the_claim_recorded_is_not_intended_again() -> None:
+    harness = Harness(scripted(Script()))
+    report = await harness.attempt(job_spec("run"), recorded=claimed_container()).run()
+    assert report.exit_code == 0
+    assert "RecordResource" not in harness.timeline.kinds()
+    [release] = [c for c in harness.reports.sent if isinstance(c, ReleaseResource)]
+    assert (release.name, release.how) == (container_name(JOB, 1), "removed")
+
+
+async def test_a_recorded_container_never_created_is_released_as_gone() -> None:
+    harness = Harness(scripted(Script()))
+    attempt = harness.attempt(job_spec("run"), recorded=claimed_container())
+    attempt.request_stop(StopRequest("cancel", "cancelled by ann"))
+    await attempt.run()
+    [release] = [c for c in harness.reports.sent if isinstance(c, ReleaseResource)]
+    assert (release.kind, release.name, release.how) == (
+        "container",
+        container_name(JOB, 1),
+        "gone",
+    )
 
 
 async def test_stop_before_the_container_exists_creates_nothing() -> None:

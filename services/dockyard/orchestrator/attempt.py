@@ -19,7 +19,7 @@ from typing import Any
 from msgspec import Struct
 from opentelemetry import trace
 
-from dockyard.core.commands import ReportExit, ReportStarted
+from dockyard.core.commands import PlannedResource, ReportExit, ReportStarted
 from dockyard.core.events import NO_METADATA, Metadata
 from dockyard.core.spec import JobSpec
 from dockyard.orchestrator.config import OrchestratorConfig
@@ -70,6 +70,7 @@ class Claim(Struct, frozen=True, kw_only=True):
     spec: JobSpec
     tenant: str | None = None
     log_seq: int = 0
+    recorded: list[PlannedResource] = []  # ledger intents the claim recorded
     meta: Metadata = NO_METADATA
 
 
@@ -156,6 +157,7 @@ class Attempt:
             attempt=claim.attempt,
             orchestrator=ctx.config.orchestrator_id,
             engine=ctx.engine,
+            recorded=claim.recorded,
         )
         keepalive = asyncio.create_task(self._ticket.keep_alive())
         publisher = asyncio.create_task(self._log.publish(sink))

@@ -21,12 +21,14 @@ from nats.js import JetStreamContext
 from dockyard.bus import names, protocol
 from dockyard.bus.errors import BusError, MessageDecodeError, translated
 from dockyard.bus.messages import decode_work_offer
+from dockyard.core.commands import PlannedResource
 from dockyard.orchestrator.attempt import Claim
 from dockyard.orchestrator.config import OrchestratorConfig
 from dockyard.orchestrator.logsink import last_log_seq
 from dockyard.orchestrator.registry import Registry
 from dockyard.orchestrator.retrying import backoff, until_stored
 from dockyard.orchestrator.ticket import Ticket, WorkTicket
+from dockyard.runtime.hardening import container_name
 from dockyard.telemetry import tracing
 
 log = logging.getLogger("dockyard.orchestrator.claimer")
@@ -73,6 +75,7 @@ class Claimer:
         registry: Registry,
         launch: Launch,
         ask: Ask,
+        engine: str | None = None,
     ) -> None:
         self._nc = nc
         self._js = js
@@ -82,6 +85,7 @@ class Claimer:
         self._registry = registry
         self._launch = launch
         self._ask = ask
+        self._engine = engine
         self.claimed = 0
 
     async def run(self, stopping: asyncio.Event) -> None:
@@ -165,6 +169,13 @@ class Claimer:
             job_id=offer.job_id,
             attempt=offer.attempt,
             orchestrator=self._config.orchestrator_id,
+            resources=[
+                PlannedResource(
+                    kind="container",
+                    name=container_name(offer.job_id, offer.attempt),
+                    engine=self._engine,
+                )
+            ],
             meta=tracing.message_metadata(msg.headers),
         )
         answer, stored_seq = await asyncio.gather(
@@ -204,6 +215,7 @@ class Claimer:
             spec=answer.spec,
             tenant=answer.tenant,
             log_seq=max(answer.log_seq, stored_seq),
+            recorded=[r for r in request.resources if r.name in answer.recorded],
             meta=answer.meta,
         )
         self.claimed += 1

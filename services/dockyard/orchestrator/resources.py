@@ -8,11 +8,11 @@ match an intent to a container or network, and a second create for the same atte
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Literal
 
 from dockyard.bus.errors import BusError
-from dockyard.core.commands import RecordResource, ReleaseResource
+from dockyard.core.commands import PlannedResource, RecordResource, ReleaseResource
 from dockyard.core.events import ReleaseHow
 from dockyard.orchestrator.ports import ReportSink
 from dockyard.runtime.ports import (
@@ -39,8 +39,13 @@ class AttemptResources:
         attempt: int,
         orchestrator: str,
         engine: str | None = None,
+        recorded: Collection[PlannedResource] = (),
     ) -> None:
         self._engine = engine
+        # Intents the claim put in the ledger already; those never created are released as
+        # gone (the attempt ended before it got to them: a pull failed, a stop came first).
+        self._recorded = {r.name: r.kind for r in recorded}
+        self._uncreated = dict(self._recorded)
         self._runtime = runtime
         self._reports = reports
         self._job_id = job_id
@@ -76,6 +81,7 @@ class AttemptResources:
         """Record, then create. If the engine says the image is missing, `on_missing_image`
         (pull it) runs once and the create is tried again, under the same ledger entry."""
         await self._intend(kind, plan.name)
+        self._uncreated.pop(plan.name, None)
         try:
             try:
                 container_id = await self._runtime.create_container(plan)
@@ -95,6 +101,12 @@ class AttemptResources:
     async def release(self) -> None:
         """Remove everything made, newest first; what cannot be removed stays in the ledger,
         for the janitor. Never raises an engine error."""
+        for name, kind in list(self._uncreated.items()):
+            del self._uncreated[name]
+            try:
+                await self._released(kind, name, "gone")
+            except BusError as exc:
+                log.warning("orchestrator.release_unreported %s=%s error=%s", kind, name, exc)
         while self._made:
             kind, name, engine_id = self._made.pop()
             try:
@@ -118,6 +130,8 @@ class AttemptResources:
                 log.warning("orchestrator.release_unreported %s=%s error=%s", kind, name, exc)
 
     async def _intend(self, kind: Literal["container", "sidecar", "network"], name: str) -> None:
+        if name in self._recorded:
+            return
         await self._reports.send(
             self._job_id,
             RecordResource(

@@ -223,6 +223,7 @@ class Orchestrator:
             registry=self.registry,
             launch=self.launch,
             ask=self._ask,
+            engine=self._context.engine,
         )
 
     def _recovery(self) -> Recovery:

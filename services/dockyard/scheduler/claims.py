@@ -18,6 +18,7 @@ from dockyard.batching import CommandBatcher
 from dockyard.bus import names, protocol
 from dockyard.bus.errors import MessageDecodeError
 from dockyard.core import ClaimJob, Rejected
+from dockyard.core.state import resource_key
 from dockyard.handler import utc_now
 from dockyard.scheduler.metrics import SchedulerMetrics
 from dockyard.store.ports import ConcurrencyError, EventStore, StoreUnavailable
@@ -34,7 +35,9 @@ LogSeq = Callable[[str], Awaitable[int]]
 async def answer_claim(
     batcher: CommandBatcher, request: protocol.ClaimRequest, log_seq: LogSeq | None = None
 ) -> protocol.ClaimAnswer:
-    command = ClaimJob(attempt=request.attempt, orchestrator=request.orchestrator)
+    command = ClaimJob(
+        attempt=request.attempt, orchestrator=request.orchestrator, resources=request.resources
+    )
     try:
         outcome = await batcher.execute(request.job_id, command, meta=request.meta)
     except Rejected as refused:
@@ -56,6 +59,11 @@ async def answer_claim(
         tenant=job.tenant,
         spec=job.spec,
         queued_at=job.queued_at,
+        recorded=[
+            r.name
+            for r in request.resources
+            if resource_key(r.kind, r.name, request.attempt) in job.resources
+        ],
         meta=request.meta,
     )
 

@@ -20,6 +20,7 @@ from dockyard.bus import names
 from dockyard.bus.errors import MessageDecodeError
 from dockyard.core.commands import (
     MarkOrchestratorLost,
+    PlannedResource,
     RecordResource,
     ReleaseResource,
     ReportExit,
@@ -52,6 +53,8 @@ class ClaimRequest(Struct, frozen=True, kw_only=True):
     job_id: str
     attempt: int
     orchestrator: str
+    # Recorded in the ledger with the claim (the job's container, named per attempt).
+    resources: list[PlannedResource] = []
     meta: Metadata = Metadata()
 
 
@@ -68,6 +71,9 @@ class ClaimAnswer(Struct, frozen=True, kw_only=True):
     # greater of this and the last seq on the LOGS stream, so seqs never repeat across attempts.
     log_seq: int = 0
     queued_at: datetime | None = None
+    # The names of the request's resources the ledger now holds: the orchestrator sends no
+    # intent of its own for these (a scheduler that predates this field answers none).
+    recorded: list[str] = []
     meta: Metadata = Metadata()
 
 

@@ -26,9 +26,20 @@ class EnqueueDue(CommandBase, tag="enqueue_due", frozen=True, kw_only=True):
     """Queue a scheduled job whose time has come."""
 
 
+class PlannedResource(Struct, frozen=True, kw_only=True):
+    """A resource an orchestrator will create for an attempt, named as the engine names it."""
+
+    kind: ResourceKind
+    name: str
+    engine: str | None = None
+
+
 class ClaimJob(CommandBase, tag="claim_job", frozen=True, kw_only=True):
     attempt: int
     orchestrator: str
+    # What the attempt creates first, recorded in the ledger with the claim: one append, and
+    # the container can be created as soon as the claim is granted.
+    resources: list[PlannedResource] = []
 
 
 class RecordResource(CommandBase, tag="record_resource", frozen=True, kw_only=True):

@@ -119,11 +119,25 @@ def _(cmd: EnqueueDue, job: Job, m: _Maker) -> list[Event]:
 @_decide.register
 def _(cmd: ClaimJob, job: Job, m: _Maker) -> list[Event]:
     _fence(job, cmd.attempt)
-    if job.status in ACTIVE and job.orchestrator == cmd.orchestrator:
-        return []  # the same orchestrator asking again: its claim stands
-    if job.status != "queued":
-        raise IllegalTransition(job.id, job.status, "job_claimed", "the job is not queued")
-    return [JobClaimed(**m.base(), attempt=cmd.attempt, orchestrator=cmd.orchestrator)]
+    claimed: list[Event] = []
+    if not (job.status in ACTIVE and job.orchestrator == cmd.orchestrator):
+        # (otherwise the same orchestrator asks again: its claim stands)
+        if job.status != "queued":
+            raise IllegalTransition(job.id, job.status, "job_claimed", "the job is not queued")
+        claimed = [JobClaimed(**m.base(), attempt=cmd.attempt, orchestrator=cmd.orchestrator)]
+    intended = [
+        ResourceIntended(
+            **m.base(),
+            attempt=cmd.attempt,
+            kind=r.kind,
+            name=r.name,
+            orchestrator=cmd.orchestrator,
+            engine=r.engine,
+        )
+        for r in cmd.resources
+        if resource_key(r.kind, r.name, cmd.attempt) not in job.resources
+    ]
+    return claimed + intended
 
 
 @_decide.register
