@@ -12,6 +12,7 @@ import pytest_asyncio
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 
+from dockyard.batching import CommandBatcher
 from dockyard.scheduler.app import build_app
 from dockyard.scheduler.context import Context
 from dockyard.store.memory import InMemoryEventStore
@@ -37,11 +38,14 @@ async def memory_client() -> AsyncIterator[TestClient[Any, Any]]:
 @pytest_asyncio.fixture(loop_scope="session")
 async def postgres_client(database_url: str) -> AsyncIterator[TestClient[Any, Any]]:
     pool = await create_pool(database_url)
+    store = PgEventStore(pool)
+    batcher = CommandBatcher(store)  # as the service runs: commands through the batcher
     try:
-        ctx = Context(store=PgEventStore(pool), views=PgJobViews(pool), tokens=Tokens(TOKENS))
+        ctx = Context(store=store, views=PgJobViews(pool), tokens=Tokens(TOKENS), batcher=batcher)
         async with TestClient(TestServer(build_app(ctx))) as test_client:
             yield test_client
     finally:
+        await batcher.close()
         await pool.close()
 
 

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from dockyard.handler import Clock, utc_now
+from dockyard.batching import CommandBatcher
+from dockyard.core import Command, Metadata
+from dockyard.handler import Clock, Outcome, execute, utc_now
 from dockyard.scheduler.metrics import SchedulerMetrics
 from dockyard.scheduler.schedule_store import InMemoryScheduleStore, ScheduleStore
 from dockyard.store.ports import EventStore, JobViews
@@ -31,6 +33,16 @@ class Context:
     database_ready: Probe = _always
     nats_ready: Probe = _always
     refresh_gauges: Callable[[SchedulerMetrics], Awaitable[None]] | None = None
+    # The service's: submits and cancels that arrive together are committed together.
+    batcher: CommandBatcher | None = None
+
+    async def execute(
+        self, job_id: str, command: Command, *, meta: Metadata | None = None
+    ) -> Outcome:
+        """Run a command on a job: through the batcher when there is one, else on its own."""
+        if self.batcher is not None:
+            return await self.batcher.execute(job_id, command, meta=meta)
+        return await execute(self.store, job_id, command, meta=meta, clock=self.clock)
 
 
 CONTEXT = web.AppKey("dockyard.context", Context)

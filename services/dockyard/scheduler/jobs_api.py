@@ -12,7 +12,6 @@ from dockyard.core import Metadata, RequestCancel, SubmitJob, uuid7
 from dockyard.core.codec import encode
 from dockyard.core.spec import JobSpec, convert_spec
 from dockyard.core.state import Status
-from dockyard.handler import execute
 from dockyard.scheduler.context import Context, ctx_of
 from dockyard.store.ports import DuplicateIdempotencyKey, InvalidCursor, JobView
 from dockyard.store.read_model import job_view
@@ -108,9 +107,7 @@ async def _submit(
     ctx: Context, tenant: str, job_id: str, spec: JobSpec, meta: Metadata
 ) -> web.Response:
     try:
-        outcome = await execute(
-            ctx.store, job_id, SubmitJob(tenant=tenant, spec=spec), meta=meta, clock=ctx.clock
-        )
+        outcome = await ctx.execute(job_id, SubmitJob(tenant=tenant, spec=spec), meta=meta)
     except DuplicateIdempotencyKey:
         assert spec.idempotency_key is not None
         existing = await _idempotent(ctx, tenant, spec.idempotency_key)
@@ -189,9 +186,7 @@ def _job_filter(request: web.Request) -> dict[str, Any]:
 async def cancel(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     tenant, view = await visible_job(request)
-    outcome = await execute(
-        ctx.store, view["id"], RequestCancel(requested_by=tenant), clock=ctx.clock
-    )
+    outcome = await ctx.execute(view["id"], RequestCancel(requested_by=tenant))
     job = outcome.job
     assert job is not None
     return json_response(job_view(job), 202)

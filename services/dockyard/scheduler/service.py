@@ -57,10 +57,11 @@ async def run_scheduler(settings: Settings) -> None:
             js, lease_s=settings.lease_s, queues=settings.queues, replicas=settings.nats_replicas
         )
 
-        ctx = _context(settings, pool, store, nc, metrics)
-        # One batcher for claims and reports: what arrives together is committed together.
+        # One batcher for the API, claims and reports: what arrives together is committed
+        # together.
         batcher = CommandBatcher(store)
         stack.push_async_callback(batcher.close)
+        ctx = _context(settings, pool, store, nc, metrics, batcher)
         claims = ClaimResponder(
             nc, store, ctx.metrics, partial(last_stored_seq, pool), batcher=batcher
         )
@@ -93,7 +94,12 @@ async def run_scheduler(settings: Settings) -> None:
 
 
 def _context(
-    settings: Settings, pool: Pool, store: EventStore, nc: NatsClient, metrics: SchedulerMetrics
+    settings: Settings,
+    pool: Pool,
+    store: EventStore,
+    nc: NatsClient,
+    metrics: SchedulerMetrics,
+    batcher: CommandBatcher,
 ) -> Context:
     async def database_ready() -> bool:
         await pool.fetchval("SELECT 1")
@@ -111,4 +117,5 @@ def _context(
         tokens=Tokens(settings.tokens),
         database_ready=database_ready,
         nats_ready=nats_ready,
+        batcher=batcher,
     )
