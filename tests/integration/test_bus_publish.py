@@ -76,6 +76,34 @@ async def fetch_all(
         await sub.unsubscribe()
 
 
+async def test_a_chained_job_queued_sends_its_work_offer_before_the_event_before_it_is_stored(
+    js: JetStreamContext,
+) -> None:
+    """Dispatch does not wait on the job's previous event: the offer goes at once, the event
+    itself only once the one before it is stored (and never if that failed)."""
+    event = queued()
+    before: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+    pending = await EventPublisher(js).submit(event, before)
+    [offer_msg] = await fetch_all(js, names.WORK_STREAM, names.work_subject("default"), WORK)
+    assert decode_work_offer(offer_msg.data).job_id == event.job_id
+    assert await fetch_all(js, names.EVENTS_STREAM, names.job_events_filter(event.job_id)) == []
+    before.set_result(None)
+    assert not (await pending).duplicate
+    [msg] = await fetch_all(js, names.EVENTS_STREAM, names.job_events_filter(event.job_id))
+    assert decode_event(msg.data) == event
+
+    failed = queued()
+    broken: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+    never = await EventPublisher(js).submit(failed, broken)
+    broken.set_exception(BusUnavailable("the event before was lost"))
+    with pytest.raises(BusUnavailable):
+        await never
+    assert await fetch_all(js, names.EVENTS_STREAM, names.job_events_filter(failed.job_id)) == []
+    # Its offer did go (a claim is checked against the store, so an early offer is harmless).
+    [early] = await fetch_all(js, names.WORK_STREAM, names.work_subject("default"), WORK)
+    assert decode_work_offer(early.data).job_id == failed.job_id
+
+
 async def test_event_is_published_with_its_headers_and_work_offer(js: JetStreamContext) -> None:
     event = queued()
     published = await EventPublisher(js).publish(event)

@@ -55,11 +55,13 @@ class _CrashingSink:
         self._crash_at = crash_at_submit
         self._submitted = 0
 
-    async def submit(self, event: Event) -> asyncio.Future[Any]:
+    async def submit(
+        self, event: Event, after: asyncio.Future[Any] | None = None
+    ) -> asyncio.Future[Any]:
         if self._submitted == self._crash_at:
             _die()
         self._submitted += 1
-        return await self._inner.submit(event)
+        return await self._inner.submit(event, after)
 
 
 class _CrashingCheckpoints(PgEventStore):

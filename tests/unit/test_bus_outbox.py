@@ -64,7 +64,18 @@ class FakeSink:
         self.max_in_flight_per_job = 0
         self.max_in_flight = 0
 
-    async def submit(self, event: Event) -> asyncio.Future[Any]:
+    async def submit(
+        self, event: Event, after: asyncio.Future[Any] | None = None
+    ) -> asyncio.Future[Any]:
+        if after is None:
+            return self._send(event)
+        return asyncio.ensure_future(self._chained(after, event))
+
+    async def _chained(self, after: asyncio.Future[Any], event: Event) -> None:
+        await asyncio.shield(after)  # never sent if the one before failed
+        await self._send(event)
+
+    def _send(self, event: Event) -> asyncio.Future[Any]:
         self.submitted.append(event.event_id)
         self.in_flight[event.job_id] += 1
         self.max_in_flight_per_job = max(self.max_in_flight_per_job, self.in_flight[event.job_id])

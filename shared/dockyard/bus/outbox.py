@@ -52,8 +52,12 @@ class OutboxSource(Protocol):
 class EventSink(Protocol):
     """Where the relay sends events: EventPublisher, or a fake in unit tests."""
 
-    async def submit(self, event: Event) -> asyncio.Future[Any]:
-        """Send `event`; the future resolves once it is stored, or raises a BusError."""
+    async def submit(
+        self, event: Event, after: asyncio.Future[Any] | None = None
+    ) -> asyncio.Future[Any]:
+        """Send `event` once `after` (its job's previous event, if still in flight) is stored,
+        and never if that failed; the future resolves once it is stored, or raises its error.
+        What needs no order among the job's events (a work offer) may go at once."""
         ...
 
 
@@ -216,11 +220,7 @@ class _Pipeline:
         while len(self.window) >= self._limit:
             await self._settle_oldest()
         event = record.event
-        previous = self._latest.get(event.job_id)
-        if previous is None:
-            ack = await self._sink.submit(event)
-        else:
-            ack = asyncio.ensure_future(self._submit_after(previous, event))
+        ack = await self._sink.submit(event, self._latest.get(event.job_id))
         self.window.append((record, ack))
         self._latest[event.job_id] = ack
 
@@ -249,10 +249,6 @@ class _Pipeline:
             del self._latest[record.event.job_id]
         self.acked_to = record.at
         self._acked_count += 1
-
-    async def _submit_after(self, previous: asyncio.Future[Any], event: Event) -> Any:
-        await asyncio.shield(previous)  # its failure is ours too: `event` is never sent
-        return await (await self._sink.submit(event))
 
 
 async def _no_check() -> None:

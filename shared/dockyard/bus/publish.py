@@ -9,8 +9,8 @@ topology.py), which is what lets the outbox relay advance its checkpoint.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
-from typing import Final
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
 
 from msgspec import Struct
 from nats.js import JetStreamContext
@@ -51,37 +51,62 @@ class EventPublisher:
         """Publish and wait for the acks. Raises BusUnavailable (retry) or BusRejected."""
         return await (await self.submit(event))
 
-    async def submit(self, event: Event) -> asyncio.Future[Published]:
+    async def submit(
+        self, event: Event, after: asyncio.Future[Any] | None = None
+    ) -> asyncio.Future[Published]:
         """Send now; return an awaitable of the acks, so a caller can keep many in flight.
 
-        The awaitable raises BusUnavailable if an ack does not come within the ack timeout.
+        With `after` (the job's previous event, still in flight), the event is sent once that
+        one is stored, and never if it failed; a JobQueued's work offer goes at once all the
+        same, since dispatch waits on it and its order among the job's events matters to
+        nobody (a copy sent again is dropped as a duplicate). The awaitable raises
+        BusUnavailable if an ack does not come within the ack timeout.
         """
-        subject = names.event_subject(event.job_id, type_name(type(event)))
-        acks: list[asyncio.Future[PubAck]] = []
+        offer = await self._submit_offer(event) if isinstance(event, JobQueued) else None
         try:
-            with translated():
-                acks.append(
-                    await self._js.publish_async(
-                        subject,
-                        codec.encode(event),
-                        headers=event_headers(event),
-                        stream=names.EVENTS_STREAM,
-                    )
-                )
-                if isinstance(event, JobQueued):
-                    offer = work_offer_for(event)
-                    acks.append(
-                        await self._js.publish_async(
-                            names.work_subject(event.queue),
-                            encode_work_offer(offer),
-                            headers=work_offer_headers(offer, event),
-                            stream=names.WORK_STREAM,
-                        )
-                    )
+            if after is None:
+                return asyncio.ensure_future(self._acked(await self._submit_event(event), offer))
         except BaseException:
-            _cancel(acks)  # a pending ack future holds one of the client's in-flight slots
+            _cancel([offer] if offer is not None else [])
             raise
-        return asyncio.ensure_future(_wait_acks(acks, self._ack_timeout_s))
+        return asyncio.ensure_future(self._chained(after, event, offer))
+
+    async def _chained(
+        self, after: asyncio.Future[Any], event: Event, offer: asyncio.Future[PubAck] | None
+    ) -> Published:
+        try:
+            await asyncio.shield(after)  # its failure is ours too: `event` is never sent
+            ack = await self._submit_event(event)
+        except BaseException:
+            _cancel([offer] if offer is not None else [])
+            raise
+        return await self._acked(ack, offer)
+
+    async def _acked(
+        self, event_ack: asyncio.Future[PubAck], offer_ack: asyncio.Future[PubAck] | None
+    ) -> Published:
+        acks = [event_ack] if offer_ack is None else [event_ack, offer_ack]
+        return await _wait_acks(acks, self._ack_timeout_s)
+
+    async def _submit_event(self, event: Event) -> asyncio.Future[PubAck]:
+        subject = names.event_subject(event.job_id, type_name(type(event)))
+        with translated():
+            return await self._js.publish_async(
+                subject,
+                codec.encode(event),
+                headers=event_headers(event),
+                stream=names.EVENTS_STREAM,
+            )
+
+    async def _submit_offer(self, event: JobQueued) -> asyncio.Future[PubAck]:
+        offer = work_offer_for(event)
+        with translated():
+            return await self._js.publish_async(
+                names.work_subject(event.queue),
+                encode_work_offer(offer),
+                headers=work_offer_headers(offer, event),
+                stream=names.WORK_STREAM,
+            )
 
 
 async def publish(
@@ -124,7 +149,7 @@ async def _wait_acks(acks: list[asyncio.Future[PubAck]], timeout_s: float) -> Pu
     )
 
 
-def _cancel(acks: list[asyncio.Future[PubAck]]) -> None:
+def _cancel(acks: Sequence[asyncio.Future[PubAck]]) -> None:
     for ack in acks:
         if not ack.done():
             ack.cancel()
