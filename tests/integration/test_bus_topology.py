@@ -79,7 +79,9 @@ async def test_ensure_topology_concurrently_from_two_clients(nats_url: str) -> N
     try:
         await asyncio.gather(*(ensure_topology(jetstream(c)) for c in clients))
         await asyncio.gather(*(ensure_topology(jetstream(c)) for c in clients))
-        assert len(await jetstream(clients[0]).streams_info()) == 5  # four and the bucket's
+        assert (
+            len(await jetstream(clients[0]).streams_info()) == 6
+        )  # four, the heartbeat bucket and the meta bucket
     finally:
         for client in clients:
             await close(client)

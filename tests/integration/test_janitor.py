@@ -28,6 +28,7 @@ import pytest
 import pytest_asyncio
 
 from dockyard.bus import connect, ensure_topology, jetstream, names
+from dockyard.bus.deployment import deployment_id
 from dockyard.bus.messages import decode_work_offer
 from dockyard.bus.protocol import Heartbeat, RunningJob, encode_heartbeat
 from dockyard.core import (
@@ -104,8 +105,15 @@ async def db(database_url: str) -> AsyncIterator[Db]:
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def leftovers(docker: aiodocker.Docker, busybox_image: str) -> AsyncIterator[Leftovers]:
-    made = Leftovers(docker, busybox_image)
+async def leftovers(
+    docker: aiodocker.Docker, busybox_image: str, nats_url: str
+) -> AsyncIterator[Leftovers]:
+    nc = await connect(nats_url, "test deployment")
+    try:  # what an orchestrator of this installation puts on everything it makes
+        deployment = await ensure_topology(jetstream(nc), lease_s=TEST_LEASE_S)
+    finally:
+        await nc.close()
+    made = Leftovers(docker, busybox_image, {names.LABEL_DEPLOYMENT: deployment})
     yield made
     await made.cleanup()
 
@@ -161,6 +169,37 @@ async def put_heartbeat(nats_url: str, orchestrator: str, jobs: list[tuple[str, 
 
 
 # -- Docker against the ledger ------------------------------------------------------------
+
+
+async def test_another_installations_containers_are_never_taken_for_orphans(
+    nats_url: str, database_url: str, docker: aiodocker.Docker, leftovers: Leftovers
+) -> None:
+    """Two installations on one engine: each janitor judges only containers carrying its own
+    installation's id (kept in NATS), so neither removes the other's running jobs."""
+    nc = await connect(nats_url, "test deployment")
+    try:
+        ours = await ensure_topology(jetstream(nc), lease_s=TEST_LEASE_S)
+        assert ours == await deployment_id(jetstream(nc))  # made once, then the same
+    finally:
+        await nc.close()
+    orch = scoped_orchestrator_id()
+    theirs_job, ours_job = uuid7(), uuid7()
+    theirs = await leftovers.container(
+        container_name(theirs_job, 1),
+        {**labels(theirs_job, 1, orch), names.LABEL_DEPLOYMENT: "another-installation"},
+    )
+    mine = await leftovers.container(
+        container_name(ours_job, 1), {**labels(ours_job, 1, orch), names.LABEL_DEPLOYMENT: ours}
+    )
+    async with running_janitor(
+        nats_url, database_url, docker, orch, own_deployment_only=True
+    ) as janitor:
+        report = await janitor.turn(30)
+    assert report.ok, report.lines()
+    assert [a.what for a in report.actions] == [
+        f"remove container {container_name(ours_job, 1)} (its job is unknown)"
+    ]
+    assert await leftovers.exists(theirs) and not await leftovers.exists(mine)
 
 
 async def test_orphan_of_an_unknown_job_is_removed_and_unlabelled_containers_untouched(

@@ -17,9 +17,11 @@ import pytest
 import pytest_asyncio
 
 from dockyard.bus import names
+from dockyard.bus.names import LABEL_ATTEMPT, LABEL_DEPLOYMENT, LABEL_JOB, LABEL_ORCHESTRATOR
 from dockyard.bus.protocol import StopOrder, decode_heartbeat, encode
 from dockyard.core import Job
 from dockyard.core.events import Event, JobTimedOut, ResourceIntended
+from dockyard.runtime.hardening import container_name
 from tests.support.orchestration import (
     ControlPlane,
     assert_nothing_left,
@@ -231,8 +233,14 @@ async def test_cancel_while_running_stops_it_and_reports_cancelled(
     async with running_orchestrator(nats_url, orchestrator_id):
         job_id = await control.submit(job_spec)
         await control.wait_running(job_id)
+        container = await docker.containers.get(container_name(job_id, 1))
+        labels = container["Config"]["Labels"]
         await control.cancel(job_id)
         job = await control.wait_for(job_id, settled, 20, "settled")
+    # The contract's labels, and the installation's id (the janitor judges only its own).
+    assert labels[LABEL_JOB] == job_id and labels[LABEL_ATTEMPT] == "1"
+    assert labels[LABEL_ORCHESTRATOR] == orchestrator_id
+    assert labels[LABEL_DEPLOYMENT] == await control.deployment()
     assert (job.status, job.reason) == ("cancelled", "cancelled")
     assert job.error == "cancelled by test"
     assert job.exit_code == 143  # SIGTERM, forwarded by the container's init

@@ -39,9 +39,12 @@ def labels(job_id: str, attempt: int | str, orchestrator: str) -> dict[str, str]
 class Leftovers:
     """Containers and networks made by one test; `cleanup` removes whatever is left of them."""
 
-    def __init__(self, docker: aiodocker.Docker, image: str) -> None:
+    def __init__(
+        self, docker: aiodocker.Docker, image: str, installation: dict[str, str] | None = None
+    ) -> None:
         self.docker = docker
         self.image = image
+        self.installation = installation or {}  # labels of the installation, unless given
         self.containers: list[str] = []
         self.networks: list[str] = []
 
@@ -57,7 +60,7 @@ class Leftovers:
         config: dict[str, Any] = {
             "Image": self.image,
             "Cmd": command or POLITE_SLEEP,
-            "Labels": container_labels,
+            "Labels": {**self.installation, **container_labels},
             "HostConfig": {"NetworkMode": network},
         }
         container = await self.docker.containers.create(config, name=name)
@@ -68,7 +71,7 @@ class Leftovers:
 
     async def network(self, name: str, network_labels: dict[str, str]) -> str:
         network = await self.docker.networks.create(
-            {"Name": name, "Labels": network_labels, "Internal": True}
+            {"Name": name, "Labels": {**self.installation, **network_labels}, "Internal": True}
         )
         self.networks.append(network.id)
         return str(network.id)
@@ -131,6 +134,7 @@ async def running_janitor(
     *,
     runtime: ContainerRuntime | None = None,
     engine_id: EngineId | None = None,
+    own_deployment_only: bool = False,
     **overrides: Any,
 ) -> AsyncIterator[Janitor]:
     """A janitor wired as the service wires it (PostgreSQL, NATS, the engine, its lock)."""
@@ -143,6 +147,11 @@ async def running_janitor(
     )
     config = janitor_config(orchestrator, **overrides)
     async with bootstrap(
-        settings, config, docker=docker, runtime=runtime, engine_id=engine_id
+        settings,
+        config,
+        docker=docker,
+        runtime=runtime,
+        engine_id=engine_id,
+        own_deployment_only=own_deployment_only,
     ) as janitor:
         yield janitor

@@ -87,6 +87,7 @@ class ControlPlane:
         self._js: JetStreamContext | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._responder: ClaimResponder | None = None
+        self._deployment = ""
 
     @property
     def store(self) -> PgEventStore:
@@ -108,7 +109,7 @@ class ControlPlane:
         self._store = PgEventStore(self._pool)
         self._nc = await connect(self.nats_url, "test control plane")
         self._js = jetstream(self._nc)
-        await ensure_topology(self._js, queues=self.queues, lease_s=TEST_LEASE_S)
+        self._deployment = await ensure_topology(self._js, queues=self.queues, lease_s=TEST_LEASE_S)
         self.batcher = CommandBatcher(self._store)  # shared, as the scheduler's service does
         self._responder = ClaimResponder(self._nc, self._store, batcher=self.batcher)
         await self._responder.start()
@@ -143,6 +144,10 @@ class ControlPlane:
         job_id = uuid7()
         await execute(self.store, job_id, SubmitJob(tenant=tenant, spec=job_spec))
         return job_id
+
+    async def deployment(self) -> str:
+        """The installation's id, as every service of it sees it."""
+        return self._deployment
 
     async def cancel(self, job_id: str) -> None:
         await execute(self.store, job_id, RequestCancel(requested_by="test"))

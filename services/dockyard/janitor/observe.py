@@ -23,7 +23,7 @@ from nats.js.kv import KeyValue
 
 from dockyard.bus import names
 from dockyard.bus.errors import BusError, translate, translated
-from dockyard.bus.names import LABEL_JOB
+from dockyard.bus.names import LABEL_DEPLOYMENT, LABEL_JOB
 from dockyard.bus.protocol import decode_heartbeat
 from dockyard.core.errors import Rejected
 from dockyard.janitor import queries
@@ -55,6 +55,9 @@ class Sources(Struct, frozen=True, kw_only=True):
     runtime: ContainerRuntime | None = None
     engine_id: EngineId | None = None
     js: JetStreamContext | None = None
+    # The installation's id: only containers and networks carrying it are this janitor's to
+    # judge (None: every Dockyard-labelled one, for tests and tools).
+    deployment: str | None = None
 
 
 class Observer:
@@ -116,6 +119,8 @@ class Observer:
         if self._engine is None:
             self._engine = await engine_id()
         labels: dict[str, str | None] = {**self._config.select, LABEL_JOB: None}
+        if self._sources.deployment is not None:
+            labels[LABEL_DEPLOYMENT] = self._sources.deployment
         return tuple(await runtime.list_labelled(labels))
 
     async def _jobs(

@@ -77,11 +77,13 @@ async def bootstrap(
     docker: aiodocker.Docker | None = None,
     runtime: ContainerRuntime | None = None,
     engine_id: EngineId | None = None,
+    own_deployment_only: bool = True,
 ) -> AsyncIterator[Janitor]:
     """Wire PostgreSQL, NATS and the local Docker engine; close them afterwards.
 
     `docker`, if given, is the caller's client (and stays open); `runtime` and `engine_id`
-    replace the engine's adapter and ID (tests)."""
+    replace the engine's adapter and ID, and `own_deployment_only=False` lets it judge every
+    Dockyard container, not only its installation's (tests scope it with `select`)."""
     config = config or JanitorConfig.from_settings(settings)
     async with AsyncExitStack() as stack:
         await migrate(settings.database_url)
@@ -92,7 +94,7 @@ async def bootstrap(
         nc = await connection.connect(settings.nats_url, "janitor")
         stack.push_async_callback(connection.close, nc)
         js = connection.jetstream(nc)
-        await _ensure_topology(js, settings)
+        deployment = await _ensure_topology(js, settings)
         if docker is None:
             docker = aiodocker.Docker()
             stack.push_async_callback(docker.close)
@@ -100,21 +102,26 @@ async def bootstrap(
         engine_id = engine_id or engine_id_of(docker)
         lock = SweepLock(settings.database_url)
         stack.push_async_callback(lock.close)
-        sources = Sources(pool=pool, runtime=runtime, engine_id=engine_id, js=js)
+        sources = Sources(
+            pool=pool,
+            runtime=runtime,
+            engine_id=engine_id,
+            js=js,
+            deployment=deployment if own_deployment_only else None,
+        )
         yield Janitor(sources, store, config, lock=lock)
 
 
-async def _ensure_topology(js: JetStreamContext, settings: Settings) -> None:
+async def _ensure_topology(js: JetStreamContext, settings: Settings) -> str:
     failures = 0
     while True:
         try:
-            await ensure_topology(
+            return await ensure_topology(
                 js,
                 lease_s=settings.lease_s,
                 queues=settings.queues,
                 replicas=settings.nats_replicas,
             )
-            return
         except BusUnavailable as exc:  # JetStream still starting: wait for it
             failures += 1
             log.warning("janitor.topology_retry error=%s", exc)

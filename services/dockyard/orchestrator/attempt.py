@@ -85,6 +85,7 @@ class AttemptContext:
     log_sink: Callable[[str, int], LogSinkPort]
     clock: Callable[[], datetime] = utc_now
     engine: str | None = None  # the Docker engine's ID, named in every ledger intent
+    deployment: str | None = None  # the installation's id, a label on all it creates
 
 
 class Attempt:
@@ -189,6 +190,7 @@ class Attempt:
             job_id=claim.job_id,
             attempt=claim.attempt,
             orchestrator=self._ctx.config.orchestrator_id,
+            deployment=self._ctx.deployment,
         )
         if claim.attempt > 1:
             self._log.note(f"attempt {claim.attempt} of {spec.retry.max_attempts}")

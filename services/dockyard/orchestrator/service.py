@@ -65,6 +65,7 @@ class Orchestrator:
         *,
         ask: Ask | None = None,
         engine: str | None = None,
+        deployment: str | None = None,
     ) -> None:
         self.config = config
         self.nc = nc
@@ -96,6 +97,7 @@ class Orchestrator:
             images=self.images,
             log_sink=self._log_sink,
             engine=engine,
+            deployment=deployment,
         )
         self.finished = 0
         self.recovered: list[tuple[str, int]] = []
@@ -304,27 +306,26 @@ async def bootstrap(
     docker: aiodocker.Docker | None = None
     try:
         js = jetstream(nc)
-        await _ensure_topology(js, config)
+        deployment = await _ensure_topology(js, config)
         engine: str | None = None
         if runtime is None:
             docker = docker_client(config.max_jobs)
             runtime = DockerRuntime(docker)
             engine = await engine_id(docker)
-        yield Orchestrator(config, nc, js, runtime, ask=ask, engine=engine)
+        yield Orchestrator(config, nc, js, runtime, ask=ask, engine=engine, deployment=deployment)
     finally:
         if docker is not None:
             await close_docker(docker)
         await close(nc)
 
 
-async def _ensure_topology(js: JetStreamContext, config: OrchestratorConfig) -> None:
+async def _ensure_topology(js: JetStreamContext, config: OrchestratorConfig) -> str:
     failures = 0
     while True:
         try:
-            await ensure_topology(
+            return await ensure_topology(
                 js, queues=config.queues, lease_s=config.lease_s, replicas=config.nats_replicas
             )
-            return
         except BusUnavailable as exc:  # JetStream still starting: wait for it
             failures += 1
             log.warning("orchestrator.topology_retry error=%s", exc)

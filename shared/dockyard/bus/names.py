@@ -31,6 +31,9 @@ CLAIMS_QUEUE_GROUP: Final = "schedulers"
 
 # Orchestrator heartbeats: a key per orchestrator, expiring after the lease.
 HEARTBEATS_BUCKET: Final = "dockyard_orchestrators"
+# The installation's facts; under DEPLOYMENT_KEY its id (see bus/deployment.py).
+META_BUCKET: Final = "dockyard_meta"
+DEPLOYMENT_KEY: Final = "deployment"
 
 # Headers.
 MSG_ID: Final = "Nats-Msg-Id"
@@ -43,6 +46,7 @@ TRACESTATE: Final = "tracestate"
 LABEL_JOB: Final = "dockyard.job"
 LABEL_ATTEMPT: Final = "dockyard.attempt"
 LABEL_ORCHESTRATOR: Final = "dockyard.orchestrator"
+LABEL_DEPLOYMENT: Final = "dockyard.deployment"
 
 
 def event_subject(job_id: str, event_type: str) -> str:

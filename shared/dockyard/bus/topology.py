@@ -35,6 +35,7 @@ from nats.js.api import (
 from nats.js.errors import APIError
 
 from dockyard.bus import names
+from dockyard.bus.deployment import deployment_id
 from dockyard.bus.errors import TopologyError, translated
 
 # The duplicate window must outlast the longest gap between the first publish of an event and
@@ -187,8 +188,9 @@ async def ensure_topology(
     replicas: int = 1,
     lease_s: float = 15.0,
     queues: Sequence[str] = ("default",),
-) -> None:
-    """Create or update every stream, durable consumer and the heartbeat bucket.
+) -> str:
+    """Create or update every stream, durable consumer and the heartbeat bucket; return the
+    installation's id (made on first use, see deployment.py).
 
     Raises BusUnavailable when JetStream does not answer and TopologyError when something
     exists with a config that cannot be changed in place (e.g. another retention policy).
@@ -206,6 +208,7 @@ async def ensure_topology(
             what = f"consumer {consumer.durable_name} on {stream}"
             await _refusal_as_topology_error(js.add_consumer(stream, consumer), what)
         await _ensure_bucket(js, heartbeat_bucket_config(lease_s, replicas))
+    return await deployment_id(js, replicas=replicas)
 
 
 # JetStream's answers that mean "this config cannot be applied" though sent as 500s, not 400s:

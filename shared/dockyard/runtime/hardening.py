@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Final
 
-from dockyard.bus.names import LABEL_ATTEMPT, LABEL_JOB, LABEL_ORCHESTRATOR
+from dockyard.bus.names import LABEL_ATTEMPT, LABEL_DEPLOYMENT, LABEL_JOB, LABEL_ORCHESTRATOR
 from dockyard.core.spec import JobSpec, Sidecar
 from dockyard.runtime.ports import ContainerPlan, JobPlan, NetworkPlan
 
@@ -34,8 +34,13 @@ JOB_LOG: Final = {"Type": "none", "Config": {}}
 _FORBIDDEN_HOST_KEYS = ("Binds", "Mounts", "VolumesFrom", "Devices")
 
 
-def labels_for(job_id: str, attempt: int, orchestrator: str) -> dict[str, str]:
-    return {LABEL_JOB: job_id, LABEL_ATTEMPT: str(attempt), LABEL_ORCHESTRATOR: orchestrator}
+def labels_for(
+    job_id: str, attempt: int, orchestrator: str, deployment: str | None = None
+) -> dict[str, str]:
+    labels = {LABEL_JOB: job_id, LABEL_ATTEMPT: str(attempt), LABEL_ORCHESTRATOR: orchestrator}
+    if deployment is not None:
+        labels[LABEL_DEPLOYMENT] = deployment
+    return labels
 
 
 def container_name(job_id: str, attempt: int, sidecar: str | None = None) -> str:
@@ -48,9 +53,16 @@ def network_name(job_id: str, attempt: int) -> str:
     return f"dockyard-{job_id}-{attempt}-net"
 
 
-def plan_job(spec: JobSpec, *, job_id: str, attempt: int, orchestrator: str) -> JobPlan:
+def plan_job(
+    spec: JobSpec,
+    *,
+    job_id: str,
+    attempt: int,
+    orchestrator: str,
+    deployment: str | None = None,
+) -> JobPlan:
     """The network, sidecars and job container for one attempt, in creation order."""
-    labels = labels_for(job_id, attempt, orchestrator)
+    labels = labels_for(job_id, attempt, orchestrator, deployment)
     mode = spec.effective_network
     network = None if mode == "none" else _network_plan(job_id, attempt, mode, labels)
     net_name = "none" if network is None else network.name
