@@ -25,8 +25,8 @@ from dockyard.core import (
 )
 from dockyard.core.spec import JobSpec, RetryPolicy
 from dockyard.handler import execute
-from dockyard.scheduler.due import PgDueJobs, enqueue_due
 from dockyard.orchestrator.reporter import Reporter
+from dockyard.scheduler.due import PgDueJobs, enqueue_due
 from dockyard.scheduler.reports import ReportConsumer
 from dockyard.store.pool import Pool, create_pool
 from dockyard.store.postgres import PgEventStore
