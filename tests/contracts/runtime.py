@@ -223,12 +223,18 @@ class RuntimeContract:
 
     async def test_inspect_shows_labels_running_and_exit_code(self) -> None:
         plan = self.plan(Behaviour(sleep_s=FOREVER))
+        created = await self.rt.inspect(await self.rt.create_container(self.plan(Behaviour())))
         container = await self._started_plan(plan)
+        await asyncio.sleep(0.2)
         running = await self.rt.inspect(container)
         await self.rt.stop(container, grace_s=5)
         ended = await self.rt.inspect(container)
 
         assert running.running and running.exit_code is None and running.name == plan.name
+        # How long it ran: what a restarted orchestrator judges a timeout by.
+        assert created.ran_s is None
+        assert running.ran_s is not None and 0.2 <= running.ran_s < 30
+        assert ended.ran_s is not None and running.ran_s <= ended.ran_s < 30
         # The engine adds the image's own labels to the container's.
         assert plan.config["Labels"].items() <= running.labels.items()
         assert (ended.running, ended.exit_code) == (False, 128 + 15)

@@ -40,9 +40,11 @@ class Logs:
         return
 
 
-async def leave_behind(runtime: FakeRuntime, job_id: str, *, start: bool, sidecar: bool) -> None:
+async def leave_behind(
+    runtime: FakeRuntime, job_id: str, *, start: bool, sidecar: bool, timeout_s: float = 3600
+) -> None:
     """What a dead orchestrator `o-1` left: created (and maybe started) containers."""
-    body = {"image": IMAGE, "command": [job_id]}
+    body: dict[str, object] = {"image": IMAGE, "command": [job_id], "timeout_s": timeout_s}
     if sidecar:
         body["sidecars"] = [{"name": "db", "image": IMAGE}]
     plan = plan_job(msgspec.convert(body, JobSpec), job_id=job_id, attempt=1, orchestrator="o-1")
@@ -100,3 +102,36 @@ async def test_recovery_stops_reports_and_removes_what_was_left() -> None:
     # Only the one stopped mid-run says why in its log, after the last stored line.
     assert [(line.seq, line.stream) for line in logs.lines] == [(8, "system")]
     assert logs.lines[0].text.startswith("orchestrator o-1 restarted while running attempt 1")
+
+
+async def test_a_container_that_ran_to_its_timeout_is_reported_timed_out() -> None:
+    """Stopped for its timeout just before the crash (it exited at the deadline), or found
+    still running past it: either way the job timed out, whatever its exit code says."""
+    runtime = FakeRuntime(images=[IMAGE])
+    runtime.program(["stopped"], Script(runs_for_s=0.05, exit_code=143))
+    runtime.program(["overdue"], Script(runs_for_s=math.inf))
+    runtime.program(["quick"], Script(runs_for_s=0.0, exit_code=3))
+    await leave_behind(runtime, "stopped", start=True, sidecar=False, timeout_s=0.05)
+    await leave_behind(runtime, "overdue", start=True, sidecar=False, timeout_s=0.05)
+    await leave_behind(runtime, "quick", start=True, sidecar=False, timeout_s=60)
+    await asyncio.sleep(0.1)
+    reports = Reports()
+
+    async def last_seq(job_id: str) -> int:
+        return 0
+
+    await Recovery(
+        runtime=runtime,
+        reports=reports,
+        registry=Registry(),
+        orchestrator="o-1",
+        stop_grace_s=0.01,
+        log_sink=lambda job_id, attempt: Logs(),
+        last_log_seq=last_seq,
+    ).run()
+    exits = {job: c for job, c in reports.sent if isinstance(c, ReportExit)}
+    assert (exits["stopped"].reason, exits["stopped"].exit_code) == ("timed_out", 143)
+    assert exits["stopped"].error is not None
+    assert exits["stopped"].error.startswith("timed out after 0.05 s (found after orchestrator")
+    assert exits["overdue"].reason == "timed_out"
+    assert (exits["quick"].reason, exits["quick"].exit_code) == ("exit_code", 3)

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dockyard.bus.names import LABEL_ATTEMPT, LABEL_JOB, LABEL_ORCHESTRATOR
+from dockyard.bus.names import LABEL_ATTEMPT, LABEL_JOB, LABEL_ORCHESTRATOR, LABEL_TIMEOUT
 from dockyard.core.spec import JobSpec, Resources, Sidecar
 from dockyard.runtime import JobPlan, check_hardened, container_name, network_name, plan_job
 from dockyard.runtime.hardening import MIB
@@ -56,7 +56,7 @@ def test_job_container_runs_as_nobody_in_the_workdir_with_labels_and_env() -> No
     assert plan.job.name == f"dockyard-{JOB}-2" == container_name(JOB, 2)
     assert config["User"] == "65534:65534"
     assert config["WorkingDir"] == "/work"
-    assert config["Labels"] == LABELS
+    assert config["Labels"] == {**LABELS, LABEL_TIMEOUT: "3600"}  # for a restart's report
     assert config["Env"] == ["A=1", "B=x=y"]
     assert config["Cmd"] == ["sh", "-c", "echo hi"]
     assert (config["Tty"], config["OpenStdin"], config["AttachStdin"]) == (False, False, False)
@@ -129,7 +129,7 @@ def test_sidecars_get_the_same_profile_and_limits_as_the_job() -> None:
         k: v for k, v in job["HostConfig"].items() if k not in ignore
     }
     assert side["Image"] == "other/image:1" and side["Env"] == ["X=1"]
-    assert side["User"] == job["User"] and side["Labels"] == job["Labels"]
+    assert side["User"] == job["User"] and side["Labels"] == LABELS
     assert side["HostConfig"]["LogConfig"]["Type"] == "json-file"
 
 
@@ -184,7 +184,8 @@ def test_every_valid_spec_gives_a_hardened_labelled_plan(
         host = container.config["HostConfig"]
         assert host["Memory"] == host["MemorySwap"] == memory_mb * MIB
         assert host["NanoCpus"] >= 1 and host["PidsLimit"] == pids
-        assert container.config["Labels"] == LABELS
+        extra = {LABEL_TIMEOUT: "3600"} if container.role == "job" else {}
+        assert container.config["Labels"] == {**LABELS, **extra}
     if plan.network is not None:
         assert plan.network.config["Labels"] == LABELS
     assert len({c.name for c in (plan.job, *plan.sidecars)}) == 1 + sidecars

@@ -101,15 +101,31 @@ def failed_report(attempt: int, error: BaseException, ran: Ran | None = None) ->
 
 
 def recovered_report(
-    attempt: int, orchestrator: str, *, exit_code: int | None, oom_killed: bool, was_running: bool
+    attempt: int,
+    orchestrator: str,
+    *,
+    exit_code: int | None,
+    oom_killed: bool,
+    was_running: bool,
+    ran_s: float | None = None,
+    timeout_s: float | None = None,
 ) -> ReportExit:
     """An attempt found after this orchestrator restarted (see `recovery`).
 
     A container that had exited reports its real exit (so a job that did its work is not run
     again); one still running was stopped, and one never started was not run: both are
-    `orchestrator_lost`, which the job's retry policy may retry.
+    `orchestrator_lost`, which the job's retry policy may retry. One that ran to its timeout
+    (`ran_s` from its start, `timeout_s` from its label) timed out, stopped by the previous
+    process or by this one.
     """
     lost = f"orchestrator {orchestrator} restarted while running attempt {attempt}"
+    if timeout_s is not None and ran_s is not None and ran_s >= timeout_s:
+        error = f"timed out after {timeout_s:g} s (found after {lost})"
+        if exit_code is not None:
+            error = f"{error}; it exited with code {exit_code}"
+        return ReportExit(
+            attempt=attempt, exit_code=exit_code, reason="timed_out", error=error, duration_s=ran_s
+        )
     if was_running:
         error = f"{lost}: its container was stopped, as output cannot be followed across a restart"
         return ReportExit(

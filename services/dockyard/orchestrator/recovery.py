@@ -22,7 +22,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 
-from dockyard.bus.names import LABEL_ATTEMPT, LABEL_JOB, LABEL_ORCHESTRATOR
+from dockyard.bus.names import LABEL_ATTEMPT, LABEL_JOB, LABEL_ORCHESTRATOR, LABEL_TIMEOUT
 from dockyard.core.commands import ReleaseResource
 from dockyard.core.events import ResourceKind
 from dockyard.orchestrator.outcome import recovered_report
@@ -82,11 +82,12 @@ class Recovery:
             (r for r in items if r.kind == "container" and r.name == job_name), None
         )
         exit_code: int | None = None
+        ran_s: float | None = None
         oom_killed = was_running = False
         if job_container is not None:
             try:
                 state = await self._runtime.inspect(job_container.id)
-                was_running = state.running
+                was_running, ran_s = state.running, state.ran_s
                 if was_running:
                     await self._runtime.stop(job_container.id, self._grace)
                     state = await self._runtime.inspect(job_container.id)
@@ -99,6 +100,8 @@ class Recovery:
             exit_code=exit_code,
             oom_killed=oom_killed,
             was_running=was_running,
+            ran_s=ran_s,
+            timeout_s=_timeout_s(job_container),
         )
         log.warning(
             "orchestrator.recovered job=%s attempt=%d was_running=%s exit_code=%s",
@@ -138,3 +141,13 @@ class Recovery:
         await self._reports.send(
             job_id, ReleaseResource(attempt=attempt, kind=kind, name=resource.name, how=how)
         )
+
+
+def _timeout_s(container: Resource | None) -> float | None:
+    """The job's timeout, from the label the container was made with (None: not known)."""
+    if container is None:
+        return None
+    try:
+        return float(container.labels[LABEL_TIMEOUT])
+    except (KeyError, ValueError):
+        return None

@@ -47,6 +47,9 @@ LABEL_JOB: Final = "dockyard.job"
 LABEL_ATTEMPT: Final = "dockyard.attempt"
 LABEL_ORCHESTRATOR: Final = "dockyard.orchestrator"
 LABEL_DEPLOYMENT: Final = "dockyard.deployment"
+# On the job container: its timeout, so an orchestrator restarted after it was stopped for it
+# still reports `timed_out`.
+LABEL_TIMEOUT: Final = "dockyard.timeout_s"
 
 
 def event_subject(job_id: str, event_type: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -168,6 +169,7 @@ class DockerRuntime:
             running=bool(state["Running"]),
             exit_code=int(state["ExitCode"]) if ended else None,
             oom_killed=bool(state["OOMKilled"]),
+            ran_s=_ran_s(state),
         )
 
     async def list_labelled(self, labels: Mapping[str, str | None]) -> list[Resource]:
@@ -259,3 +261,29 @@ async def engine_id(docker: aiodocker.Docker) -> str | None:
     except (aiodocker.DockerError, OSError):
         return None  # unknown: janitors then never mark this orchestrator's entries gone
     return str(info.get("ID") or "") or None
+
+
+def _ran_s(state: dict[str, Any]) -> float | None:
+    """Start to exit (or to now), from the engine's RFC 3339 times (nanoseconds, and year 1
+    for a time that never was)."""
+    started = _engine_time(state.get("StartedAt"))
+    if started is None:
+        return None
+    ended = _engine_time(state.get("FinishedAt")) if not state.get("Running") else None
+    return max(0.0, ((ended or datetime.now(UTC)) - started).total_seconds())
+
+
+# "2026-11-29T07:00:00.123456789Z" (or with an offset): Python takes microseconds at most.
+_ENGINE_TIME = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?")
+
+
+def _engine_time(text: object) -> datetime | None:
+    if not isinstance(text, str) or text.startswith("0001-"):
+        return None
+    match = _ENGINE_TIME.fullmatch(text)
+    if match is None:
+        return None
+    base, fraction, zone = match.groups()
+    micros = (fraction or "0")[:6].ljust(6, "0")
+    offset = "+00:00" if zone in (None, "Z") else zone
+    return datetime.fromisoformat(f"{base}.{micros}{offset}")

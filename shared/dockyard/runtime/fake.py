@@ -58,6 +58,8 @@ class _Container:
     created_at: datetime
     status: Literal["created", "running", "exited"] = "created"
     exit: ExitStatus | None = None
+    started: float | None = None  # loop time of the start, and of the exit
+    ended: float | None = None
     readers: list[asyncio.Queue[Chunk | None]] = field(default_factory=list)
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
@@ -72,6 +74,13 @@ class _Network:
     id: str
     plan: NetworkPlan
     created_at: datetime
+
+
+def _ran_s(container: _Container) -> float | None:
+    if container.started is None:
+        return None
+    ended = container.ended if container.ended is not None else asyncio.get_running_loop().time()
+    return ended - container.started
 
 
 def _normalise(ref: str) -> str:
@@ -162,6 +171,7 @@ class FakeRuntime:
         if container.status == "exited":
             raise ContainerError(f"start container {container_id}: it has already run")
         container.status = "running"
+        container.started = asyncio.get_running_loop().time()
         container.task = asyncio.create_task(self._run(container))
 
     @asynccontextmanager
@@ -219,6 +229,7 @@ class FakeRuntime:
             running=container.status == "running",
             exit_code=None if exit is None else exit.exit_code,
             oom_killed=exit is not None and exit.oom_killed,
+            ran_s=_ran_s(container),
         )
 
     async def list_labelled(self, labels: Mapping[str, str | None]) -> list[Resource]:
@@ -246,6 +257,7 @@ class FakeRuntime:
             return
         container.status = "exited"
         container.exit = exit
+        container.ended = asyncio.get_running_loop().time()
         if container.task is not None and container.task is not asyncio.current_task():
             container.task.cancel()
         for reader in container.readers:

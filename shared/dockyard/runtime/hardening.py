@@ -10,7 +10,13 @@ from __future__ import annotations
 import copy
 from typing import Any, Final
 
-from dockyard.bus.names import LABEL_ATTEMPT, LABEL_DEPLOYMENT, LABEL_JOB, LABEL_ORCHESTRATOR
+from dockyard.bus.names import (
+    LABEL_ATTEMPT,
+    LABEL_DEPLOYMENT,
+    LABEL_JOB,
+    LABEL_ORCHESTRATOR,
+    LABEL_TIMEOUT,
+)
 from dockyard.core.spec import JobSpec, Sidecar
 from dockyard.runtime.ports import ContainerPlan, JobPlan, NetworkPlan
 
@@ -79,7 +85,7 @@ def plan_job(
         env=spec.env,
         network=net_name,
         aliases=(),
-        labels=labels,
+        labels={**labels, LABEL_TIMEOUT: f"{spec.timeout_s:g}"},
     )
     job_config["HostConfig"]["LogConfig"] = copy.deepcopy(JOB_LOG)
     job = ContainerPlan(name=container_name(job_id, attempt), config=job_config, role="job")

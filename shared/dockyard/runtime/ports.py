@@ -62,6 +62,8 @@ class ContainerState(Struct, frozen=True):
     running: bool
     exit_code: int | None
     oom_killed: bool
+    # Seconds from its start to its exit (to now while it runs); None if it never started.
+    ran_s: float | None = None
 
 
 class Resource(Struct, frozen=True):
