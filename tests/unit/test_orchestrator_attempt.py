@@ -105,9 +105,15 @@ class Harness:
         attempt: int = 1,
         log_seq: int = 0,
         recorded: list[PlannedResource] | None = None,
+        log_bytes: int = 0,
     ) -> Attempt:
         claim = Claim(
-            job_id=JOB, attempt=attempt, spec=spec, log_seq=log_seq, recorded=recorded or []
+            job_id=JOB,
+            attempt=attempt,
+            spec=spec,
+            log_seq=log_seq,
+            log_bytes=log_bytes,
+            recorded=recorded or [],
         )
         return Attempt(self.context, claim, FakeTicket(self.timeline))
 
@@ -168,6 +174,16 @@ async def test_lines_continue_after_the_given_seq_and_secrets_are_masked() -> No
         (42, "attempt 2 of 1"),
         (43, "token is ***!"),
     ]
+
+
+async def test_the_log_cap_counts_what_earlier_attempts_wrote() -> None:
+    runtime = scripted(Script(output=(("stdout", b"one more line\n"),)))
+    harness = Harness(runtime, log_cap_bytes=100)
+    report = await harness.attempt(job_spec("run"), attempt=2, log_seq=9, log_bytes=95).run()
+    assert report.exit_code == 0  # the job is not stopped for it
+    texts = harness.texts()
+    assert texts[1][0] == "system" and texts[1][1].startswith("log limit of 100 bytes reached")
+    assert ("stdout", "one more line") not in texts[:2]
 
 
 async def test_non_zero_exit_and_oom() -> None:

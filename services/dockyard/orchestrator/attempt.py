@@ -70,6 +70,7 @@ class Claim(Struct, frozen=True, kw_only=True):
     spec: JobSpec
     tenant: str | None = None
     log_seq: int = 0
+    log_bytes: int = 0  # what earlier attempts wrote: the log cap counts the whole job
     recorded: list[PlannedResource] = []  # ledger intents the claim recorded
     meta: Metadata = NO_METADATA
 
@@ -99,6 +100,7 @@ class Attempt:
             claim.spec,
             attempt=claim.attempt,
             after_seq=claim.log_seq,
+            used_bytes=claim.log_bytes,
             clock=ctx.clock,
         )
         self.container_id: str | None = None

@@ -215,6 +215,7 @@ class Claimer:
             spec=answer.spec,
             tenant=answer.tenant,
             log_seq=max(answer.log_seq, stored_seq),
+            log_bytes=answer.log_bytes,
             recorded=[r for r in request.resources if r.name in answer.recorded],
             meta=answer.meta,
         )

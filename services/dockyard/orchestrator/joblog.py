@@ -30,6 +30,7 @@ class JobLog:
         attempt: int,
         after_seq: int,
         clock: Callable[[], datetime],
+        used_bytes: int = 0,
     ) -> None:
         self._config = config
         self._pipeline = LogPipeline(
@@ -37,6 +38,7 @@ class JobLog:
             next_seq=after_seq + 1,
             secrets=[spec.env[key] for key in spec.secrets if key in spec.env],
             cap_bytes=config.log_cap_bytes,
+            used_bytes=used_bytes,
             max_pending_lines=config.log_max_pending_lines,
         )
         self._pump = LogPump(

@@ -21,6 +21,7 @@ from dockyard.core import ClaimJob, Rejected
 from dockyard.core.state import resource_key
 from dockyard.handler import utc_now
 from dockyard.scheduler.metrics import SchedulerMetrics
+from dockyard.store.log_position import NOTHING, StoredLog
 from dockyard.store.ports import ConcurrencyError, EventStore, StoreUnavailable
 
 log = logging.getLogger("dockyard.scheduler.claims")
@@ -29,11 +30,13 @@ log = logging.getLogger("dockyard.scheduler.claims")
 MAX_IN_FLIGHT = 64
 
 
-LogSeq = Callable[[str], Awaitable[int]]
+StoredLogOf = Callable[[str], Awaitable[StoredLog]]
 
 
 async def answer_claim(
-    batcher: CommandBatcher, request: protocol.ClaimRequest, log_seq: LogSeq | None = None
+    batcher: CommandBatcher,
+    request: protocol.ClaimRequest,
+    stored_log_of: StoredLogOf | None = None,
 ) -> protocol.ClaimAnswer:
     command = ClaimJob(
         attempt=request.attempt, orchestrator=request.orchestrator, resources=request.resources
@@ -46,15 +49,16 @@ async def answer_claim(
         return protocol.ClaimAnswer(granted=False, reason=str(error), retry=True)
     job = outcome.job
     assert job is not None  # decide raised UnknownJob otherwise
-    stored_seq = 0
+    stored = NOTHING
     # A first attempt follows no other, so nothing of the job can be stored yet.
-    if log_seq is not None and request.attempt > 1:
+    if stored_log_of is not None and request.attempt > 1:
         try:  # the attempt numbers its lines after every line stored so far
-            stored_seq = await log_seq(request.job_id)
+            stored = await stored_log_of(request.job_id)
         except Exception as error:  # the orchestrator also reads the LOGS stream's last seq
             log.warning("claim.log_seq_unknown job=%s error=%s", request.job_id, error)
     return protocol.ClaimAnswer(
-        log_seq=stored_seq,
+        log_seq=stored.seq,
+        log_bytes=stored.bytes,
         granted=True,
         tenant=job.tenant,
         spec=job.spec,
@@ -74,7 +78,7 @@ class ClaimResponder:
         nc: NatsClient,
         store: EventStore,
         metrics: SchedulerMetrics | None = None,
-        log_seq: LogSeq | None = None,
+        stored_log_of: StoredLogOf | None = None,
         batcher: CommandBatcher | None = None,
     ) -> None:
         self.nc = nc
@@ -82,7 +86,7 @@ class ClaimResponder:
         self.batcher = batcher or CommandBatcher(store)
         self._owns_batcher = batcher is None
         self.metrics = metrics
-        self.log_seq = log_seq
+        self.stored_log_of = stored_log_of
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._tasks: set[asyncio.Task[None]] = set()
         self._sub: Subscription | None = None
@@ -119,7 +123,7 @@ class ClaimResponder:
                 protocol.encode(protocol.ClaimAnswer(granted=False, reason=str(error)))
             )
             return
-        answer = await answer_claim(self.batcher, request, self.log_seq)
+        answer = await answer_claim(self.batcher, request, self.stored_log_of)
         if answer.granted and self.metrics is not None and answer.queued_at is not None:
             waited = (utc_now() - answer.queued_at).total_seconds()
             self.metrics.dispatch_latency.observe(max(waited, 0.0))

@@ -17,7 +17,6 @@ from dockyard.bus.publish import EventPublisher
 from dockyard.bus.topology import ensure_topology
 from dockyard.config import Settings
 from dockyard.lifecycle import supervise, wait_for_stop_signal
-from dockyard.log_relay.store import last_stored_seq
 from dockyard.scheduler.app import build_app
 from dockyard.scheduler.claims import ClaimResponder
 from dockyard.scheduler.context import Context
@@ -27,6 +26,7 @@ from dockyard.scheduler.gauges import pg_gauges
 from dockyard.scheduler.metrics import CountingStore, SchedulerMetrics
 from dockyard.scheduler.reports import ReportConsumer
 from dockyard.scheduler.schedule_store import PgScheduleStore
+from dockyard.store.log_position import stored_log
 from dockyard.store.migrations import migrate
 from dockyard.store.pool import Pool, create_pool
 from dockyard.store.ports import EventStore
@@ -62,9 +62,7 @@ async def run_scheduler(settings: Settings) -> None:
         batcher = CommandBatcher(store)
         stack.push_async_callback(batcher.close)
         ctx = _context(settings, pool, store, nc, metrics, batcher)
-        claims = ClaimResponder(
-            nc, store, ctx.metrics, partial(last_stored_seq, pool), batcher=batcher
-        )
+        claims = ClaimResponder(nc, store, ctx.metrics, partial(stored_log, pool), batcher=batcher)
         await claims.start()
         stack.push_async_callback(claims.stop)
 

@@ -70,6 +70,8 @@ class ClaimAnswer(Struct, frozen=True, kw_only=True):
     # The last log seq stored for the job so far; the attempt numbers its lines after the
     # greater of this and the last seq on the LOGS stream, so seqs never repeat across attempts.
     log_seq: int = 0
+    # The bytes of stdout and stderr its earlier attempts stored: the log cap is per job.
+    log_bytes: int = 0
     queued_at: datetime | None = None
     # The names of the request's resources the ledger now holds: the orchestrator sends no
     # intent of its own for these (a scheduler that predates this field answers none).
