@@ -19,8 +19,9 @@ import pytest_asyncio
 
 from dockyard.bus import connect, ensure_topology, jetstream, names, protocol
 from dockyard.log_relay import last_stored_seq, purge_finished_logs
-from dockyard.log_relay.chunks import chunks_of
+from dockyard.log_relay.chunks import Chunk, chunks_of, with_output_bytes
 from dockyard.log_relay.store import LogStore
+from dockyard.store.log_position import StoredLog, stored_log
 from dockyard.store.pool import Pool, create_pool
 from dockyard.store.postgres import PgEventStore
 from tests.support.log_relay import (
@@ -160,6 +161,30 @@ async def test_the_store_skips_repeats_within_one_write_and_across_writers(
     assert sum(r.lines for r in results) == 20
     page = await store.read(job_id, 0, 100)
     assert (page.line_count, page.last, page.gap) == (20, 20, None)
+
+
+async def test_the_store_counts_each_jobs_output_bytes_once_for_the_log_cap(
+    pool: Pool,
+) -> None:
+    """A new attempt's log cap starts from what the job stored: the producer's count of
+    stdout and stderr bytes (its batch header), added once per stored batch."""
+    store = LogStore(pool)
+    job_id = "0195f0c8-0000-7000-8000-0000000000ac"
+
+    def batch(seqs: range, output_bytes: int) -> list[Chunk]:
+        data = protocol.encode(protocol.LogBatch(job_id=job_id, attempt=1, lines=lines_of(seqs)))
+        return with_output_bytes(chunks_of(data), {names.LOG_BYTES: str(output_bytes)})
+
+    await store.append(batch(range(1, 11), 700))
+    await store.append(batch(range(1, 11), 700))  # redelivered: stored nothing, counts nothing
+    await store.append(batch(range(11, 21), 300))
+    assert await stored_log(pool, job_id) == StoredLog(seq=20, bytes=1000)
+    assert await stored_log(pool, "0195f0c8-0000-7000-8000-0000000000ad") == StoredLog(0, 0)
+    # Stored compressed by the relay, served as written.
+    raw = await pool.fetchval("SELECT lines FROM log_chunks WHERE job_id = $1 LIMIT 1", job_id)
+    assert raw[:1] == b"x"
+    page = await store.read(job_id, 0, 100)
+    assert page.line_count == 20
 
 
 async def test_reads_stop_at_a_gap_until_told_to_skip_it(pool: Pool) -> None:

@@ -16,7 +16,9 @@ from dockyard.log_relay.chunks import (
     end_frame,
     lines_frame,
     lines_page,
+    packed,
     slice_chunk,
+    unpacked,
 )
 from dockyard.log_relay.ring import Ring
 from dockyard.log_relay.store import holes_in
@@ -114,6 +116,18 @@ def test_frames_are_the_contract_documents() -> None:
         "next_after": 0,
         "complete": False,
     }
+
+
+def test_a_stored_body_reads_back_the_same_packed_or_not() -> None:
+    bodies = [
+        encode_lines([line(s) for s in range(1, 4097)]),
+        encode_lines([line(1, "x" * 70_000), line(2, "")]),  # text starting with the zlib byte
+        encode_lines([line(1, '{"seq":1}\u2028 \x00 é')]),
+    ]
+    for body in bodies:
+        assert unpacked(body) is body  # stored as it came: read as it is
+        assert unpacked(packed(body)) == body
+    assert len(packed(bodies[0])) * 10 < len(bodies[0])
 
 
 @pytest.mark.parametrize(

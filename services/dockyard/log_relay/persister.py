@@ -28,7 +28,7 @@ from dockyard.bus import names
 from dockyard.bus.errors import BusError, BusRejected, MessageDecodeError, translated
 from dockyard.bus.topology import LOGS_POLICY
 from dockyard.core.events import Metadata
-from dockyard.log_relay.chunks import Chunk, chunks_of
+from dockyard.log_relay.chunks import Chunk, chunks_of, with_output_bytes
 from dockyard.log_relay.metrics import RelayMetrics
 from dockyard.log_relay.store import LogStore
 from dockyard.store.ports import StoreUnavailable
@@ -61,7 +61,7 @@ class _Flush:
     repeated_lines: int = 0  # the same batch twice in one flush (a redelivery)
 
     def take(self, msg: Msg) -> None:
-        self.add(msg, chunks_of(msg.data))
+        self.add(msg, with_output_bytes(chunks_of(msg.data), msg.headers))
         # The chunks hold the lines now; the payload is not needed again (only the message,
         # to ack it), so it is let go at once: a flush weighs its lines once, not twice.
         self.bytes += len(msg.data)

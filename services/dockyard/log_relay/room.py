@@ -1,11 +1,12 @@
-"""A room: one per job being followed, one upstream subscription shared by all its clients.
+"""A room: one per job being followed, one upstream feed shared by all its clients.
 
-A room subscribes to the job's log subject *before* it reads where the store ends, so every
-line is either stored by then or arrives live afterwards: nothing falls between the two.
-Live chunks enter the room's ring in seq order; a chunk that would leave a gap (a message
-missed during a NATS reconnect, or the store still behind) waits in `pending` while the
-missing lines are read from the store, which always gets them (the persister's consumer is
-durable). So the ring is gap-free and repeat-free, and a client is only a position in it.
+A room starts its live feed (tail.py: the job's batches pulled from the LOGS stream, at the
+pace the room takes them) *before* it reads where the store ends, so every line is either
+stored by then or arrives live afterwards: nothing falls between the two. Live chunks enter
+the room's ring in seq order; a chunk that would leave a gap (the store still behind, or a
+batch that reached the stream late) waits in `pending` while the missing lines are read from
+the store, which always gets them (the persister's consumer is durable). So the ring is
+gap-free and repeat-free, and a client is only a position in it.
 
 A room also learns when the job ends (its events, and a slow poll of the read model as a
 fallback), then waits until every line is stored (completion.py) and sets `final`: the last
@@ -20,7 +21,7 @@ import logging
 import random
 from bisect import insort
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 from nats.aio.client import Client as NatsClient
@@ -35,6 +36,7 @@ from dockyard.log_relay.completion import Completion
 from dockyard.log_relay.metrics import RelayMetrics
 from dockyard.log_relay.ring import Ring
 from dockyard.log_relay.store import LogStore, Page
+from dockyard.log_relay.tail import LiveTail, TailLimits
 from dockyard.store.ports import JobView, StoreUnavailable
 
 log = logging.getLogger("dockyard.log_relay.room")
@@ -58,6 +60,7 @@ class RoomLimits:
     status_poll_s: float = 5.0  # the read model, in case the job's end event was missed
     retry_s: float = 0.02  # first retry when waiting for the store (doubling to poll_s)
     linger_s: float = 5.0  # an empty room waits this long for a client to come back
+    tail: TailLimits = field(default_factory=TailLimits)  # how live batches are pulled
 
 
 @dataclass(frozen=True)
@@ -104,20 +107,18 @@ class Room:
         self._status_checked = 0.0
         self._kick = asyncio.Event()
         self._subs: list[Subscription] = []
+        self._tail: LiveTail | None = None
+        self._live_at = -1e9  # loop time of the last live batch
         self._task: asyncio.Task[None] | None = None
         self._order = 0
 
     async def open(self) -> None:
-        """Subscribe, then learn where the store ends. Raises BusUnavailable, StoreUnavailable."""
+        """Start the live feed, then learn where the store ends. Raises BusUnavailable,
+        BusRejected, StoreUnavailable."""
         nc = self._src.nc
+        self._tail = LiveTail(nc, self.job_id, self._on_batch, self._limits.tail)
+        await self._tail.start()
         with translated():
-            self._subs.append(
-                await nc.subscribe(
-                    names.log_subject(self.job_id),
-                    cb=self._on_lines,
-                    pending_bytes_limit=2 * self._limits.ring_bytes,
-                )
-            )
             events = names.job_events_filter(self.job_id)
             self._subs.append(await nc.subscribe(events, cb=self._on_event))
             await nc.flush()  # the server has both: what is published from now on reaches us
@@ -130,6 +131,8 @@ class Room:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        if self._tail is not None:
+            await self._tail.close()
         for sub in self._subs:
             try:
                 await sub.unsubscribe()
@@ -145,11 +148,12 @@ class Room:
             self.job_id, after, limit, contiguous=self.final is None, exact=False
         )
 
-    # -- live lines and events (nats-py callbacks: no awaits on anything slow)
+    # -- live lines and events (called from nats-py callbacks: nothing slow)
 
-    async def _on_lines(self, msg: Msg) -> None:
+    def _on_batch(self, data: bytes) -> None:
+        self._live_at = asyncio.get_running_loop().time()
         try:
-            chunks = chunks_of(msg.data)
+            chunks = chunks_of(data)
         except MessageDecodeError:
             return  # the persister terms it; nothing to show
         for chunk in chunks:
@@ -261,14 +265,16 @@ class Room:
 
     async def _catch_up(self) -> None:
         """Read from the store what the ring lacks: a gap behind pending lines, lines the live
-        path missed, or (once `final` is known) everything up to it."""
+        path missed, or (once `final` is known) everything up to it. While live batches keep
+        coming without a gap, the store being ahead only means the feed is behind the
+        persister (both read the same stream): the feed brings those lines itself."""
         store, limits = self._src.store, self._limits
-        if (
-            not self._pending
-            and self.final is None
-            and await store.stored_max(self.job_id) <= self.ring.end
-        ):
-            return
+        if not self._pending and self.final is None:
+            loop = asyncio.get_running_loop()
+            if loop.time() - self._live_at < limits.poll_s:
+                return
+            if await store.stored_max(self.job_id) <= self.ring.end:
+                return
         while self.ring.bytes <= limits.ring_bytes // 2:
             page = await store.read(
                 self.job_id,

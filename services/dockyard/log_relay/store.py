@@ -13,23 +13,30 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
-from dockyard.log_relay.chunks import Chunk, slice_chunk
+from dockyard.log_relay.chunks import Chunk, packed, slice_chunk, unpacked
+from dockyard.store.log_position import stored_log
 from dockyard.store.pool import Pool, translated
 
 _APPEND = """
-WITH inserted AS (
+WITH given AS (
+    SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::bytea[], $5::bigint[])
+        AS c(job_id, first_seq, last_seq, lines, output_bytes)
+), inserted AS (
     INSERT INTO log_chunks (job_id, first_seq, last_seq, lines)
-    SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::bytea[])
-        AS c(job_id, first_seq, last_seq, lines)
+    SELECT job_id, first_seq, last_seq, lines FROM given
     ORDER BY job_id, first_seq
     ON CONFLICT DO NOTHING
     RETURNING job_id, first_seq, last_seq
 ), counted AS (
-    INSERT INTO log_jobs AS j (job_id, max_seq, lines)
-    SELECT job_id, max(last_seq), sum(last_seq - first_seq + 1) FROM inserted
-    GROUP BY job_id ORDER BY job_id
+    INSERT INTO log_jobs AS j (job_id, max_seq, lines, bytes)
+    SELECT i.job_id, max(i.last_seq), sum(i.last_seq - i.first_seq + 1), sum(g.output_bytes)
+    FROM inserted i
+    JOIN (SELECT DISTINCT ON (job_id, first_seq) job_id, first_seq, output_bytes FROM given) g
+        USING (job_id, first_seq)
+    GROUP BY i.job_id ORDER BY i.job_id
     ON CONFLICT (job_id) DO UPDATE
-        SET max_seq = greatest(j.max_seq, excluded.max_seq), lines = j.lines + excluded.lines
+        SET max_seq = greatest(j.max_seq, excluded.max_seq), lines = j.lines + excluded.lines,
+            bytes = j.bytes + excluded.bytes
 )
 SELECT job_id::text AS job_id, first_seq, last_seq FROM inserted
 """
@@ -52,8 +59,6 @@ SELECT first_seq FROM log_chunks
 WHERE job_id = $1 AND last_seq > $2
 ORDER BY last_seq LIMIT 1
 """
-
-_MAX = "SELECT max_seq FROM log_jobs WHERE job_id = $1"
 
 
 class Appended(NamedTuple):
@@ -89,7 +94,8 @@ class LogStore:
                 [c.job_id for c in chunks],
                 [c.first for c in chunks],
                 [c.last for c in chunks],
-                [c.body for c in chunks],
+                [packed(c.body) for c in chunks],
+                [c.output_bytes for c in chunks],
             )
         inserted = {(r["job_id"], r["first_seq"]) for r in rows}
         written = Appended(len(rows), sum(r["last_seq"] - r["first_seq"] + 1 for r in rows))
@@ -143,7 +149,7 @@ class LogStore:
                     first = row["first_seq"]
                     if contiguous and first > last + 1:
                         return Page(chunks, last, first)
-                    chunk = Chunk(job_id, first, row["last_seq"], row["lines"])
+                    chunk = Chunk(job_id, first, row["last_seq"], unpacked(row["lines"]))
                     hi = chunk.last if not exact else min(chunk.last, last + limit)
                     chunk = slice_chunk(chunk, last + 1, hi)
                     chunks.append(chunk)
@@ -183,9 +189,7 @@ def holes_in(first: int, last: int, stored: Sequence[tuple[int, int]]) -> list[t
 
 async def last_stored_seq(pool: Pool, job_id: str) -> int:
     """The highest log seq stored for a job, 0 if none: a new attempt numbers after it."""
-    async with translated("last_stored_seq"):
-        value = await pool.fetchval(_MAX, job_id)
-    return int(value or 0)
+    return (await stored_log(pool, job_id)).seq
 
 
 class Purged(NamedTuple):

@@ -46,11 +46,12 @@ RECONNECT_POLL_S: Final = 0.1
 
 
 class _Batch:
-    __slots__ = ("ack", "msg_id", "payload")
+    __slots__ = ("ack", "msg_id", "output_bytes", "payload")
 
-    def __init__(self, msg_id: str, payload: bytes) -> None:
+    def __init__(self, msg_id: str, payload: bytes, output_bytes: int = 0) -> None:
         self.msg_id = msg_id
         self.payload = payload
+        self.output_bytes = output_bytes
         self.ack: asyncio.Future[PubAck] | None = None  # None: not sent (on this connection)
 
 
@@ -92,7 +93,8 @@ class LogSink:
             await self.publish(lines[:half])
             await self.publish(lines[half:])
             return
-        item = _Batch(protocol.log_batch_id(self._job_id, lines[0].seq), payload)
+        output = sum(len(line.text) for line in lines if line.stream != "system")
+        item = _Batch(protocol.log_batch_id(self._job_id, lines[0].seq), payload, output)
         self._in_flight.append(item)
         self.published_lines += len(lines)
         if self._may_send(item):
@@ -133,7 +135,11 @@ class LogSink:
             item.ack = await self._js.publish_async(
                 self._subject,
                 item.payload,
-                headers={**self._headers, names.MSG_ID: item.msg_id},
+                headers={
+                    **self._headers,
+                    names.MSG_ID: item.msg_id,
+                    names.LOG_BYTES: str(item.output_bytes),
+                },
                 stream=names.LOGS_STREAM,
             )
         except (nats.errors.Error, OSError) as exc:

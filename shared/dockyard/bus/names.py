@@ -37,6 +37,8 @@ DEPLOYMENT_KEY: Final = "deployment"
 
 # Headers.
 MSG_ID: Final = "Nats-Msg-Id"
+# On a log batch: the bytes of its stdout and stderr text, what the per-job log cap counts.
+LOG_BYTES: Final = "Dockyard-Log-Bytes"
 EVENT_TYPE: Final = "Dockyard-Event-Type"
 SCHEMA_VERSION: Final = "Dockyard-Schema-Version"
 TRACEPARENT: Final = "traceparent"
