@@ -132,12 +132,11 @@ class DockerRuntime:
     async def wait(self, container_id: str) -> ExitStatus:
         async with self._call(f"wait for container {container_id}", deadline="none"):
             result = await self._docker.containers.container(container_id).wait()
-        code = int(result["StatusCode"])
-        # OOMKilled is only known to inspect, and only matters for a failure: an exit 0 is a
-        # success whatever a child suffered. So a successful job costs the engine no inspect.
-        oom_killed = code != 0 and (await self.inspect(container_id)).oom_killed
+        state = await self.inspect(container_id)  # OOMKilled is only known to inspect
         error = (result.get("Error") or {}).get("Message") or None
-        return ExitStatus(exit_code=code, oom_killed=oom_killed, error=error)
+        return ExitStatus(
+            exit_code=int(result["StatusCode"]), oom_killed=state.oom_killed, error=error
+        )
 
     async def stop(self, container_id: str, grace_s: float) -> None:
         # The engine counts whole seconds; rounding up never shortens the promised grace.

@@ -250,10 +250,7 @@ class FakeRuntime:
         if math.isinf(script.runs_for_s):
             await asyncio.Event().wait()  # until stopped or removed
         await asyncio.sleep(script.runs_for_s)
-        self._end(
-            container,
-            ExitStatus(script.exit_code, script.oom_killed and script.exit_code != 0, script.error),
-        )
+        self._end(container, ExitStatus(script.exit_code, script.oom_killed, script.error))
 
     def _end(self, container: _Container, exit: ExitStatus) -> None:
         if container.status == "exited":

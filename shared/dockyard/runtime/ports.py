@@ -46,8 +46,7 @@ class JobPlan(Struct, frozen=True):
 
 
 class ExitStatus(Struct, frozen=True):
-    """How a container ended. `oom_killed` is looked up for a non-zero exit only: an exit 0 is
-    a success, whatever a child of the job suffered."""
+    """How a container ended. `oom_killed` can be true with exit code 0 (a child was killed)."""
 
     exit_code: int
     oom_killed: bool = False
