@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 from dockyard.core import Command, Context, Event, Job, Metadata, decide, fold, uuid7
 from dockyard.handler import Clock, Outcome, execute, utc_now
-from dockyard.store.ports import BatchConflict, EventStore, PendingAppend, RecordedEvent
+from dockyard.store.ports import EventStore, PendingAppend, RecordedEvent, StoreUnavailable
 
 log = logging.getLogger("dockyard.batching")
 
@@ -51,11 +51,18 @@ async def execute_many(
         if appends:
             await store.append_many(appends)
         return results
-    except BatchConflict:
-        log.info("batch.conflict size=%d", len(requests), extra={"event": "batch.conflict"})
-        return await _one_by_one(store, requests, clock, new_id)
-    except Exception as error:  # the store is away, or refused the batch: each hears it
+    except StoreUnavailable as error:  # the store is away: each request hears it
         return [error] * len(requests)
+    except Exception as error:
+        # A conflict with another writer, or one request's bad data (an id that is no
+        # UUID) refusing the whole statement: one at a time, each gets its own answer.
+        log.info(
+            "batch.one_by_one size=%d why=%s",
+            len(requests),
+            type(error).__name__,
+            extra={"event": "batch.one_by_one"},
+        )
+        return await _one_by_one(store, requests, clock, new_id)
 
 
 def _decide_all(

@@ -119,3 +119,11 @@ async def test_the_batcher_groups_what_arrives_while_it_writes() -> None:
             await batcher.execute(uuid7(), claim())
     finally:
         await batcher.close()
+
+
+async def test_one_requests_bad_id_does_not_fail_the_others_of_its_batch() -> None:
+    store = InMemoryEventStore()
+    good = uuid7()
+    results = await execute_many(store, [Request("not-a-uuid", submit()), Request(good, submit())])
+    assert isinstance(results[0], ValueError)
+    assert outcome(results[1]).job is not None
