@@ -351,11 +351,14 @@ async def test_silent_orchestrators_jobs_are_requeued_once_and_stuck_jobs_ended(
     assert failed.reason == "container_error" and "never started" in failed.error
 
 
+@pytest.mark.parametrize("sent_as", ["one report", "a batch of its orchestrator"])
 async def test_a_report_waiting_in_the_reports_stream_holds_the_lost_verdict(
-    nats_url: str, database_url: str, docker: aiodocker.Docker, db: Db
+    nats_url: str, database_url: str, docker: aiodocker.Docker, db: Db, sent_as: str
 ) -> None:
     """An orchestrator that reported its exit and then vanished (or shut down) is not lost:
-    its report says what happened, once the scheduler records it."""
+    its report says what happened, once the scheduler records it. Orchestrators send
+    reports in batches on their own subject, so a batch waiting from the job's orchestrator
+    holds the verdict too (it may hold the exit)."""
     from dockyard.bus import protocol
     from dockyard.bus.publish import publish
 
@@ -367,59 +370,17 @@ async def test_a_report_waiting_in_the_reports_stream_holds_the_lost_verdict(
         ClaimJob(attempt=1, orchestrator=ghost),
         started(1, ghost),
     )
-    async with running_janitor(nats_url, database_url, docker, ghost) as janitor:
-        assert janitor.sources.js is not None
-        report = protocol.Report(
-            report_id="r1",
-            job_id=job_id,
-            command=ReportExit(attempt=1, exit_code=0),
-            sent_at=NOW(),
-        )
-        await publish(
-            janitor.sources.js,
-            names.report_subject(job_id),
-            protocol.encode(report),
-            msg_id="r1",
-            stream=names.REPORTS_STREAM,
-        )
-        held = await janitor.turn(30)
-        assert held.ok and held.actions == []
-        await janitor.sources.js.purge_stream(names.REPORTS_STREAM)  # the scheduler took it
-        report2 = await janitor.turn(30)
-    assert [a.action for a in report2.actions] == ["mark_lost"]
-
-
-async def test_a_batch_of_its_orchestrator_waiting_holds_the_lost_verdict(
-    nats_url: str, database_url: str, docker: aiodocker.Docker, db: Db
-) -> None:
-    """Orchestrators send reports in batches on their own subject: a batch still waiting
-    from the job's orchestrator may hold its exit, so the job is not judged lost yet."""
-    from dockyard.bus import protocol
-    from dockyard.bus.publish import publish
-
-    ghost = scoped_orchestrator_id()
-    job_id = uuid7()
-    await db.run(
-        job_id,
-        submit(retry={"max_attempts": 2, "backoff_s": 0}),
-        ClaimJob(attempt=1, orchestrator=ghost),
-        started(1, ghost),
+    report = protocol.Report(
+        report_id="r1", job_id=job_id, command=ReportExit(attempt=1, exit_code=0), sent_at=NOW()
     )
+    subject, payload = names.report_subject(job_id), protocol.encode(report)
+    if sent_as != "one report":
+        subject = names.report_batch_subject(ghost)
+        payload = protocol.encode_report_batch(protocol.ReportBatch(reports=[report]))
     async with running_janitor(nats_url, database_url, docker, ghost) as janitor:
         assert janitor.sources.js is not None
-        exit_report = protocol.Report(
-            report_id="b1",
-            job_id=job_id,
-            command=ReportExit(attempt=1, exit_code=0),
-            sent_at=NOW(),
-        )
-        batch = protocol.ReportBatch(reports=[exit_report])
         await publish(
-            janitor.sources.js,
-            names.report_batch_subject(ghost),
-            protocol.encode_report_batch(batch),
-            msg_id="b1",
-            stream=names.REPORTS_STREAM,
+            janitor.sources.js, subject, payload, msg_id="r1", stream=names.REPORTS_STREAM
         )
         held = await janitor.turn(30)
         assert held.ok and held.actions == []
