@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import resource
 import statistics
 import sys
 import time
@@ -24,6 +23,7 @@ import pytest
 from dockyard.core import SubmitJob, uuid7
 from dockyard.core.events import JobClaimed, JobSubmitted
 from dockyard.core.spec import JobSpec
+from tests.benchmarks.cpu import cpu_seconds
 from tests.support.orchestration import REPO, ControlPlane, new_orchestrator_id
 
 JOBS = 1000
@@ -51,11 +51,11 @@ async def test_control_plane_jobs_per_second(nats_url: str, database_url: str) -
         orchestrator = await _fake_orchestrator(nats_url)
         try:
             await _run_jobs(plane, spec, WARM_UP)  # connections, consumers, caches
-            cpu_before = _cpu_s(), _cpu_s(orchestrator.pid), _servers_cpu_s()
+            cpu_before = cpu_seconds(), cpu_seconds(orchestrator.pid), _servers_cpu_s()
             ids, submitted, elapsed = await _run_jobs(plane, spec, JOBS)
             cpu_here, cpu_orchestrator = (
-                _cpu_s() - cpu_before[0],
-                _cpu_s(orchestrator.pid) - cpu_before[1],
+                cpu_seconds() - cpu_before[0],
+                cpu_seconds(orchestrator.pid) - cpu_before[1],
             )
             servers = {k: v - cpu_before[2][k] for k, v in _servers_cpu_s().items()}
         finally:
@@ -114,17 +114,8 @@ def _servers_cpu_s() -> dict[str, float]:
             continue  # gone meanwhile
         name = text[text.index("(") + 1 : text.rindex(")")]
         if name in total:
-            total[name] += _cpu_s(int(stat.parent.name))
+            total[name] += cpu_seconds(int(stat.parent.name))
     return total
-
-
-def _cpu_s(pid: int | None = None) -> float:
-    """User + system CPU seconds of a process (this one by default)."""
-    if pid is None:
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return usage.ru_utime + usage.ru_stime
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _submit_to_claimed(plane: ControlPlane, ids: list[str]) -> list[float]:

@@ -21,12 +21,10 @@ of its own (log_relay_client.py), which checks every seq follows the previous on
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import aiodocker
@@ -42,6 +40,7 @@ from dockyard.orchestrator.logsink import LogSink
 from dockyard.runtime import DockerRuntime, LogLine, LogPipeline, LogPump, plan_job
 from dockyard.store.pool import Pool, create_pool
 from dockyard.store.postgres import PgEventStore
+from tests.benchmarks.cpu import cpu_seconds
 from tests.support.log_relay import REPO, Jobs, RelayProcess, eventually, relay_process
 
 pytestmark = pytest.mark.benchmark
@@ -91,12 +90,6 @@ async def stored(pool: Pool, job_id: str, lines: int) -> None:
         return bool(value == lines)
 
     await eventually(done, timeout_s=300, poll_s=0.05)
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def raw_attach_rate(docker: aiodocker.Docker, image: str, n: int) -> float:
@@ -190,14 +183,14 @@ async def test_lines_per_second_to_one_websocket_client(
             raw.append(await raw_attach_rate(docker, busybox_image, LINES))
             job_id = await jobs.running()
             process, stdout = await client(relay, job_id)
-            cpu = _cpu_seconds(relay.pid)
+            cpu = cpu_seconds(relay.pid)
             command = ["seq", "1", str(LINES)]
             started, published = await run_job(docker, nc, js, busybox_image, command, job_id)
             acked = time.time()
             await jobs.finish(job_id)
             result = await result_of(process, stdout)
             assert published == LINES and result["lines"] == LINES
-            cpu = _cpu_seconds(relay.pid) - cpu
+            cpu = cpu_seconds(relay.pid) - cpu
             rate = LINES / (result["last_at"] - started)
             bus_rate = LINES / (acked - started)
             runs.append((rate, bus_rate, cpu / LINES * 1e6, result["resumed"]))

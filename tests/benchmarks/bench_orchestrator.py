@@ -12,12 +12,10 @@ Each prints its figure next to the issue's target.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
-from pathlib import Path
 from typing import Any
 
 import aiodocker
@@ -45,6 +43,7 @@ from dockyard.scheduler.app import build_app
 from dockyard.scheduler.context import Context
 from dockyard.store.read_model import PgJobViews
 from dockyard.web.auth import Tokens
+from tests.benchmarks.cpu import cpu_seconds
 from tests.support.orchestration import (
     ControlPlane,
     OrchestratorProcess,
@@ -301,12 +300,6 @@ async def raw_rate(docker: aiodocker.Docker, config: dict[str, Any]) -> float:
     started = time.perf_counter()
     await asyncio.gather(*(one() for _ in range(THROUGHPUT_JOBS)))
     return THROUGHPUT_JOBS / (time.perf_counter() - started)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def orchestrator_rate(
