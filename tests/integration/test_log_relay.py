@@ -380,12 +380,18 @@ async def test_replay_then_live_hand_over_under_a_job_printing_continuously(
     """Clients join while lines stream in; each sees every line once, in order."""
     job_id = await jobs.running()
     publisher = BatchPublisher(bus, job_id)
-    script = "i=0; while [ $i -lt 60000 ]; do echo line $((i+1)); i=$((i+1)); done"
+    # Paced (a pause every 2,000 lines) so the run lasts seconds on any machine: a fast
+    # one printed all 60,000 lines before the first client joined.
+    script = (
+        "i=0; while [ $i -lt 60000 ]; do echo line $((i+1)); i=$((i+1));"
+        " [ $((i % 2000)) -eq 0 ] && usleep 100000; done; true"
+    )
     job = asyncio.create_task(run_container(docker, busybox_image, ["sh", "-c", script], publisher))
     tails: list[Tail] = []
     followers: list[asyncio.Task[Any]] = []
     for _ in range(4):  # joining at different moments of the run
         await asyncio.sleep(0.3)
+        assert not job.done(), "the job ended before every client joined"
         tail = Tail(relay.ws_url, job_id)
         tails.append(tail)
         followers.append(asyncio.create_task(tail.run(reconnect=False)))

@@ -33,10 +33,20 @@ from tests.support.log_relay import (
 )
 
 PRINT_FOR_A_WHILE = "i=0; while [ $i -lt {n} ]; do echo line $((i+1)); i=$((i+1)); done"
+# A pause every 4,000 lines keeps the job printing for seconds on any machine, so the
+# fault lands mid-job rather than after a fast machine has printed everything.
+PRINT_PACED = (
+    "i=0; while [ $i -lt {n} ]; do echo line $((i+1)); i=$((i+1));"
+    " [ $((i % 4000)) -eq 0 ] && usleep 100000; done; true"
+)
 
 
 def printing(n: int) -> list[str]:
     return ["sh", "-c", PRINT_FOR_A_WHILE.format(n=n)]
+
+
+def paced(n: int) -> list[str]:
+    return ["sh", "-c", PRINT_PACED.format(n=n)]
 
 
 def expected(n: int) -> list[str]:
@@ -79,10 +89,11 @@ async def test_relay_sigkilled_mid_tail_client_resumes_and_no_line_is_lost(
     async with relay_process(nats_url, database_url) as relay:
         job_id = await jobs.running()
         publisher = BatchPublisher(bus, job_id)
-        job = asyncio.create_task(run_container(docker, busybox_image, printing(n), publisher))
+        job = asyncio.create_task(run_container(docker, busybox_image, paced(n), publisher))
         tail = Tail(relay.ws_url, job_id)
         following = asyncio.create_task(tail.run(timeout_s=90))
         await eventually(lambda: tail.after >= 5_000)
+        assert not job.done(), "the job ended before the fault"
         await relay.kill()
         seen_at_kill = tail.after
         await asyncio.sleep(0.5)  # lines keep coming, and wait in JetStream
@@ -110,10 +121,11 @@ async def test_nats_restarted_mid_job_every_line_arrives_once(
     async with relay_in_process(nats_url, database_url) as relay:
         job_id = await jobs.running()
         publisher = BatchPublisher(bus, job_id)
-        job = asyncio.create_task(run_container(docker, busybox_image, printing(n), publisher))
+        job = asyncio.create_task(run_container(docker, busybox_image, paced(n), publisher))
         tail = Tail(relay.ws_url, job_id)
         following = asyncio.create_task(tail.run(timeout_s=90))
         await eventually(lambda: tail.after >= 5_000)
+        assert not job.done(), "the job ended before the fault"
         await nats_server.restart()
         assert await job == n
         await jobs.finish(job_id)
