@@ -181,6 +181,11 @@ class ControlPlane:
     async def wait_running(self, job_id: str, timeout_s: float = 30.0) -> Job:
         return await self.wait_for(job_id, lambda j: j.status == "running", timeout_s, "ran")
 
+    @property
+    def pool(self) -> Pool:
+        assert self._pool is not None
+        return self._pool
+
     async def status_counts(self) -> dict[str, int]:
         """How many jobs are in each status (from the read model)."""
         assert self._pool is not None

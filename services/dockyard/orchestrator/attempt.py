@@ -90,10 +90,20 @@ class AttemptContext:
 
 
 class Attempt:
-    def __init__(self, ctx: AttemptContext, claim: Claim, ticket: Ticket) -> None:
+    def __init__(
+        self,
+        ctx: AttemptContext,
+        claim: Claim,
+        ticket: Ticket,
+        *,
+        on_engine_clean: Callable[[], None] | None = None,
+    ) -> None:
+        """`on_engine_clean` is called once the engine holds nothing of this attempt (its
+        removals may still be on their way to the ledger): a slot can be given out again."""
         self._ctx = ctx
         self.claim = claim
         self._ticket = ticket
+        self._on_engine_clean = on_engine_clean
         self._stop: asyncio.Future[StopRequest] = asyncio.get_running_loop().create_future()
         self._log = JobLog(
             ctx.config,
@@ -164,6 +174,7 @@ class Attempt:
         )
         keepalive = asyncio.create_task(self._ticket.keep_alive())
         publisher = asyncio.create_task(self._log.publish(sink))
+        acked: asyncio.Task[None] | None = None
         try:
             try:
                 report = await self._execute(resources)
@@ -176,14 +187,19 @@ class Attempt:
             with tracing.job_span(tracing.ORCHESTRATOR, "dockyard.report_exit"):
                 await ctx.reports.send(claim.job_id, report)
             self.report = report
-            await self._ticket.ack()
+            # The offer's ack gates nothing: it overlaps the cleanup.
+            acked = asyncio.create_task(self._ticket.ack())
             return report
         finally:
             if not publisher.done():
                 sink.abandon()
             await cancel_all([keepalive, publisher])
-            with tracing.job_span(tracing.ORCHESTRATOR, "dockyard.cleanup"):
-                await to_completion(resources.release())
+            try:
+                with tracing.job_span(tracing.ORCHESTRATOR, "dockyard.cleanup"):
+                    await to_completion(resources.release(self._on_engine_clean))
+            finally:
+                if acked is not None:
+                    await to_completion(acked)
 
     async def _execute(self, resources: AttemptResources) -> ReportExit:
         claim, spec = self.claim, self.claim.spec

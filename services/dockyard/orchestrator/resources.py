@@ -27,6 +27,7 @@ from dockyard.runtime.ports import (
 log = logging.getLogger("dockyard.orchestrator.resources")
 
 ContainerKind = Literal["container", "sidecar"]
+ResourceKind = Literal["container", "sidecar", "network"]
 
 
 class AttemptResources:
@@ -52,7 +53,7 @@ class AttemptResources:
         self._attempt = attempt
         self._orchestrator = orchestrator
         # (kind, ledger name, engine id), in creation order.
-        self._made: list[tuple[Literal["container", "sidecar", "network"], str, str]] = []
+        self._made: list[tuple[ResourceKind, str, str]] = []
 
     @property
     def count(self) -> int:
@@ -98,38 +99,47 @@ class AttemptResources:
         self._made.append((kind, plan.name, container_id))
         return container_id
 
-    async def release(self) -> None:
-        """Remove everything made, newest first; what cannot be removed stays in the ledger,
-        for the janitor. Never raises an engine error."""
-        for name, kind in list(self._uncreated.items()):
-            del self._uncreated[name]
-            try:
-                await self._released(kind, name, "gone")
-            except BusError as exc:
-                log.warning("orchestrator.release_unreported %s=%s error=%s", kind, name, exc)
+    async def release(self, on_engine_clean: Callable[[], None] | None = None) -> None:
+        """Remove everything made, newest first, then report the removals; what cannot be
+        removed stays in the ledger, for the janitor. Never raises an engine error.
+
+        `on_engine_clean` is called once the engine holds nothing of the attempt, before the
+        removals are stored: the orchestrator's slot is free from then on."""
+        removed: list[tuple[ResourceKind, str, ReleaseHow]] = [
+            (kind, name, "gone") for name, kind in self._uncreated.items()
+        ]
+        self._uncreated.clear()
         while self._made:
             kind, name, engine_id = self._made.pop()
-            try:
-                if kind == "network":
-                    how = await self._runtime.remove_network(engine_id)
-                else:
-                    how = await self._runtime.remove(engine_id)
-            except ContainerRuntimeError as exc:
-                log.warning(
-                    "orchestrator.remove_failed job=%s %s=%s error=%s",
-                    self._job_id,
-                    kind,
-                    name,
-                    exc,
-                    extra={"event": "orchestrator.remove_failed", "job": self._job_id},
-                )
-                continue
+            how = await self._remove(kind, name, engine_id)
+            if how is not None:
+                removed.append((kind, name, how))
+        if on_engine_clean is not None:
+            on_engine_clean()
+        for kind, name, how in removed:
             try:
                 await self._released(kind, name, how)
             except BusError as exc:  # NATS is closed (shutdown): the janitor sees it is gone
                 log.warning("orchestrator.release_unreported %s=%s error=%s", kind, name, exc)
 
-    async def _intend(self, kind: Literal["container", "sidecar", "network"], name: str) -> None:
+    async def _remove(self, kind: ResourceKind, name: str, engine_id: str) -> ReleaseHow | None:
+        """How it went from the engine, or None if it is still there (logged)."""
+        try:
+            if kind == "network":
+                return await self._runtime.remove_network(engine_id)
+            return await self._runtime.remove(engine_id)
+        except ContainerRuntimeError as exc:
+            log.warning(
+                "orchestrator.remove_failed job=%s %s=%s error=%s",
+                self._job_id,
+                kind,
+                name,
+                exc,
+                extra={"event": "orchestrator.remove_failed", "job": self._job_id},
+            )
+            return None
+
+    async def _intend(self, kind: ResourceKind, name: str) -> None:
         if name in self._recorded:
             return
         await self._reports.send(
@@ -143,9 +153,7 @@ class AttemptResources:
             ),
         )
 
-    async def _released(
-        self, kind: Literal["container", "sidecar", "network"], name: str, how: ReleaseHow
-    ) -> None:
+    async def _released(self, kind: ResourceKind, name: str, how: ReleaseHow) -> None:
         await self._reports.send(
             self._job_id, ReleaseResource(attempt=self._attempt, kind=kind, name=name, how=how)
         )

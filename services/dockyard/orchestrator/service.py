@@ -146,7 +146,15 @@ class Orchestrator:
 
     def launch(self, claim: Claim, ticket: Ticket) -> None:
         """Run a granted claim; the slot the claimer took is released when it is over."""
-        attempt = Attempt(self._context, claim, ticket)
+        slot_held = True
+
+        def free_slot() -> None:
+            nonlocal slot_held
+            if slot_held:
+                slot_held = False
+                self._slots.release()
+
+        attempt = Attempt(self._context, claim, ticket, on_engine_clean=free_slot)
         self.registry.add(attempt)
         self.metrics.started.inc()
         early = self.control.early_cancel(claim.job_id)
@@ -158,7 +166,7 @@ class Orchestrator:
         def done(task: asyncio.Task[None]) -> None:
             self._attempts.discard(task)
             self.registry.finish(attempt)
-            self._slots.release()
+            free_slot()  # if the attempt ended before its cleanup could
 
         task.add_done_callback(done)
 
