@@ -76,9 +76,16 @@ class ControlPlane:
     """The scheduler side: store, claims, reports, outbox relay. `async with` starts it."""
 
     def __init__(
-        self, nats_url: str, database_url: str, *, queues: Iterable[str] = ("default",)
+        self,
+        nats_url: str,
+        database_url: str,
+        *,
+        queues: Iterable[str] = ("default",),
+        due_tick_s: float = 0.05,
     ) -> None:
+        """`due_tick_s`: short for tests that wait on retries; benchmarks pass the service's."""
         self.nats_url = nats_url
+        self.due_tick_s = due_tick_s
         self.database_url = database_url
         self.queues = tuple(queues)
         self._pool: Pool | None = None
@@ -120,7 +127,7 @@ class ControlPlane:
             asyncio.create_task(_forever("reports", reports.run)),
             asyncio.create_task(_forever("relay", relay.run)),
             asyncio.create_task(
-                _forever("due", lambda: run_due_ticker(self.store, due, tick_s=0.05))
+                _forever("due", lambda: run_due_ticker(self.store, due, tick_s=self.due_tick_s))
             ),
         ]
         return self
