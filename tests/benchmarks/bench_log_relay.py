@@ -21,8 +21,10 @@ of its own (log_relay_client.py), which checks every seq follows the previous on
 from __future__ import annotations
 
 import asyncio
+import collections
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -109,6 +111,67 @@ async def raw_attach_rate(docker: aiodocker.Docker, image: str, n: int) -> float
     return n / elapsed
 
 
+SKELETON_STREAM = "BENCH_SKELETON"
+# About the text of the orchestrator's 4096-line batches: as many messages, so as many fsyncs.
+SKELETON_BATCH_BYTES = 32 * 1024
+
+
+async def skeleton_rate(
+    docker: aiodocker.Docker, js: Any, nats_url: str, image: str, n: int
+) -> float:
+    """Lines/s from the container to a WebSocket client through JetStream with nothing else:
+    raw attach chunks published as they come (raw nats-py, 16 in flight), a relay process
+    forwarding each message as a frame (raw aiohttp), a client process counting newlines."""
+    subject = f"bench.skeleton.{uuid.uuid4().hex}"
+    await js.add_stream(name=SKELETON_STREAM, subjects=["bench.skeleton.>"])
+    relay = await _spawn("relay", nats_url, subject)
+    port = int((await relay.stdout.readline()).split()[1])
+    viewer = await _spawn("client", f"ws://127.0.0.1:{port}/")
+    assert (await viewer.stdout.readline()).strip() == b"ready"
+    container = await docker.containers.create(_config(image, ["seq", "1", str(n)], "skeleton"))
+    acks: collections.deque[asyncio.Future[Any]] = collections.deque()
+    buffered: list[bytes] = []
+    size = 0
+    try:
+        async with container.attach(stdout=True, stderr=True) as stream:
+            started = time.time()
+            await container.start()
+            while (message := await stream.read_out()) is not None:
+                buffered.append(message.data)
+                size += len(message.data)
+                if size >= SKELETON_BATCH_BYTES:
+                    acks.append(await js.publish_async(subject, b"".join(buffered)))
+                    buffered, size = [], 0
+                    while len(acks) > 16:
+                        await acks.popleft()
+        if buffered:
+            acks.append(await js.publish_async(subject, b"".join(buffered)))
+        await asyncio.gather(*acks)
+        await js.publish(subject, b"")  # the end
+        result = msgspec.json.decode(await asyncio.wait_for(viewer.stdout.readline(), 300))
+        assert await viewer.wait() == 0 and await relay.wait() == 0
+    finally:
+        await container.delete(force=True)
+        for process in (relay, viewer):
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        await js.delete_stream(SKELETON_STREAM)
+    assert result["lines"] == n
+    return n / (result["last_at"] - started)
+
+
+async def _spawn(*args: str) -> Any:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.benchmarks.skeleton_relay",
+        *args,
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+    )
+
+
 async def run_job(
     docker: aiodocker.Docker,
     nc: Any,
@@ -177,10 +240,12 @@ async def test_lines_per_second_to_one_websocket_client(
 ) -> None:
     nc, js = bus
     raw: list[float] = []
+    skeleton: list[float] = []
     runs: list[tuple[float, float, float, int]] = []
     async with relay_process(nats_url, database_url) as relay:
         for _ in range(ROUNDS):  # alternate, so that drift in the engine hits both alike
             raw.append(await raw_attach_rate(docker, busybox_image, LINES))
+            skeleton.append(await skeleton_rate(docker, js, nats_url, busybox_image, LINES))
             job_id = await jobs.running()
             process, stdout = await client(relay, job_id)
             cpu = cpu_seconds(relay.pid)
@@ -202,6 +267,11 @@ async def test_lines_per_second_to_one_websocket_client(
             f"\nlog relay throughput, `seq 1 {LINES:,}` to one WebSocket client (best of {ROUNDS}):"
         )
         print(f"  raw docker attach        {best_raw:12,.0f} lines/s")
+        best_skeleton = max(skeleton)
+        print(
+            f"  bare JetStream + WS hop  {best_skeleton:12,.0f} lines/s  "
+            f"({best_skeleton / best_raw:.2f}x raw: raw nats-py and aiohttp, no JSON or storage)"
+        )
         print(f"  container -> WebSocket   {rate:12,.0f} lines/s  ({rate / best_raw:.2f}x raw)")
         print(f"  (every line acked by JetStream at {bus_rate:,.0f} lines/s; relay CPU")
         print(f"   {cpu:.2f} s per million lines; the client resumed {resumed}x after a 1013)")

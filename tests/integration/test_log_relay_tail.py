@@ -91,7 +91,7 @@ async def test_a_tail_left_far_behind_is_not_cut_off_and_misses_nothing(
     try:
         thread.start()
         # It held the loop meanwhile: as long as 80 MiB take to be fsynced on a busy disk.
-        await eventually(lambda: len(got) == 1, timeout_s=150)
+        await eventually(lambda: len(got) >= 1, timeout_s=150)
         await eventually(lambda: len(got) == count, timeout_s=120)
     finally:
         busy.set()
