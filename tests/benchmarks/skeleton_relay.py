@@ -3,8 +3,9 @@
 `python -m tests.benchmarks.skeleton_relay relay NATS_URL SUBJECT` serves one WebSocket
 endpoint (it prints `ready PORT`) and forwards every message of SUBJECT, from the start of the
 stream, to the connected client as a binary frame, bytes untouched, until an empty message.
-`python -m tests.benchmarks.skeleton_relay client WS_URL` counts the newlines it receives and
-prints one JSON line: lines, and the wall time of the last frame.
+`python -m tests.benchmarks.skeleton_relay client WS_URL raw|json` counts the lines it receives
+(newlines, or the contract's line objects) and prints one JSON line: lines, and the wall time
+of the last frame.
 
 No JSON, no checks, no persistence, no rooms: raw nats-py and raw aiohttp. What this moves per
 second through JetStream (the server's own fsync policy) and one WebSocket hop bounds what
@@ -56,7 +57,9 @@ async def relay(nats_url: str, subject: str) -> None:
     await nc.close()
 
 
-async def client(url: str) -> None:
+async def client(url: str, form: str) -> None:
+    # Raw output ends each line with a newline; contract JSON starts each with its seq.
+    marker = b"\n" if form == "raw" else b'{"seq":'
     lines = 0
     last_at = 0.0
     async with (
@@ -67,7 +70,7 @@ async def client(url: str) -> None:
         async for msg in ws:
             if msg.type is not aiohttp.WSMsgType.BINARY:
                 break
-            lines += msg.data.count(b"\n")
+            lines += msg.data.count(marker)
             last_at = time.time()
     print(msgspec.json.encode({"lines": lines, "last_at": last_at}).decode(), flush=True)
 
