@@ -35,6 +35,7 @@ import aiohttp
 import msgspec
 import pytest
 import pytest_asyncio
+from nats.js.api import StoreCompression
 
 from dockyard.bus import connect, ensure_topology, jetstream
 from dockyard.core.spec import JobSpec
@@ -154,7 +155,10 @@ async def skeleton_rate(
     contract's JSON lines - a relay process forwarding each message as a frame (raw aiohttp),
     and a client process counting lines. No checks, no storage, no rooms."""
     subject = f"bench.skeleton.{uuid.uuid4().hex}"
-    await js.add_stream(name=SKELETON_STREAM, subjects=["bench.skeleton.>"])
+    # Stored as the LOGS stream is (file, S2), under the same server-wide fsync policy.
+    await js.add_stream(
+        name=SKELETON_STREAM, subjects=["bench.skeleton.>"], compression=StoreCompression.S2
+    )
     relay = await _spawn("relay", nats_url, subject)
     port = int((await relay.stdout.readline()).split()[1])
     viewer = await _spawn("client", f"ws://127.0.0.1:{port}/", "json" if contract_json else "raw")
