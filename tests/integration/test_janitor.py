@@ -64,6 +64,7 @@ from dockyard.runtime.hardening import container_name
 from dockyard.runtime.ports import ContainerRuntime, Resource
 from dockyard.store.pool import Pool, create_pool
 from dockyard.store.postgres import PgEventStore
+from dockyard.store.rebuild import rebuild
 from tests.support.janitor import (
     Leftovers,
     labelled_with,
@@ -446,6 +447,8 @@ async def test_retention_removes_old_logs_and_job_rows_but_never_events(
     logs = {str(r["job_id"]) for r in await db.pool.fetch("SELECT job_id FROM log_jobs")}
     assert logs == {recent, old_running}
     assert await db.events(old) == old_events  # the history stays whole
+    await rebuild(db.pool)  # an operator's `dockyard db rebuild` does not bring it back
+    assert {str(r["id"]) for r in await db.pool.fetch("SELECT id FROM jobs")} == rows
 
 
 # -- several janitors, a killed one, an unreachable engine --------------------------------------

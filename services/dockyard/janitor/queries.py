@@ -45,7 +45,8 @@ ORDER BY i.position LIMIT $3
 
 _LAST_POSITION = "SELECT coalesce(max(position), 0) FROM events"
 
-# A finished job's row goes once its log lines are gone (they are found through it).
+# A finished job's row goes once its log lines are gone (they are found through it), and
+# is remembered as purged in the same statement, so a rebuild of the read model leaves it out.
 _PURGE_JOBS = """
 WITH doomed AS (
     SELECT id FROM jobs j
@@ -53,8 +54,11 @@ WITH doomed AS (
       AND NOT EXISTS (SELECT FROM log_jobs l WHERE l.job_id = j.id)
     ORDER BY finished_at LIMIT $3
     FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM jobs USING doomed WHERE jobs.id = doomed.id RETURNING jobs.id
 )
-DELETE FROM jobs USING doomed WHERE jobs.id = doomed.id
+INSERT INTO purged_jobs (id) SELECT id FROM gone
+ON CONFLICT (id) DO UPDATE SET purged_at = excluded.purged_at
 """
 
 PAGE: Final = 1000

@@ -1,5 +1,7 @@
 """Rebuild the jobs read model from the events: fold every job again, swap the table in.
 
+Every job but those purged by retention (`purged_jobs`): a rebuild does not bring them back.
+
 The new table is filled while the old one still answers reads; the swap is a rename inside a
 transaction, so readers see either the old rows or the new ones, never a mix. Appends that
 write a view wait while it runs, so no view is lost between the read and the swap; their
@@ -29,10 +31,13 @@ from dockyard.store.read_model import JOB_COLUMNS, JobRow, job_row
 _NEW = "jobs_rebuild"
 
 # One row per job, its payloads as one JSON array in version order: one msgspec call decodes
-# a whole history, and the (job_id, version) index delivers the rows already sorted.
+# a whole history, and the (job_id, version) index delivers the rows already sorted. Jobs the
+# janitor's retention purged from the read model stay out of it (their events stay too).
 _HISTORIES = """
 SELECT json_agg(data ORDER BY version) AS history, count(*) AS n
-FROM events GROUP BY job_id ORDER BY job_id
+FROM events e
+WHERE NOT EXISTS (SELECT FROM purged_jobs p WHERE p.id = e.job_id)
+GROUP BY job_id ORDER BY job_id
 """
 
 _INDEXES = """
