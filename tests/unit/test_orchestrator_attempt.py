@@ -115,7 +115,11 @@ class Harness:
             log_bytes=log_bytes,
             recorded=recorded or [],
         )
-        return Attempt(self.context, claim, FakeTicket(self.timeline))
+
+        def engine_clean() -> None:
+            self.timeline.entries.append(("engine_clean", list(self.runtime.calls)))
+
+        return Attempt(self.context, claim, FakeTicket(self.timeline), on_engine_clean=engine_clean)
 
     def exit(self) -> ReportExit:
         exits = [c for c in self.reports.sent if isinstance(c, ReportExit)]
@@ -150,10 +154,12 @@ async def test_success_reports_in_the_order_that_makes_it_safe() -> None:
     assert (report.exit_code, report.reason) == (0, None)
     kinds = harness.timeline.kinds()
     # The intent is stored before the create; every line before the exit report; the offer
-    # is acked once the exit is stored; the container is removed, then its removal recorded.
+    # is acked once the exit is stored (alongside the cleanup); the container is removed,
+    # the slot freed, then the removal recorded.
     assert kinds.index("RecordResource") < kinds.index("ReportStarted")
     assert kinds.index("lines") < kinds.index("flush") < kinds.index("ReportExit")
-    assert kinds.index("ReportExit") < kinds.index("ack") < kinds.index("ReleaseResource")
+    assert kinds.index("ReportExit") < kinds.index("ack")
+    assert kinds.index("ReportExit") < kinds.index("engine_clean") < kinds.index("ReleaseResource")
     intent, calls_at_intent = dict(harness.timeline.entries)["RecordResource"]
     assert isinstance(intent, RecordResource) and intent.kind == "container"
     assert not any(op == "create_container" for op, _ in calls_at_intent)
@@ -306,6 +312,19 @@ async def test_cancelling_the_task_still_removes_everything() -> None:
     released = [c for c in harness.reports.sent if isinstance(c, ReleaseResource)]
     assert [r.kind for r in released] == ["container", "sidecar", "network"]
     assert not any(isinstance(c, ReportExit) for c in harness.reports.sent)
+
+
+async def test_the_slot_is_free_once_the_engine_holds_nothing_of_the_attempt() -> None:
+    harness = Harness(scripted(Script()))
+    spec = job_spec("run", sidecars=[{"name": "db", "image": IMAGE}])
+    await harness.attempt(spec).run()
+    entries = harness.timeline.entries
+    kinds = harness.timeline.kinds()
+    assert kinds.count("engine_clean") == 1
+    _, calls = entries[kinds.index("engine_clean")]
+    removed = [target for op, target in calls if op in ("remove", "remove_network")]
+    assert len(removed) == 3  # container, sidecar, network: all gone before the slot is free
+    assert kinds.index("engine_clean") < kinds.index("ReleaseResource")
 
 
 async def test_network_and_sidecars_come_first_and_go_last() -> None:
