@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Protocol
@@ -33,6 +35,10 @@ CHECKPOINT: Final = "outbox"
 # picked up within seconds without hammering a server that is coming back.
 RETRY_BASE_S: Final = 0.1
 RETRY_CAP_S: Final = 5.0
+# The checkpoint is written at most this often while events flow (and once idle, at the next
+# poll): a relay that restarts republishes at most this much, which JetStream drops as repeats,
+# instead of one more database write per commit.
+CHECKPOINT_EVERY_S: Final = 0.5
 
 
 class OutboxSource(Protocol):
@@ -78,6 +84,7 @@ class OutboxRelay:
         page_size: int = 1000,
         max_in_flight: int = 256,
         poll_interval_s: float = 1.0,
+        checkpoint_every_s: float = CHECKPOINT_EVERY_S,
     ) -> None:
         if page_size < 1 or max_in_flight < 1:
             raise ValueError("page_size and max_in_flight must be at least 1")
@@ -88,8 +95,10 @@ class OutboxRelay:
         self._page_size = page_size
         self._max_in_flight = max_in_flight
         self._poll_interval_s = poll_interval_s
+        self._checkpoint_every_s = checkpoint_every_s
         self._position: Position | None = None  # end of the acked prefix
         self._saved = START  # the checkpoint as last saved
+        self._saved_at = -math.inf  # monotonic time of that save
         self._read_to = START  # end of what was read (and sent, or queued to be)
         self.published = 0  # events acked since this relay started, repeats included
 
@@ -135,13 +144,18 @@ class OutboxRelay:
         Does not take the lock: for tests and tools, with no other relay running.
         """
         self._position = None
-        return await self._publish_committed(_no_check)
+        return await self._publish_committed(_no_check, final_save=True)
 
-    async def _publish_committed(self, check: Callable[[], Awaitable[None]]) -> int:
+    async def _publish_committed(
+        self, check: Callable[[], Awaitable[None]], *, final_save: bool = False
+    ) -> int:
         """Publish until the store has nothing after the checkpoint; retry every failure.
 
         Pages are read ahead while earlier acks are still in flight, so the pipeline does not
-        drain at page boundaries; the checkpoint is saved once per page, at the acked prefix.
+        drain at page boundaries. A short page means nothing more was committed when it was
+        read (what commits later notifies): its acks are awaited and the relay goes back to
+        waiting, without reading again. The checkpoint moves to the acked prefix at most every
+        `checkpoint_every_s`, and with `final_save` also at the end.
         """
         published_before = self.published
         failures = 0
@@ -154,18 +168,16 @@ class OutboxRelay:
                         loaded = await self._store.load_checkpoint(self._checkpoint)
                         self._position = self._saved = self._read_to = loaded
                     records = await self._store.read_all(self._read_to, self._page_size)
-                    if not records and not pipeline.window:
-                        return self.published - published_before
                     for record in records:
                         await pipeline.send(record)
                     if records:
                         self._read_to = records[-1].at
-                    else:
+                    caught_up = len(records) < self._page_size
+                    if caught_up:
                         await pipeline.drain()
-                    acked = self._take_acked(pipeline)
-                    if acked != self._saved:
-                        await self._store.save_checkpoint(self._checkpoint, acked)
-                        self._saved = acked
+                    await self._save(self._take_acked(pipeline), force=caught_up and final_save)
+                    if caught_up:
+                        return self.published - published_before
                     failures = 0
                 except (BusError, StoreUnavailable) as exc:
                     await pipeline.abandon()
@@ -175,6 +187,14 @@ class OutboxRelay:
                     failures += 1
         finally:
             await pipeline.abandon()
+
+    async def _save(self, acked: Position, *, force: bool) -> None:
+        if acked == self._saved:
+            return
+        now = time.monotonic()
+        if force or now - self._saved_at >= self._checkpoint_every_s:
+            await self._store.save_checkpoint(self._checkpoint, acked)
+            self._saved, self._saved_at = acked, now
 
     def _take_acked(self, pipeline: _Pipeline) -> Position:
         """Move the acked position to the end of the pipeline's acked prefix; return it."""
