@@ -232,6 +232,7 @@ def test_up_stops_on_sigint_resumes_and_a_dead_service_stops_it(stack: Up) -> No
     pids = stack.child_pids()
     assert stack.finish(signal.SIGINT) == 0, "".join(stack.output)
     assert not [name for name, pid in pids.items() if alive(pid)]
+    assert "Traceback" not in "".join(stack.output), "a clean stop printed a traceback"
 
     stack.start()
     status = json.loads(stack.cli("status", queued, "--json").stdout)

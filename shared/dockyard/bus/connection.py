@@ -152,13 +152,20 @@ def jetstream(
 
 
 async def close(nc: NatsClient, *, timeout_s: float = 5.0) -> None:
-    """Drain (deliver what is buffered, unsubscribe) then close; just close if that fails."""
+    """Send what is buffered, then close.
+
+    Not nats-py's `drain`: it waits for every subscription's queue to be consumed, which a pull
+    subscription whose fetch loop has stopped never is, so it ran into its timeout and then
+    logged a cancelled future with a traceback at every shutdown. Nothing here needs the
+    messages a subscription still holds: JetStream redelivers what was not acked, and request
+    senders retry.
+    """
     if nc.is_closed:
         return
     try:
-        async with asyncio.timeout(timeout_s):
-            await nc.drain()
-    except (nats.errors.Error, OSError):  # not connected, or the drain timed out
-        log.info("nats.drain_failed connection=%s", nc.options.get("name"))
+        if nc.is_connected:
+            await nc.flush(timeout=max(1, round(timeout_s)))
+    except (nats.errors.Error, OSError, TimeoutError):  # not connected, or it did not answer
+        log.info("nats.flush_failed connection=%s", nc.options.get("name"))
     finally:
         await nc.close()
