@@ -59,6 +59,7 @@ from tests.support.orchestration import (
 pytestmark = pytest.mark.benchmark
 
 SEQUENTIAL = 60
+SERVERS = ("nats-server", "postgres")
 CONCURRENCY = 8
 THROUGHPUT_JOBS = 48
 LINES = 2_000_000
@@ -320,7 +321,7 @@ async def orchestrator_rate(
     such poll), so the poll here is slow and only says when to look.
     """
     assert process.process is not None
-    cpu_before = cpu_seconds(process.process.pid)
+    cpu_before, here_before = cpu_seconds(process.process.pid), cpu_seconds()
     busy, by_command = machine_busy_seconds(), cpu_by_command()
     started = time.time()
     ids = [await control.submit(spec(image, "true")) for _ in range(THROUGHPUT_JOBS)]
@@ -331,8 +332,16 @@ async def orchestrator_rate(
             break
         await asyncio.sleep(0.25)
     cpu = cpu_seconds(process.process.pid) - cpu_before
+    here = cpu_seconds() - here_before
     machine = machine_busy_seconds() - busy
-    print(f"\n  Dockyard, CPU by command: {busiest(by_command, cpu_by_command())}")
+    after = cpu_by_command()
+    servers = {name: after.get(name, 0.0) - by_command.get(name, 0.0) for name in SERVERS}
+    print(
+        f"\n  Dockyard, CPU per job: orchestrator {cpu / THROUGHPUT_JOBS * 1000:.1f} ms,"
+        f" scheduler side {here / THROUGHPUT_JOBS * 1000:.1f} ms, "
+        + ", ".join(f"{k} {v / THROUGHPUT_JOBS * 1000:.1f} ms" for k, v in servers.items())
+        + f"\n  Dockyard, CPU by command: {busiest(by_command, after)}"
+    )
     last = await pool.fetchval(
         "SELECT extract(epoch FROM max(recorded_at)) FROM events"
         " WHERE job_id = ANY($1::uuid[]) AND type = 'job_succeeded'",
@@ -342,6 +351,22 @@ async def orchestrator_rate(
         THROUGHPUT_JOBS / (float(last) - started),
         cpu / THROUGHPUT_JOBS,
         machine / THROUGHPUT_JOBS,
+    )
+
+
+async def idle_cost(process: OrchestratorProcess, seconds: float = 10.0) -> None:
+    """What the stack costs doing nothing: per second, the same processes as per job."""
+    assert process.process is not None
+    before = cpu_seconds(process.process.pid), cpu_seconds(), cpu_by_command()
+    await asyncio.sleep(seconds)
+    after = cpu_by_command()
+    orchestrator = cpu_seconds(process.process.pid) - before[0]
+    here = cpu_seconds() - before[1]
+    servers = {name: after.get(name, 0.0) - before[2].get(name, 0.0) for name in SERVERS}
+    print(
+        f"\n  idle, CPU per second: orchestrator {orchestrator / seconds * 1000:.1f} ms,"
+        f" scheduler side {here / seconds * 1000:.1f} ms, "
+        + ", ".join(f"{k} {v / seconds * 1000:.1f} ms" for k, v in servers.items())
     )
 
 
@@ -366,6 +391,7 @@ async def test_throughput_and_cpu_per_job(
         await process.start()
         await wait_for_heartbeat(control.js, orchestrator_id)
         await orchestrator_rate(control, process, busybox_image)  # warm up
+        await idle_cost(process)
         for _ in range(2):  # alternate, so that drift in the engine hits both alike
             raw.append(await raw_rate(docker, config))
             ours.append(await orchestrator_rate(control, process, busybox_image))
