@@ -8,6 +8,7 @@ loser's insert fails, and only then does a second query find out what happened.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 import asyncpg
@@ -49,6 +50,20 @@ WHERE (tx_id, position) > ($1::xid8, $2::bigint)
 ORDER BY tx_id, position
 LIMIT $3
 """
+
+# Committed events not yet readable: an older transaction (of any table: a log write, a
+# checkpoint) still runs, and it may still insert events that sort before them.
+_HELD_BACK = """
+SELECT EXISTS (
+    SELECT FROM events
+    WHERE (tx_id, position) > ($1::xid8, $2::bigint)
+      AND tx_id >= pg_snapshot_xmin(pg_current_snapshot())
+)
+"""
+# How long read_all waits for such a transaction to end before returning what it has: its
+# commit sends no notification, so without the wait those events would wait for a poll.
+HELD_BACK_WAIT_S = 0.05
+HELD_BACK_POLL_S = 0.002
 
 _LOAD_CHECKPOINT = "SELECT tx_id, position FROM checkpoints WHERE name = $1"
 _SAVE_CHECKPOINT = """
@@ -125,8 +140,23 @@ class PgEventStore:
                 raise BatchConflict(str(exc)) from None
 
     async def read_all(self, after: Position, limit: int = 1000) -> list[RecordedEvent]:
+        """Up to `limit` events after `after` in catch-up order, every one of them final.
+
+        A short page whose tail is held back by an older transaction still running waits up
+        to HELD_BACK_WAIT_S for it, so a reader that then sleeps until the next commit
+        notification does not leave those events for its poll.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + HELD_BACK_WAIT_S
         async with translated("read_all"):
-            rows = await self._pool.fetch(_READ_ALL, after.tx_id, after.position, limit)
+            while True:
+                rows = await self._pool.fetch(_READ_ALL, after.tx_id, after.position, limit)
+                if len(rows) == limit or loop.time() >= deadline:
+                    break
+                tx_id, position = (rows[-1]["tx_id"], rows[-1]["position"]) if rows else after
+                if not await self._pool.fetchval(_HELD_BACK, tx_id, position):
+                    break
+                await asyncio.sleep(HELD_BACK_POLL_S)
         return [_recorded(r) for r in rows]
 
     async def load_checkpoint(self, name: str) -> Position:
