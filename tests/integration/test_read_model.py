@@ -113,6 +113,24 @@ async def test_rebuild_repairs_a_damaged_read_model(pool: Pool) -> None:
     assert await pool.fetch(ROWS) == written
 
 
+async def test_rebuild_leaves_out_purged_jobs_unless_an_event_came_after_the_purge(
+    pool: Pool,
+) -> None:
+    store = PgEventStore(pool)
+    purged, revived, kept = (await many_lives(store))[:3]
+    rows = {str(r["id"]) for r in await pool.fetch("SELECT id FROM jobs")}
+    await pool.execute(
+        "INSERT INTO purged_jobs (id, purged_at) VALUES ($1, now() + interval '1 hour'),"
+        " ($2, now() - interval '1 hour')",  # `revived` had an event after its purge
+        purged.job_id,
+        revived.job_id,
+    )
+    await rebuild(pool)
+    after = {str(r["id"]) for r in await pool.fetch("SELECT id FROM jobs")}
+    assert after == rows - {purged.job_id}
+    assert kept.job_id in after and revived.job_id in after
+
+
 async def test_rebuild_keeps_index_names_and_prepared_queries_working(pool: Pool) -> None:
     store, views = PgEventStore(pool), PgJobViews(pool)
     await many_lives(store)

@@ -98,8 +98,9 @@ class Attempt:
         *,
         on_engine_clean: Callable[[], None] | None = None,
     ) -> None:
-        """`on_engine_clean` is called once the engine holds nothing of this attempt (its
-        removals may still be on their way to the ledger): a slot can be given out again."""
+        """`on_engine_clean` is called once every removal from the engine was done or tried
+        (what failed stays in the ledger for the janitor; the removals may still be on their
+        way to the ledger): a slot can be given out again."""
         self._ctx = ctx
         self.claim = claim
         self._ticket = ticket
@@ -193,13 +194,22 @@ class Attempt:
         finally:
             if not publisher.done():
                 sink.abandon()
-            await cancel_all([keepalive, publisher])
-            try:
-                with tracing.job_span(tracing.ORCHESTRATOR, "dockyard.cleanup"):
-                    await to_completion(resources.release(self._on_engine_clean))
-            finally:
-                if acked is not None:
-                    await to_completion(acked)
+            # All of it, even if this task is cancelled meanwhile (raised again after).
+            await to_completion(self._clean_up([keepalive, publisher], resources, acked))
+
+    async def _clean_up(
+        self,
+        helpers: list[asyncio.Task[None]],
+        resources: AttemptResources,
+        acked: asyncio.Task[None] | None,
+    ) -> None:
+        await cancel_all(helpers)
+        try:
+            with tracing.job_span(tracing.ORCHESTRATOR, "dockyard.cleanup"):
+                await resources.release(self._on_engine_clean)
+        finally:
+            if acked is not None:
+                await acked
 
     async def _execute(self, resources: AttemptResources) -> ReportExit:
         claim, spec = self.claim, self.claim.spec

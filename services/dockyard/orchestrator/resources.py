@@ -103,8 +103,8 @@ class AttemptResources:
         """Remove everything made, newest first, then report the removals; what cannot be
         removed stays in the ledger, for the janitor. Never raises an engine error.
 
-        `on_engine_clean` is called once the engine holds nothing of the attempt, before the
-        removals are stored: the orchestrator's slot is free from then on."""
+        `on_engine_clean` is called once every removal was done or tried, before the removals
+        are stored: the orchestrator's slot is free from then on."""
         removed: list[tuple[ResourceKind, str, ReleaseHow]] = [
             (kind, name, "gone") for name, kind in self._uncreated.items()
         ]

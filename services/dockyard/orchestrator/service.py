@@ -145,7 +145,8 @@ class Orchestrator:
             log.info("orchestrator.stopped finished=%d", self.finished)
 
     def launch(self, claim: Claim, ticket: Ticket) -> None:
-        """Run a granted claim; the slot the claimer took is released when it is over."""
+        """Run a granted claim; the slot the claimer took is released once the attempt's
+        engine cleanup is done (or, failing that, when its task ends)."""
         slot_held = True
 
         def free_slot() -> None:

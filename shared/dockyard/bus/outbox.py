@@ -35,10 +35,11 @@ CHECKPOINT: Final = "outbox"
 # picked up within seconds without hammering a server that is coming back.
 RETRY_BASE_S: Final = 0.1
 RETRY_CAP_S: Final = 5.0
-# The checkpoint is written at most this often while events flow (and once idle, at the next
-# poll): a relay that restarts republishes at most this much, which JetStream drops as repeats,
-# instead of one more database write per commit.
+# The checkpoint is written at most this often while events flow (once idle, at the next poll;
+# and when the relay stops): a relay that crashes republishes at most this much, which
+# JetStream drops as repeats, instead of one more database write per commit.
 CHECKPOINT_EVERY_S: Final = 0.5
+STOP_SAVE_TIMEOUT_S: Final = 2.0
 
 
 class OutboxSource(Protocol):
@@ -125,7 +126,20 @@ class OutboxRelay:
                 except LeadershipLost as exc:
                     log.warning("outbox.standby_again reason=%s", exc)
         finally:
+            await self._save_on_stop()
             await self._leader.close()
+
+    async def _save_on_stop(self) -> None:
+        """Best effort: keep the acked progress a stop would otherwise leave to be sent again."""
+        if self._position is None or self._position == self._saved:
+            return
+        try:
+            async with asyncio.timeout(STOP_SAVE_TIMEOUT_S):
+                await self._leader.check()  # never move a checkpoint another relay now owns
+                await self._store.save_checkpoint(self._checkpoint, self._position)
+            self._saved = self._position
+        except Exception as exc:  # lost the lead, no database, too slow: republished later
+            log.info("outbox.checkpoint_unsaved_at_stop error=%s", exc)
 
     async def _wait_for_events(self) -> None:
         try:
@@ -152,10 +166,9 @@ class OutboxRelay:
         """Publish until the store has nothing after the checkpoint; retry every failure.
 
         Pages are read ahead while earlier acks are still in flight, so the pipeline does not
-        drain at page boundaries. A short page means nothing more was committed when it was
-        read (what commits later notifies): its acks are awaited and the relay goes back to
-        waiting, without reading again. The checkpoint moves to the acked prefix at most every
-        `checkpoint_every_s`, and with `final_save` also at the end.
+        drain at page boundaries and what commits meanwhile goes out at once. The checkpoint
+        moves to the acked prefix at most every `checkpoint_every_s`, and with `final_save`
+        also at the end.
         """
         published_before = self.published
         failures = 0
@@ -168,16 +181,16 @@ class OutboxRelay:
                         loaded = await self._store.load_checkpoint(self._checkpoint)
                         self._position = self._saved = self._read_to = loaded
                     records = await self._store.read_all(self._read_to, self._page_size)
+                    if not records and not pipeline.window:
+                        await self._save(self._take_acked(pipeline), force=final_save)
+                        return self.published - published_before
                     for record in records:
                         await pipeline.send(record)
                     if records:
                         self._read_to = records[-1].at
-                    caught_up = len(records) < self._page_size
-                    if caught_up:
+                    else:
                         await pipeline.drain()
-                    await self._save(self._take_acked(pipeline), force=caught_up and final_save)
-                    if caught_up:
-                        return self.published - published_before
+                    await self._save(self._take_acked(pipeline), force=False)
                     failures = 0
                 except (BusError, StoreUnavailable) as exc:
                     await pipeline.abandon()

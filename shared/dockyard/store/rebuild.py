@@ -32,12 +32,16 @@ _NEW = "jobs_rebuild"
 
 # One row per job, its payloads as one JSON array in version order: one msgspec call decodes
 # a whole history, and the (job_id, version) index delivers the rows already sorted. Jobs the
-# janitor's retention purged from the read model stay out of it (their events stay too).
+# janitor's retention purged from the read model stay out of it (their events stay too),
+# unless an event came after the purge (the append put the row back, so does the rebuild).
 _HISTORIES = """
 SELECT json_agg(data ORDER BY version) AS history, count(*) AS n
 FROM events e
-WHERE NOT EXISTS (SELECT FROM purged_jobs p WHERE p.id = e.job_id)
-GROUP BY job_id ORDER BY job_id
+GROUP BY job_id
+HAVING NOT EXISTS (
+    SELECT FROM purged_jobs p WHERE p.id = e.job_id AND p.purged_at >= max(e.recorded_at)
+)
+ORDER BY job_id
 """
 
 _INDEXES = """
