@@ -43,23 +43,28 @@ _LOAD = f"SELECT {_COLUMNS} FROM events WHERE job_id = $1 ORDER BY version"
 # (it took its xid first and inserted later). Ordered by tx_id first, every row still to
 # come has tx_id >= xmin > every tx_id returned, so nothing is skipped and nothing repeated.
 # The price: a long transaction (in any database of the cluster) holds the reader back.
+#
+# `held` says, in the same snapshot, whether committed events wait beyond the horizon (behind
+# an older transaction of any table - a log write, a checkpoint - which may still insert
+# events that sort before them). With no row to return, the one row holds only `held`.
 _READ_ALL = f"""
-SELECT {_COLUMNS} FROM events
-WHERE (tx_id, position) > ($1::xid8, $2::bigint)
-  AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
-ORDER BY tx_id, position
-LIMIT $3
+SELECT h.held, e.* FROM (
+    SELECT EXISTS (
+        SELECT FROM events
+        WHERE (tx_id, position) > ($1::xid8, $2::bigint)
+          AND tx_id >= pg_snapshot_xmin(pg_current_snapshot())
+    ) AS held
+) h
+LEFT JOIN LATERAL (
+    SELECT {_COLUMNS} FROM events
+    WHERE (tx_id, position) > ($1::xid8, $2::bigint)
+      AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
+    ORDER BY tx_id, position
+    LIMIT $3
+) e ON true
+ORDER BY e.tx_id, e.position
 """
 
-# Committed events not yet readable: an older transaction (of any table: a log write, a
-# checkpoint) still runs, and it may still insert events that sort before them.
-_HELD_BACK = """
-SELECT EXISTS (
-    SELECT FROM events
-    WHERE (tx_id, position) > ($1::xid8, $2::bigint)
-      AND tx_id >= pg_snapshot_xmin(pg_current_snapshot())
-)
-"""
 # How long read_all waits for such a transaction to end before returning what it has: its
 # commit sends no notification, so without the wait those events would wait for a poll.
 HELD_BACK_WAIT_S = 0.05
@@ -142,22 +147,20 @@ class PgEventStore:
     async def read_all(self, after: Position, limit: int = 1000) -> list[RecordedEvent]:
         """Up to `limit` events after `after` in catch-up order, every one of them final.
 
-        A short page whose tail is held back by an older transaction still running waits up
-        to HELD_BACK_WAIT_S for it, so a reader that then sleeps until the next commit
-        notification does not leave those events for its poll.
+        A short page with committed events held back behind an older transaction waits up to
+        HELD_BACK_WAIT_S for it to end: its commit notifies nobody, so a reader that went
+        back to sleep until the next notification would leave them for its poll.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + HELD_BACK_WAIT_S
         async with translated("read_all"):
             while True:
                 rows = await self._pool.fetch(_READ_ALL, after.tx_id, after.position, limit)
-                if len(rows) == limit or loop.time() >= deadline:
-                    break
-                tx_id, position = (rows[-1]["tx_id"], rows[-1]["position"]) if rows else after
-                if not await self._pool.fetchval(_HELD_BACK, tx_id, position):
-                    break
+                found = [r for r in rows if r["position"] is not None]
+                held = bool(rows and rows[0]["held"])
+                if len(found) == limit or not held or loop.time() >= deadline:
+                    return [_recorded(r) for r in found]
                 await asyncio.sleep(HELD_BACK_POLL_S)
-        return [_recorded(r) for r in rows]
 
     async def load_checkpoint(self, name: str) -> Position:
         async with translated("load_checkpoint"):
