@@ -15,7 +15,6 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import asyncpg
 import pytest
@@ -24,10 +23,11 @@ from dockyard.core import SubmitJob, uuid7
 from dockyard.core.events import JobClaimed, JobSubmitted
 from dockyard.core.spec import JobSpec
 from dockyard.scheduler import due
-from tests.benchmarks.cpu import cpu_seconds
+from tests.benchmarks.cpu import cpu_by_command, cpu_seconds, spent
 from tests.support.orchestration import REPO, ControlPlane, new_orchestrator_id
 
 JOBS = 1000
+SERVERS = ("nats-server", "postgres")
 WARM_UP = 50
 
 
@@ -53,13 +53,13 @@ async def test_control_plane_jobs_per_second(nats_url: str, database_url: str) -
         orchestrator = await _fake_orchestrator(nats_url)
         try:
             await _run_jobs(plane, spec, WARM_UP)  # connections, consumers, caches
-            cpu_before = cpu_seconds(), cpu_seconds(orchestrator.pid), _servers_cpu_s()
+            cpu_before = cpu_seconds(), cpu_seconds(orchestrator.pid), cpu_by_command()
             ids, submitted, elapsed = await _run_jobs(plane, spec, JOBS)
             cpu_here, cpu_orchestrator = (
                 cpu_seconds() - cpu_before[0],
                 cpu_seconds(orchestrator.pid) - cpu_before[1],
             )
-            servers = {k: v - cpu_before[2][k] for k, v in _servers_cpu_s().items()}
+            servers = spent(cpu_before[2], cpu_by_command(), SERVERS)
         finally:
             orchestrator.terminate()
             await orchestrator.wait()
@@ -113,20 +113,6 @@ async def _fake_orchestrator(nats_url: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tests.benchmarks.fake_orchestrator", env=env, cwd=REPO
     )
-
-
-def _servers_cpu_s() -> dict[str, float]:
-    """CPU seconds of every nats-server and postgres process (the test session's servers)."""
-    total = {"nats-server": 0.0, "postgres": 0.0}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue  # gone meanwhile
-        name = text[text.index("(") + 1 : text.rindex(")")]
-        if name in total:
-            total[name] += cpu_seconds(int(stat.parent.name))
-    return total
 
 
 async def _submit_to_claimed(plane: ControlPlane, ids: list[str]) -> list[float]:

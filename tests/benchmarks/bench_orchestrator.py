@@ -45,7 +45,13 @@ from dockyard.scheduler.app import build_app
 from dockyard.scheduler.context import Context
 from dockyard.store.read_model import PgJobViews
 from dockyard.web.auth import Tokens
-from tests.benchmarks.cpu import busiest, cpu_by_command, cpu_seconds, machine_busy_seconds
+from tests.benchmarks.cpu import (
+    busiest,
+    cpu_by_command,
+    cpu_seconds,
+    machine_busy_seconds,
+    spent,
+)
 from tests.support.orchestration import (
     ControlPlane,
     OrchestratorProcess,
@@ -335,7 +341,7 @@ async def orchestrator_rate(
     here = cpu_seconds() - here_before
     machine = machine_busy_seconds() - busy
     after = cpu_by_command()
-    servers = {name: after.get(name, 0.0) - by_command.get(name, 0.0) for name in SERVERS}
+    servers = spent(by_command, after, SERVERS)
     print(
         f"\n  Dockyard, CPU per job: orchestrator {cpu / THROUGHPUT_JOBS * 1000:.1f} ms,"
         f" scheduler side {here / THROUGHPUT_JOBS * 1000:.1f} ms, "
@@ -362,7 +368,7 @@ async def idle_cost(process: OrchestratorProcess, seconds: float = 10.0) -> None
     after = cpu_by_command()
     orchestrator = cpu_seconds(process.process.pid) - before[0]
     here = cpu_seconds() - before[1]
-    servers = {name: after.get(name, 0.0) - before[2].get(name, 0.0) for name in SERVERS}
+    servers = spent(before[2], after, SERVERS)
     print(
         f"\n  idle, CPU per second: orchestrator {orchestrator / seconds * 1000:.1f} ms,"
         f" scheduler side {here / seconds * 1000:.1f} ms, "

@@ -41,3 +41,10 @@ def busiest(before: dict[str, float], after: dict[str, float], top: int = 8) -> 
     spent = {name: after[name] - before.get(name, 0.0) for name in after}
     ranked = sorted(spent.items(), key=lambda item: item[1], reverse=True)[:top]
     return ", ".join(f"{name} {seconds:.2f}s" for name, seconds in ranked if seconds > 0)
+
+
+def spent(
+    before: dict[str, float], after: dict[str, float], names: tuple[str, ...]
+) -> dict[str, float]:
+    """CPU seconds each of `names` used between two `cpu_by_command` readings."""
+    return {name: after.get(name, 0.0) - before.get(name, 0.0) for name in names}
