@@ -63,6 +63,15 @@ async def work_left(control: ControlPlane) -> int:
     return info.state.messages
 
 
+async def until_offers_taken(control: ControlPlane, timeout_s: float = 10.0) -> None:
+    """While the orchestrators still run: a losing copy of an offer may be pulled only after
+    its job settled (or nak'ed for a later try), and a stop would nak it back to the queue."""
+    for _ in range(int(timeout_s / 0.1)):
+        if await work_left(control) == 0:
+            return
+        await asyncio.sleep(0.1)
+
+
 async def test_two_orchestrators_racing_for_the_same_offers_run_each_once(
     control: ControlPlane, docker: aiodocker.Docker, nats_url: str, busybox_image: str
 ) -> None:
@@ -79,6 +88,7 @@ async def test_two_orchestrators_racing_for_the_same_offers_run_each_once(
         for job_id in jobs:
             job = await control.wait_for(job_id, settled, 60, "settled")
             assert (job.status, job.exit_code) == ("succeeded", 0)
+        await until_offers_taken(control)
     for job_id in jobs:
         events = await control.events(job_id)
         assert sum(isinstance(e, JobClaimed) for e in events) == 1
@@ -103,10 +113,7 @@ async def test_redelivery_of_an_already_claimed_job_never_starts_it_again(
             await offer_again(control, job_id, 1, "to-another")  # refused: claimed by `owner`
             job = await control.wait_for(job_id, settled, 30, "settled")
             await offer_again(control, job_id, 1, "after-the-end")  # refused: over
-            for _ in range(50):
-                if await work_left(control) == 0:
-                    break
-                await asyncio.sleep(0.1)
+            await until_offers_taken(control)
         assert late.finished == 0
     assert (job.status, job.exit_code) == ("succeeded", 0)
     assert orchestrator.finished == 1

@@ -74,7 +74,7 @@ class FakeTicket:
     def __init__(self, timeline: Timeline) -> None:
         self.timeline = timeline
 
-    def adopt(self, msg: Any) -> None:
+    def adopt(self, msg: Any) -> bool:
         raise AssertionError("not redelivered in these tests")
 
     async def keep_alive(self) -> None:

@@ -160,7 +160,9 @@ class Claimer:
             return False
         running = self._registry.get(offer.job_id)
         if running is not None and running.attempt == offer.attempt:
-            running.ticket.adopt(msg)  # redelivered while it runs here: keep this one alive
+            # Redelivered while it runs here: keep this one alive (or ack it, if reported).
+            if not running.ticket.adopt(msg):
+                await _quietly(msg.ack())
             return False
         if self._registry.is_done(offer.job_id, offer.attempt):
             await _quietly(msg.ack())  # ran here already (or was recovered): never again
@@ -203,7 +205,8 @@ class Claimer:
         running = self._registry.get(offer.job_id)
         if running is not None and running.attempt == offer.attempt:
             # A copy of this offer, pulled in the same fetch, launched it meanwhile.
-            running.ticket.adopt(msg)
+            if not running.ticket.adopt(msg):
+                await _quietly(msg.ack())
             return False
         if running is not None:
             # Still cleaning up this job's previous attempt here: let it finish first.

@@ -20,8 +20,9 @@ ACK_TIMEOUT_S: Final = 2.0
 
 
 class Ticket(Protocol):
-    def adopt(self, msg: Msg) -> None:
-        """A later delivery of the same offer: keep that one alive and ack it instead."""
+    def adopt(self, msg: Msg) -> bool:
+        """A later delivery of the same offer: keep that one alive and ack it too. False once
+        the ticket is acked: the caller acks this delivery itself."""
         ...
 
     async def keep_alive(self) -> None:
@@ -41,10 +42,16 @@ class WorkTicket:
     def __init__(self, msg: Msg, keepalive_s: float) -> None:
         self._msgs: dict[int | str, Msg] = {}
         self._keepalive_s = keepalive_s
+        self._acked = False
         self.adopt(msg)
 
-    def adopt(self, msg: Msg) -> None:
+    def adopt(self, msg: Msg) -> bool:
+        # The attempt stays registered through its cleanup, after the ack: a copy pulled
+        # then would otherwise wait out the ack wait in the queue.
+        if self._acked:
+            return False
         self._msgs[_stream_seq(msg)] = msg
+        return True
 
     async def keep_alive(self) -> None:
         while True:
@@ -58,6 +65,7 @@ class WorkTicket:
                     log.info("ticket.keepalive_failed error=%s", exc)
 
     async def ack(self) -> None:
+        self._acked = True
         for msg in list(self._msgs.values()):
             await _ack(msg)
 
