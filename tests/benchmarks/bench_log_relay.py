@@ -155,9 +155,9 @@ async def skeleton_rate(
     contract's JSON lines - a relay process forwarding each message as a frame (raw aiohttp),
     and a client process counting lines. No checks, no storage, no rooms."""
     subject = f"bench.skeleton.{uuid.uuid4().hex}"
-    # Stored as the LOGS stream is (file, S2), under the same server-wide fsync policy.
+    # Stored as the LOGS stream is (file, uncompressed), under the same server-wide fsync policy.
     await js.add_stream(
-        name=SKELETON_STREAM, subjects=["bench.skeleton.>"], compression=StoreCompression.S2
+        name=SKELETON_STREAM, subjects=["bench.skeleton.>"], compression=StoreCompression.NONE
     )
     relay = await _spawn("relay", nats_url, subject)
     port = int((await relay.stdout.readline()).split()[1])

@@ -10,7 +10,7 @@ import pytest
 import pytest_asyncio
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
-from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import RetentionPolicy, StorageType, StoreCompression, StreamConfig
 
 from dockyard.bus import TopologyError, close, connect, ensure_topology, jetstream, names
 from dockyard.bus.topology import DUPLICATE_WINDOW_S, WORK_POLICY
@@ -95,6 +95,24 @@ async def test_ensure_topology_updates_a_changed_lease_and_adds_queues(
     bucket = await js.key_value(names.HEARTBEATS_BUCKET)
     assert (await bucket.status()).ttl == 30.0
     await js.consumer_info(names.WORK_STREAM, names.work_durable("batch"))
+
+
+async def test_ensure_topology_sets_a_compressed_logs_stream_back_to_plain(
+    js: JetStreamContext,
+) -> None:
+    # As an earlier version made it: S2 on the write path cost more log rate than it saved.
+    await js.add_stream(
+        StreamConfig(
+            name=names.LOGS_STREAM,
+            subjects=[names.LOGS_SUBJECTS],
+            storage=StorageType.FILE,
+            compression=StoreCompression.S2,
+        )
+    )
+    await ensure_topology(js)
+    logs = (await js.stream_info(names.LOGS_STREAM)).config
+    assert logs.compression == StoreCompression.NONE
+    assert logs.max_age
 
 
 async def test_ensure_topology_refuses_a_stream_it_cannot_convert(js: JetStreamContext) -> None:
