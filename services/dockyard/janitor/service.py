@@ -19,11 +19,10 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
+from functools import partial
 from typing import TextIO
 
 import aiodocker
-import aiohttp
-from aiodocker.exceptions import DockerError
 from aiohttp import web
 from nats.js import JetStreamContext
 
@@ -39,8 +38,8 @@ from dockyard.janitor.report import SweepReport
 from dockyard.janitor.schedule import Schedule, schedule_for
 from dockyard.janitor.sweep import Janitor
 from dockyard.lifecycle import supervise, wait_for_stop_signal
-from dockyard.runtime.docker import DockerRuntime
-from dockyard.runtime.ports import ContainerRuntime, RuntimeUnavailable
+from dockyard.runtime.docker import DockerRuntime, required_engine_id
+from dockyard.runtime.ports import ContainerRuntime
 from dockyard.store.migrations import migrate
 from dockyard.store.pool import create_pool
 from dockyard.store.postgres import PgEventStore
@@ -54,19 +53,7 @@ DOCKER_CALL_TIMEOUT_S = 30.0
 
 def engine_id_of(docker: aiodocker.Docker) -> EngineId:
     """The engine's `docker info` ID, which orchestrators record with each ledger entry."""
-
-    async def engine_id() -> str:
-        try:
-            async with asyncio.timeout(DOCKER_CALL_TIMEOUT_S):
-                info = await docker.system.info()
-        except (DockerError, aiohttp.ClientError, OSError) as exc:
-            raise RuntimeUnavailable(f"docker info: Docker did not answer ({exc})") from exc
-        ident = str(info.get("ID") or "")
-        if not ident:
-            raise RuntimeUnavailable("docker info: the engine has no ID")
-        return ident
-
-    return engine_id
+    return partial(required_engine_id, docker, DOCKER_CALL_TIMEOUT_S)
 
 
 @asynccontextmanager

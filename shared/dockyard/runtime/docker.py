@@ -257,10 +257,24 @@ def _parse_time(text: str) -> datetime:
 async def engine_id(docker: aiodocker.Docker) -> str | None:
     """The engine's own ID (`docker info`): names where a ledger entry lives, for janitors."""
     try:
-        info = await docker.system.info()
-    except (aiodocker.DockerError, OSError):
+        return await required_engine_id(docker)
+    except RuntimeUnavailable:
         return None  # unknown: janitors then never mark this orchestrator's entries gone
-    return str(info.get("ID") or "") or None
+
+
+async def required_engine_id(docker: aiodocker.Docker, timeout_s: float = 30.0) -> str:
+    """The engine's own ID, or RuntimeUnavailable saying why there is none."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            info = await docker.system.info()
+    except TimeoutError as exc:
+        raise RuntimeUnavailable("docker info: Docker did not answer in time") from exc
+    except (DockerError, aiohttp.ClientError, OSError) as exc:
+        raise RuntimeUnavailable(f"docker info: Docker did not answer ({exc})") from exc
+    ident = str(info.get("ID") or "")
+    if not ident:
+        raise RuntimeUnavailable("docker info: the engine has no ID")
+    return ident
 
 
 def _ran_s(state: dict[str, Any]) -> float | None:
