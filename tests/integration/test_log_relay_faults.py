@@ -5,7 +5,7 @@ the store behind the job's end. A client tailing throughout must see every line 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import aiodocker
@@ -14,7 +14,7 @@ import msgspec
 import pytest_asyncio
 
 from dockyard.bus import connect, ensure_topology, jetstream
-from dockyard.embedded import EmbeddedNats
+from dockyard.embedded import EmbeddedNats, EmbeddedPostgres
 from dockyard.log_relay.context import WsSettings
 from dockyard.log_relay.follow import FollowLimits
 from dockyard.log_relay.room import RoomLimits
@@ -225,3 +225,58 @@ async def test_a_client_that_stops_reading_is_closed_1013_and_others_are_unaffec
     for tail in tails:
         assert tail.after == n and tail.close_codes == [1000]
     assert ring_peak <= limits.ring_bytes + 256 * 1024, ring_peak
+
+
+async def test_postgresql_restarted_mid_job_every_line_is_stored_once(
+    pg_server: EmbeddedPostgres,
+    nats_url: str,
+    database_url: str,
+    jobs: Jobs,
+    bus: Any,
+    pool: Pool,
+    docker: aiodocker.Docker,
+    busybox_image: str,
+) -> None:
+    n = 80_000
+    async with relay_process(nats_url, database_url) as relay:
+        job_id = await jobs.running()
+        publisher = BatchPublisher(bus, job_id)
+        job = asyncio.create_task(run_container(docker, busybox_image, paced(n), publisher))
+        tail = Tail(relay.ws_url, job_id)
+        following = asyncio.create_task(tail.run(timeout_s=120))
+        await eventually(lambda: tail.after >= 5_000)
+        assert not job.done(), "the job ended before the fault"
+        await pg_server.restart()  # the persister's writes fail meanwhile; JetStream keeps them
+        assert await job == n
+        await jobs.finish(job_id)
+        end = await following
+        assert relay.process is not None and relay.process.returncode is None
+    assert end.status == "succeeded"
+    assert tail.texts == expected(n), "the client saw a gap or a repeat"
+    assert await stored_seqs(pool, job_id) == list(range(1, n + 1))
+
+
+async def test_readyz_is_503_while_postgresql_or_nats_is_down_and_200_after(
+    pg_server: EmbeddedPostgres,
+    nats_server: EmbeddedNats,
+    nats_url: str,
+    database_url: str,
+) -> None:
+    async with relay_process(nats_url, database_url) as relay, aiohttp.ClientSession() as http:
+
+        async def ready_status() -> int:
+            async with http.get(f"{relay.url}/readyz") as response:
+                return response.status
+
+        for server in (pg_server, nats_server):
+            await server.stop()
+            try:
+                await eventually(lambda: _is(ready_status(), 503), 20, 0.2)
+            finally:
+                await server.start()
+            await eventually(lambda: _is(ready_status(), 200), 20, 0.2)
+        assert relay.process is not None and relay.process.returncode is None
+
+
+async def _is(status: Awaitable[int], wanted: int) -> bool:
+    return await status == wanted

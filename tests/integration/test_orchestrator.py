@@ -20,7 +20,7 @@ from dockyard.bus import names
 from dockyard.bus.names import LABEL_ATTEMPT, LABEL_DEPLOYMENT, LABEL_JOB, LABEL_ORCHESTRATOR
 from dockyard.bus.protocol import StopOrder, decode_heartbeat, encode
 from dockyard.core import Job
-from dockyard.core.events import Event, JobTimedOut, ResourceIntended
+from dockyard.core.events import ContainerStarted, Event, JobTimedOut, ResourceIntended
 from dockyard.runtime.hardening import container_name
 from tests.support.orchestration import (
     ControlPlane,
@@ -88,6 +88,23 @@ async def test_non_zero_exit_fails_with_its_code(
     assert (job.status, job.exit_code, job.reason) == ("failed", 3, "exit_code")
     assert job.error == "the command exited with code 3"
     assert [line.text for line in await control.log_lines(job_id)] == ["bye"]
+
+
+async def test_a_failing_exit_is_retried_once_then_fails_on_the_last_attempt(
+    control: ControlPlane, docker: aiodocker.Docker, nats_url: str, busybox_image: str
+) -> None:
+    job_spec = spec(
+        busybox_image, "sh", "-c", "echo try; exit 3", retry={"max_attempts": 2, "backoff_s": 0}
+    )
+    job_id, job = await run_one(control, docker, nats_url, job_spec)
+    assert (job.status, job.exit_code, job.reason, job.attempt) == ("failed", 3, "exit_code", 2)
+    lines = await control.log_lines(job_id)
+    assert_seqs_contiguous(lines)
+    assert [(line.attempt, line.stream, line.text) for line in lines] == [
+        (1, "stdout", "try"),
+        (2, "system", "attempt 2 of 2"),
+        (2, "stdout", "try"),
+    ]
 
 
 async def test_oom_is_reported_as_oom_killed(
@@ -290,6 +307,42 @@ async def test_sidecar_is_reachable_by_name_and_no_network_without_one(
     assert kinds == [("container", ""), ("network", "-net"), ("sidecar", "-db")]
     await assert_nothing_left(docker, orchestrator_id)
     assert_one_start_per_attempt(await control.events(sidecar_job))
+
+
+async def test_a_sidecar_whose_image_is_missing_fails_the_job_and_leaves_nothing(
+    control: ControlPlane, docker: aiodocker.Docker, nats_url: str, busybox_image: str
+) -> None:
+    job_spec = spec(
+        busybox_image,
+        "true",
+        pull="never",
+        sidecars=[{"name": "db", "image": "dockyard/no-such-sidecar:never"}],
+        retry={"max_attempts": 2, "backoff_s": 0},  # never retried: the image will not come
+    )
+    job_id, job = await run_one(control, docker, nats_url, job_spec)
+    assert (job.status, job.reason, job.attempt) == ("failed", "image_pull_failed", 1)
+    assert job.error is not None and "dockyard/no-such-sidecar:never" in job.error
+    # Images come before anything is made: nothing started (and, run_one checks, nothing left).
+    assert not any(isinstance(e, ContainerStarted) for e in await control.events(job_id))
+
+
+async def test_a_timeout_with_a_sidecar_stops_both_and_removes_the_network(
+    control: ControlPlane, docker: aiodocker.Docker, nats_url: str, busybox_image: str
+) -> None:
+    job_spec = spec(
+        busybox_image,
+        "sh",
+        "-c",
+        "echo up; sleep 30",
+        timeout_s=1,
+        sidecars=[{"name": "db", "image": busybox_image, "command": ["sleep", "60"]}],
+    )
+    job_id, job = await run_one(control, docker, nats_url, job_spec, stop_grace_s=1.0)
+    assert (job.status, job.reason) == ("timed_out", "timed_out")
+    texts = [line.text for line in await control.log_lines(job_id)]
+    assert texts[0] == "up"
+    kinds = sorted(e.kind for e in await control.events(job_id) if isinstance(e, ResourceIntended))
+    assert kinds == ["container", "network", "sidecar"]  # all made, and (run_one) all gone
 
 
 async def test_heartbeat_lists_running_jobs_and_is_withdrawn_at_exit(

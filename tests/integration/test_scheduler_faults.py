@@ -18,7 +18,7 @@ import pytest_asyncio
 from dockyard.bus import names
 from dockyard.bus.connection import connect, jetstream
 from dockyard.bus.messages import decode_work_offer
-from dockyard.embedded import EmbeddedPostgres
+from dockyard.embedded import EmbeddedNats, EmbeddedPostgres
 from dockyard.store.pool import create_pool
 from dockyard.store.postgres import PgEventStore
 
@@ -183,5 +183,51 @@ async def test_postgresql_restarted_while_jobs_flow_loses_nothing(
         assert len(accepted) > before, "the API never recovered after the restart"
         await asyncio.sleep(2.0)
         await _check_every_accepted_job(database_url, accepted, nats_url)
+    finally:
+        await scheduler.kill()
+
+
+async def _ready_status(http: aiohttp.ClientSession, url: str) -> tuple[int, dict[str, object]]:
+    async with http.get(f"{url}/readyz") as response:
+        return response.status, await response.json()
+
+
+async def _until_ready_is(
+    http: aiohttp.ClientSession, url: str, status: int, timeout_s: float = 20.0
+) -> dict[str, object]:
+    async with asyncio.timeout(timeout_s):
+        while True:
+            got, body = await _ready_status(http, url)
+            if got == status:
+                return body
+            await asyncio.sleep(0.2)
+
+
+@pytest.mark.timeout(120)
+async def test_readyz_is_503_naming_what_is_down_and_200_once_it_is_back(
+    nats_url: str,
+    database_url: str,
+    pg_server: EmbeddedPostgres,
+    nats_server: EmbeddedNats,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    scheduler = SchedulerProcess(nats_url, database_url, tmp_path)
+    try:
+        await scheduler.start(http)
+        for server in (pg_server, nats_server):
+            await server.stop()
+            try:
+                body = await _until_ready_is(http, scheduler.url, 503)
+            finally:
+                await server.start()
+            error = body["error"]
+            assert isinstance(error, dict) and error["code"] == "not_ready"
+            checks = error["details"]
+            assert isinstance(checks, dict) and list(checks.values()).count(False) == 1
+            assert scheduler.process is not None and scheduler.process.returncode is None
+            await _until_ready_is(http, scheduler.url, 200)  # back without a restart
+        async with http.post(f"{scheduler.url}/v1/jobs", json={"image": "busybox"}) as response:
+            assert response.status == 201  # and serving again
     finally:
         await scheduler.kill()

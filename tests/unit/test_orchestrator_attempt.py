@@ -18,11 +18,12 @@ from dockyard.core.commands import (
     ReportStarted,
 )
 from dockyard.core.spec import JobSpec
+from dockyard.orchestrator import resources
 from dockyard.orchestrator.attempt import Attempt, AttemptContext, Claim
 from dockyard.orchestrator.config import OrchestratorConfig
 from dockyard.orchestrator.images import Images
 from dockyard.orchestrator.outcome import StopRequest
-from dockyard.runtime import ContainerError, FakeRuntime, Script
+from dockyard.runtime import ContainerError, FakeRuntime, RuntimeUnavailable, Script
 from dockyard.runtime.hardening import container_name
 from dockyard.runtime.output import LogLine
 
@@ -298,6 +299,53 @@ async def test_engine_error_on_start_is_a_container_error_and_cleans_up() -> Non
     assert await runtime.list_labelled({}) == []
     released = [c for c in harness.reports.sent if isinstance(c, ReleaseResource)]
     assert [(r.kind, r.how) for r in released] == [("container", "removed")]
+
+
+async def test_an_engine_that_stops_answering_mid_wait_ends_it_as_a_container_error() -> None:
+    runtime = scripted(Script(output=(("stdout", b"hi\n"),)))
+    runtime.fail("wait", RuntimeUnavailable("wait: Docker did not answer (connection reset)"))
+    harness = Harness(runtime)
+    report = await harness.attempt(job_spec("run")).run()
+    assert (report.reason, report.exit_code) == ("container_error", None)
+    assert report.error == "wait: Docker did not answer (connection reset)"
+    assert harness.texts()[-1] == (
+        "system",
+        "container error: wait: Docker did not answer (connection reset)",
+    )
+    assert await runtime.list_labelled({}) == []
+    released = [c for c in harness.reports.sent if isinstance(c, ReleaseResource)]
+    assert [(r.kind, r.how) for r in released] == [("container", "removed")]
+
+
+async def test_a_removal_the_engine_fails_once_is_tried_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(resources, "REMOVE_RETRY_DELAYS_S", (0.0, 0.0))
+    runtime = scripted(Script())
+    runtime.fail("remove", RuntimeUnavailable("remove: Docker did not answer (restarting)"))
+    harness = Harness(runtime)
+    report = await harness.attempt(job_spec("run")).run()
+    assert (report.exit_code, report.reason) == (0, None)
+    assert await runtime.list_labelled({}) == []
+    released = [c for c in harness.reports.sent if isinstance(c, ReleaseResource)]
+    assert [(r.kind, r.how) for r in released] == [("container", "removed")]
+
+
+async def test_a_removal_that_keeps_failing_stays_in_the_ledger_for_the_janitor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(resources, "REMOVE_RETRY_DELAYS_S", (0.0, 0.0))
+    runtime = scripted(Script())
+    runtime.fail("remove", RuntimeUnavailable("remove: Docker did not answer"), times=3)
+    harness = Harness(runtime)
+    report = await harness.attempt(job_spec("run")).run()
+    assert (report.exit_code, report.reason) == (0, None)  # the job's outcome stands
+    assert [op for op, _ in runtime.calls].count("remove") == 3
+    (left,) = await runtime.list_labelled({})
+    assert left.name == container_name(JOB, 1)
+    # Intended and never released: the janitor's ledger sweep removes it.
+    assert not any(isinstance(c, ReleaseResource) for c in harness.reports.sent)
+    assert harness.timeline.kinds().count("engine_clean") == 1  # the slot is not held forever
 
 
 async def test_cancelling_the_task_still_removes_everything() -> None:

@@ -7,9 +7,10 @@ match an intent to a container or network, and a second create for the same atte
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Collection
-from typing import Literal
+from typing import Final, Literal
 
 from dockyard.bus.errors import BusError
 from dockyard.core.commands import PlannedResource, RecordResource, ReleaseResource
@@ -28,6 +29,11 @@ log = logging.getLogger("dockyard.orchestrator.resources")
 
 ContainerKind = Literal["container", "sidecar"]
 ResourceKind = Literal["container", "sidecar", "network"]
+
+# Pauses before the second and third try of a removal: an engine that hiccups (restarting,
+# a network whose last endpoint is still going) usually answers within a second, and the
+# janitor, who takes what is still there after that, comes only every sweep.
+REMOVE_RETRY_DELAYS_S: Final = (0.2, 1.0)
 
 
 class AttemptResources:
@@ -123,21 +129,25 @@ class AttemptResources:
                 log.warning("orchestrator.release_unreported %s=%s error=%s", kind, name, exc)
 
     async def _remove(self, kind: ResourceKind, name: str, engine_id: str) -> ReleaseHow | None:
-        """How it went from the engine, or None if it is still there (logged)."""
-        try:
-            if kind == "network":
-                return await self._runtime.remove_network(engine_id)
-            return await self._runtime.remove(engine_id)
-        except ContainerRuntimeError as exc:
-            log.warning(
-                "orchestrator.remove_failed job=%s %s=%s error=%s",
-                self._job_id,
-                kind,
-                name,
-                exc,
-                extra={"event": "orchestrator.remove_failed", "job": self._job_id},
-            )
-            return None
+        """How it went from the engine, or None if it is still there after every try (logged)."""
+        for delay in (*REMOVE_RETRY_DELAYS_S, None):
+            try:
+                if kind == "network":
+                    return await self._runtime.remove_network(engine_id)
+                return await self._runtime.remove(engine_id)
+            except ContainerRuntimeError as exc:
+                log.warning(
+                    "orchestrator.remove_failed job=%s %s=%s error=%s retry_in=%s",
+                    self._job_id,
+                    kind,
+                    name,
+                    exc,
+                    delay,
+                    extra={"event": "orchestrator.remove_failed", "job": self._job_id},
+                )
+            if delay is not None:
+                await asyncio.sleep(delay)
+        return None
 
     async def _intend(self, kind: ResourceKind, name: str) -> None:
         if name in self._recorded:
