@@ -30,6 +30,7 @@ from tests.support.janitor import labelled_with, running_janitor
 from tests.support.orchestration import (
     ControlPlane,
     OrchestratorProcess,
+    assert_seqs_contiguous,
     new_orchestrator_id,
     running_orchestrator,
     spec,
@@ -202,3 +203,8 @@ async def test_a_late_heartbeat_after_the_lost_event_does_not_resurrect_the_old_
     assert [e.attempt for e in of_type(events, JobSucceeded)] == [2]  # attempt 1's exit refused
     assert Counter(e.attempt for e in of_type(events, ContainerStarted)) == {1: 1, 2: 1}
     assert await labelled_with(docker, frozen_id) == []
+    # The frozen attempt's late "done" (numbered from 1 as well) did not get in: its batch
+    # repeats the id of attempt 2's first one, so JetStream dropped it as a duplicate.
+    lines = await control.log_lines(job_id)
+    assert_seqs_contiguous(lines)
+    assert [(line.attempt, line.text) for line in lines] == [(2, "attempt 2 of 2"), (2, "done")]

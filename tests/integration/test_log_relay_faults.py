@@ -219,6 +219,26 @@ async def test_a_client_that_stops_reading_is_closed_1013_and_others_are_unaffec
                     last = seqs[-1] if seqs else last
             assert stalled.close_code == 1013
             assert 0 < last < n
+        # It resumes where it was cut: the rest of the lines once each, then the end.
+        rest: list[int] = []
+        end: dict[str, Any] | None = None
+        async with (
+            session.ws_connect(
+                f"{url}?after={last}", headers={"Authorization": "Bearer acme-token"}
+            ) as resumed,
+            asyncio.timeout(60),
+        ):
+            async for msg in resumed:
+                if msg.type is not aiohttp.WSMsgType.TEXT:
+                    break
+                frame = msgspec.json.decode(msg.data)
+                if frame["type"] == "end":
+                    end = frame
+                    continue
+                rest.extend(line["seq"] for line in frame["lines"])
+        assert rest == list(range(last + 1, n + 1))
+        assert end is not None and end["status"] == "succeeded"
+        assert resumed.close_code == 1000
         # Counted once the relay's side of the close is done.
         closed = relay.ctx.metrics.closed.labels("1013")
         await eventually(lambda: closed._value.get() == 1, timeout_s=10)

@@ -21,7 +21,7 @@ from dockyard.bus import names
 from dockyard.bus.messages import WorkOffer, encode_work_offer
 from dockyard.core import Job
 from dockyard.core.events import ContainerStarted, JobClaimed, RetryScheduled
-from dockyard.embedded import EmbeddedNats
+from dockyard.embedded import EmbeddedNats, EmbeddedPostgres
 from dockyard.runtime.hardening import container_name
 from tests.support.orchestration import (
     ControlPlane,
@@ -188,6 +188,51 @@ async def test_nats_restarted_mid_job_loses_and_repeats_no_line(
     assert [line.text for line in lines if line.stream == "stderr"] == ["end"]
     for one in (job_id, after):
         assert_one_start_per_attempt(await control.events(one))
+    await assert_nothing_left(docker, orchestrator_id)
+
+
+async def until_removed(docker: aiodocker.Docker, container_id: str) -> None:
+    for _ in range(200):
+        try:
+            await docker.containers.get(container_id)
+        except aiodocker.DockerError:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"container {container_id} was never removed")
+
+
+async def test_postgresql_stopped_mid_job_loses_and_repeats_nothing(
+    control: ControlPlane,
+    docker: aiodocker.Docker,
+    nats_url: str,
+    pg_server: EmbeddedPostgres,
+    busybox_image: str,
+) -> None:
+    """The orchestrator needs no database: its reports wait in JetStream while PostgreSQL is
+    away, and the scheduler side appends each once when it is back."""
+    orchestrator_id = new_orchestrator_id()
+    script = "for i in $(seq 1 50); do echo line $i; sleep 0.02; done"
+    async with running_orchestrator(nats_url, orchestrator_id) as orchestrator:
+        job_id = await control.submit(spec(busybox_image, "sh", "-c", script))
+        running = await control.wait_running(job_id)
+        await pg_server.stop()
+        try:  # the job ends, and its exit and removals are reported, while PostgreSQL is away
+            await until_removed(docker, running.container_id or "")
+        finally:
+            await pg_server.start()
+        job = await control.wait_for(job_id, settled, 60, "settled")
+        after = await control.submit(spec(busybox_image, "echo", "after"))
+        after_job = await control.wait_for(after, settled, 30, "settled")
+        assert orchestrator.finished == 2
+    assert (job.status, job.exit_code, job.attempt) == ("succeeded", 0, 1)
+    assert (after_job.status, after_job.exit_code) == ("succeeded", 0)
+    lines = await control.log_lines(job_id)
+    assert_seqs_contiguous(lines)
+    assert [line.text for line in lines] == [f"line {i}" for i in range(1, 51)]
+    for one in (job_id, after):
+        events = await control.events(one)
+        assert_one_start_per_attempt(events)
+        assert len({e.event_id for e in events}) == len(events)
     await assert_nothing_left(docker, orchestrator_id)
 
 

@@ -123,26 +123,39 @@ async def test_invalid_fields_are_422_naming_the_field(
         await client.post("/v1/jobs", json=body, headers=ACME), 422, "invalid_field"
     )
     assert error["details"]["field"] == field
-    listing = await (await client.get("/v1/jobs", headers=ACME)).json()
-    assert listing["jobs"] == []  # a rejected request stores nothing
+    await assert_nothing_stored(client)
+
+
+async def assert_nothing_stored(client: TestClient[Any, Any]) -> None:
+    """A rejected request stores nothing: no job (of any tenant), no schedule."""
+    jobs = await (await client.get("/v1/jobs", headers=ADMIN)).json()
+    assert jobs["jobs"] == []
+    schedules = await (await client.get("/v1/schedules", headers=ADMIN)).json()
+    assert schedules["schedules"] == []
 
 
 async def test_malformed_body_is_400(client: TestClient[Any, Any]) -> None:
     response = await client.post("/v1/jobs", data=b"{not json", headers=ACME)
     await _error(response, 400, "malformed_body")
     await _error(await client.post("/v1/jobs", data=b"[1]", headers=ACME), 400, "malformed_body")
+    await assert_nothing_stored(client)
 
 
 async def test_body_over_one_mib_is_413(client: TestClient[Any, Any]) -> None:
     big = io.BytesIO(b'{"image": "busybox", "env": {"X": "' + b"a" * 1024 * 1024 + b'"}}')
     headers = {**ACME, "Content-Type": "application/json"}
     await _error(await client.post("/v1/jobs", data=big, headers=headers), 413, "body_too_large")
+    await assert_nothing_stored(client)
 
 
 async def test_missing_or_bad_token_is_401(client: TestClient[Any, Any]) -> None:
     await _error(await client.post("/v1/jobs", json={"image": "b"}), 401, "unauthorized")
     bad = {"Authorization": "Bearer nope"}
     await _error(await client.get("/v1/jobs", headers=bad), 401, "unauthorized")
+    await _error(
+        await client.post("/v1/jobs", json={"image": "busybox"}, headers=bad), 401, "unauthorized"
+    )
+    await assert_nothing_stored(client)
 
 
 async def test_another_tenants_job_is_404(client: TestClient[Any, Any]) -> None:
@@ -263,3 +276,4 @@ async def test_bad_schedules_are_422_naming_the_field(
         await client.post("/v1/schedules", json=body, headers=ACME), 422, "invalid_field"
     )
     assert error["details"]["field"] == field
+    await assert_nothing_stored(client)
