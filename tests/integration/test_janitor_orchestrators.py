@@ -171,7 +171,7 @@ async def test_a_late_heartbeat_after_the_lost_event_does_not_resurrect_the_old_
     frozen_id = new_orchestrator_id()
     process = OrchestratorProcess(nats_url, frozen_id)
     job_spec = spec(
-        busybox_image, "sh", "-c", "sleep 2; echo done", retry={"max_attempts": 2, "backoff_s": 0}
+        busybox_image, "sh", "-c", "sleep 4; echo done", retry={"max_attempts": 2, "backoff_s": 0}
     )
     try:
         await process.start()
@@ -206,7 +206,9 @@ async def test_a_late_heartbeat_after_the_lost_event_does_not_resurrect_the_old_
     assert Counter(e.attempt for e in of_type(events, ContainerStarted)) == {1: 1, 2: 1}
     assert await labelled_with(docker, frozen_id) == []
     # The frozen attempt's late "done" (numbered from 1 as well) did not get in: its batch
-    # repeats the id of attempt 2's first one, so JetStream dropped it as a duplicate.
+    # repeats the id of attempt 2's first one, so JetStream dropped it as a duplicate. That
+    # is all that fences it: a stale batch whose id differs (more lines, or past the 2-minute
+    # window) would get in. Fencing batches by attempt is noted as work left.
     lines = await control.log_lines(job_id)
     assert_seqs_contiguous(lines)
     assert [(line.attempt, line.text) for line in lines] == [(2, "attempt 2 of 2"), (2, "done")]

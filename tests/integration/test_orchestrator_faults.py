@@ -70,6 +70,7 @@ async def until_offers_taken(control: ControlPlane, timeout_s: float = 10.0) -> 
         if await work_left(control) == 0:
             return
         await asyncio.sleep(0.1)
+    raise AssertionError(f"{await work_left(control)} offers still queued after {timeout_s} s")
 
 
 async def test_two_orchestrators_racing_for_the_same_offers_run_each_once(
@@ -191,14 +192,14 @@ async def test_nats_restarted_mid_job_loses_and_repeats_no_line(
     await assert_nothing_left(docker, orchestrator_id)
 
 
-async def until_removed(docker: aiodocker.Docker, container_id: str) -> None:
-    for _ in range(200):
-        try:
-            await docker.containers.get(container_id)
-        except aiodocker.DockerError:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"container {container_id} was never removed")
+async def until_removed(docker: aiodocker.Docker, container_id: str, timeout_s: float = 30) -> None:
+    async with asyncio.timeout(timeout_s):
+        while True:
+            try:
+                await docker.containers.get(container_id)
+            except aiodocker.DockerError:
+                return
+            await asyncio.sleep(0.05)
 
 
 async def test_postgresql_stopped_mid_job_loses_and_repeats_nothing(
@@ -211,13 +212,16 @@ async def test_postgresql_stopped_mid_job_loses_and_repeats_nothing(
     """The orchestrator needs no database: its reports wait in JetStream while PostgreSQL is
     away, and the scheduler side appends each once when it is back."""
     orchestrator_id = new_orchestrator_id()
-    script = "for i in $(seq 1 50); do echo line $i; sleep 0.02; done"
+    script = "for i in $(seq 1 50); do echo line $i; sleep 0.06; done"
     async with running_orchestrator(nats_url, orchestrator_id) as orchestrator:
         job_id = await control.submit(spec(busybox_image, "sh", "-c", script))
         running = await control.wait_running(job_id)
+        assert running.container_id
         await pg_server.stop()
         try:  # the job ends, and its exit and removals are reported, while PostgreSQL is away
-            await until_removed(docker, running.container_id or "")
+            container = await docker.containers.get(running.container_id)
+            assert (await container.show())["State"]["Running"], "it ended before the fault"
+            await until_removed(docker, running.container_id)
         finally:
             await pg_server.start()
         job = await control.wait_for(job_id, settled, 60, "settled")

@@ -348,6 +348,19 @@ async def test_a_removal_that_keeps_failing_stays_in_the_ledger_for_the_janitor(
     assert harness.timeline.kinds().count("engine_clean") == 1  # the slot is not held forever
 
 
+async def test_a_removal_that_failed_slowly_is_not_tried_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As if the engine had timed out: more tries would hold the slot (and a stop) for minutes.
+    monkeypatch.setattr(resources, "QUICK_FAILURE_S", -1.0)
+    runtime = scripted(Script())
+    runtime.fail("remove", RuntimeUnavailable("remove: Docker did not answer in time"), times=3)
+    harness = Harness(runtime)
+    await harness.attempt(job_spec("run")).run()
+    assert [op for op, _ in runtime.calls].count("remove") == 1
+    assert len(await runtime.list_labelled({})) == 1  # for the janitor
+
+
 async def test_cancelling_the_task_still_removes_everything() -> None:
     harness = Harness(scripted(Script(runs_for_s=math.inf)))
     spec = job_spec("run", sidecars=[{"name": "db", "image": IMAGE}])

@@ -34,6 +34,9 @@ ResourceKind = Literal["container", "sidecar", "network"]
 # a network whose last endpoint is still going) usually answers within a second, and the
 # janitor, who takes what is still there after that, comes only every sweep.
 REMOVE_RETRY_DELAYS_S: Final = (0.2, 1.0)
+# Only a failure this quick is tried again: one that took longer (an engine that does not
+# answer, timed out) would hold the slot, and a stop, for minutes more; the janitor takes it.
+QUICK_FAILURE_S: Final = 5.0
 
 
 class AttemptResources:
@@ -129,24 +132,37 @@ class AttemptResources:
                 log.warning("orchestrator.release_unreported %s=%s error=%s", kind, name, exc)
 
     async def _remove(self, kind: ResourceKind, name: str, engine_id: str) -> ReleaseHow | None:
-        """How it went from the engine, or None if it is still there after every try (logged)."""
+        """How it went from the engine, or None if it is still there (logged): left in the
+        ledger for the janitor."""
+        loop = asyncio.get_running_loop()
         for delay in (*REMOVE_RETRY_DELAYS_S, None):
+            tried_at = loop.time()
             try:
                 if kind == "network":
                     return await self._runtime.remove_network(engine_id)
                 return await self._runtime.remove(engine_id)
             except ContainerRuntimeError as exc:
-                log.warning(
-                    "orchestrator.remove_failed job=%s %s=%s error=%s retry_in=%s",
-                    self._job_id,
-                    kind,
-                    name,
-                    exc,
-                    delay,
-                    extra={"event": "orchestrator.remove_failed", "job": self._job_id},
-                )
-            if delay is not None:
-                await asyncio.sleep(delay)
+                error = exc
+            if delay is None or loop.time() - tried_at > QUICK_FAILURE_S:
+                break
+            log.info(
+                "orchestrator.remove_retry job=%s %s=%s error=%s retry_in=%s",
+                self._job_id,
+                kind,
+                name,
+                error,
+                delay,
+                extra={"event": "orchestrator.remove_retry", "job": self._job_id},
+            )
+            await asyncio.sleep(delay)
+        log.warning(
+            "orchestrator.remove_abandoned job=%s %s=%s error=%s",
+            self._job_id,
+            kind,
+            name,
+            error,
+            extra={"event": "orchestrator.remove_abandoned", "job": self._job_id},
+        )
         return None
 
     async def _intend(self, kind: ResourceKind, name: str) -> None:

@@ -321,6 +321,13 @@ async def bootstrap(
             docker = docker_client(config.max_jobs)
             runtime = DockerRuntime(docker)
             engine = await engine_id(docker)
+            if engine is None:
+                log.warning(
+                    "orchestrator.engine_id_unknown: docker info did not answer; ledger entries"
+                    " name no engine, so janitors never mark them gone (only remove what they"
+                    " see)",
+                    extra={"event": "orchestrator.engine_id_unknown"},
+                )
         yield Orchestrator(config, nc, js, runtime, ask=ask, engine=engine, deployment=deployment)
     finally:
         if docker is not None:
