@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
 from typing import Any
 
 import aiodocker
@@ -76,6 +77,44 @@ async def jobs(pool: Pool, bus: Any) -> AsyncIterator[Jobs]:
     await store.close()
 
 
+@dataclass
+class TailedJob:
+    """A job printing paced lines with a client tailing it, stopped midway for a fault."""
+
+    job_id: str
+    job: asyncio.Task[int]
+    tail: Tail
+    following: asyncio.Task[Any]
+
+    async def finish(self, jobs: Jobs) -> Any:
+        """Once the container has printed all: the job ends, and the client's end frame."""
+        await self.job
+        await jobs.finish(self.job_id)
+        return await self.following
+
+
+async def tailed_midway(
+    ws_url: str, jobs: Jobs, bus: Any, docker: aiodocker.Docker, image: str, n: int
+) -> TailedJob:
+    """Start printing `n` lines and tailing them; return once the client has 5,000 of them
+    and the job still prints (where each test puts its fault)."""
+    job_id = await jobs.running()
+    publisher = BatchPublisher(bus, job_id)
+    job = asyncio.create_task(run_container(docker, image, paced(n), publisher))
+    tail = Tail(ws_url, job_id)
+    following = asyncio.create_task(tail.run(timeout_s=120))
+    await eventually(lambda: tail.after >= 5_000)
+    assert not job.done(), "the job ended before the fault"
+    return TailedJob(job_id, job, tail, following)
+
+
+async def assert_every_line_once(tailed: TailedJob, end: Any, pool: Pool, n: int) -> None:
+    assert await tailed.job == n
+    assert end.status == "succeeded"
+    assert tailed.tail.texts == expected(n), "the client saw a gap or a repeat"
+    assert await stored_seqs(pool, tailed.job_id) == list(range(1, n + 1))
+
+
 async def test_relay_sigkilled_mid_tail_client_resumes_and_no_line_is_lost(
     nats_url: str,
     database_url: str,
@@ -87,24 +126,14 @@ async def test_relay_sigkilled_mid_tail_client_resumes_and_no_line_is_lost(
 ) -> None:
     n = 80_000
     async with relay_process(nats_url, database_url) as relay:
-        job_id = await jobs.running()
-        publisher = BatchPublisher(bus, job_id)
-        job = asyncio.create_task(run_container(docker, busybox_image, paced(n), publisher))
-        tail = Tail(relay.ws_url, job_id)
-        following = asyncio.create_task(tail.run(timeout_s=90))
-        await eventually(lambda: tail.after >= 5_000)
-        assert not job.done(), "the job ended before the fault"
+        tailed = await tailed_midway(relay.ws_url, jobs, bus, docker, busybox_image, n)
         await relay.kill()
-        seen_at_kill = tail.after
+        seen_at_kill = tailed.tail.after
         await asyncio.sleep(0.5)  # lines keep coming, and wait in JetStream
         await relay.start()
-        assert await job == n
-        await jobs.finish(job_id)
-        end = await following
-    assert end.status == "succeeded"
-    assert tail.texts == expected(n), "the client saw a gap or a repeat"
-    assert seen_at_kill < n and tail.connects >= 2
-    assert await stored_seqs(pool, job_id) == list(range(1, n + 1))
+        end = await tailed.finish(jobs)
+    await assert_every_line_once(tailed, end, pool, n)
+    assert seen_at_kill < n and tailed.tail.connects >= 2
 
 
 async def test_nats_restarted_mid_job_every_line_arrives_once(
@@ -119,20 +148,10 @@ async def test_nats_restarted_mid_job_every_line_arrives_once(
 ) -> None:
     n = 80_000
     async with relay_in_process(nats_url, database_url) as relay:
-        job_id = await jobs.running()
-        publisher = BatchPublisher(bus, job_id)
-        job = asyncio.create_task(run_container(docker, busybox_image, paced(n), publisher))
-        tail = Tail(relay.ws_url, job_id)
-        following = asyncio.create_task(tail.run(timeout_s=90))
-        await eventually(lambda: tail.after >= 5_000)
-        assert not job.done(), "the job ended before the fault"
+        tailed = await tailed_midway(relay.ws_url, jobs, bus, docker, busybox_image, n)
         await nats_server.restart()
-        assert await job == n
-        await jobs.finish(job_id)
-        end = await following
-    assert end.status == "succeeded"
-    assert tail.texts == expected(n)
-    assert await stored_seqs(pool, job_id) == list(range(1, n + 1))
+        end = await tailed.finish(jobs)
+    await assert_every_line_once(tailed, end, pool, n)
 
 
 async def test_the_end_waits_until_the_last_batch_is_stored(
@@ -259,21 +278,11 @@ async def test_postgresql_restarted_mid_job_every_line_is_stored_once(
 ) -> None:
     n = 80_000
     async with relay_process(nats_url, database_url) as relay:
-        job_id = await jobs.running()
-        publisher = BatchPublisher(bus, job_id)
-        job = asyncio.create_task(run_container(docker, busybox_image, paced(n), publisher))
-        tail = Tail(relay.ws_url, job_id)
-        following = asyncio.create_task(tail.run(timeout_s=120))
-        await eventually(lambda: tail.after >= 5_000)
-        assert not job.done(), "the job ended before the fault"
+        tailed = await tailed_midway(relay.ws_url, jobs, bus, docker, busybox_image, n)
         await pg_server.restart()  # the persister's writes fail meanwhile; JetStream keeps them
-        assert await job == n
-        await jobs.finish(job_id)
-        end = await following
+        end = await tailed.finish(jobs)
         assert relay.process is not None and relay.process.returncode is None
-    assert end.status == "succeeded"
-    assert tail.texts == expected(n), "the client saw a gap or a repeat"
-    assert await stored_seqs(pool, job_id) == list(range(1, n + 1))
+    await assert_every_line_once(tailed, end, pool, n)
 
 
 async def test_readyz_is_503_while_postgresql_or_nats_is_down_and_200_after(
