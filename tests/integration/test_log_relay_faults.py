@@ -290,6 +290,8 @@ async def test_readyz_is_503_while_postgresql_or_nats_is_down_and_200_after(
     nats_server: EmbeddedNats,
     nats_url: str,
     database_url: str,
+    jobs: Jobs,
+    bus: Any,
 ) -> None:
     async with relay_process(nats_url, database_url) as relay, aiohttp.ClientSession() as http:
 
@@ -305,6 +307,18 @@ async def test_readyz_is_503_while_postgresql_or_nats_is_down_and_200_after(
                 await server.start()
             await eventually(lambda: _is(ready_status(), 200), 20, 0.2)
         assert relay.process is not None and relay.process.returncode is None
+        # And it works again, not only answers: a batch is persisted and served.
+        job_id = await jobs.running()
+        publisher = BatchPublisher(bus, job_id)
+        await publisher.publish(lines_of(range(1, 11)))
+        await publisher.flush()
+
+        async def served() -> int:
+            url = f"{relay.url}/v1/jobs/{job_id}/logs"
+            async with http.get(url, headers={"Authorization": "Bearer acme-token"}) as response:
+                return len((await response.json())["lines"]) if response.status == 200 else -1
+
+        await eventually(lambda: _is(served(), 10), 20, 0.2)
 
 
 async def _is(status: Awaitable[int], wanted: int) -> bool:
