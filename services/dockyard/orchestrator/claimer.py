@@ -25,7 +25,7 @@ from dockyard.core.commands import PlannedResource
 from dockyard.orchestrator.attempt import Claim
 from dockyard.orchestrator.config import OrchestratorConfig
 from dockyard.orchestrator.logsink import last_log_seq
-from dockyard.orchestrator.registry import Registry
+from dockyard.orchestrator.registry import Registry, RunningAttempt
 from dockyard.orchestrator.retrying import backoff, until_stored
 from dockyard.orchestrator.ticket import Ticket, WorkTicket
 from dockyard.runtime.hardening import container_name
@@ -160,9 +160,7 @@ class Claimer:
             return False
         running = self._registry.get(offer.job_id)
         if running is not None and running.attempt == offer.attempt:
-            # Redelivered while it runs here: keep this one alive (or ack it, if reported).
-            if not running.ticket.adopt(msg):
-                await _quietly(msg.ack())
+            await _adopt(running, msg)  # redelivered while it runs here
             return False
         if self._registry.is_done(offer.job_id, offer.attempt):
             await _quietly(msg.ack())  # ran here already (or was recovered): never again
@@ -204,9 +202,7 @@ class Claimer:
             return False
         running = self._registry.get(offer.job_id)
         if running is not None and running.attempt == offer.attempt:
-            # A copy of this offer, pulled in the same fetch, launched it meanwhile.
-            if not running.ticket.adopt(msg):
-                await _quietly(msg.ack())
+            await _adopt(running, msg)  # a copy, pulled in the same fetch, launched it meanwhile
             return False
         if running is not None:
             # Still cleaning up this job's previous attempt here: let it finish first.
@@ -225,6 +221,13 @@ class Claimer:
         self.claimed += 1
         self._launch(claim, WorkTicket(msg, self._config.keepalive_s))
         return True
+
+
+async def _adopt(running: RunningAttempt, msg: Msg) -> None:
+    """Another delivery of a running attempt's offer: kept alive with it, or acked now if the
+    attempt is already reported."""
+    if not running.ticket.adopt(msg):
+        await _quietly(msg.ack())
 
 
 async def _take_free(slots: asyncio.Semaphore, most: int) -> int:

@@ -41,7 +41,7 @@ from dockyard.orchestrator.reporter import Reporter
 from dockyard.orchestrator.retrying import backoff, until_stored
 from dockyard.orchestrator.tasks import cancel_all
 from dockyard.orchestrator.ticket import Ticket
-from dockyard.runtime.docker import DockerRuntime, engine_id
+from dockyard.runtime.docker import DockerRuntime, required_engine_id
 from dockyard.runtime.ports import ContainerRuntime, RuntimeUnavailable
 from dockyard.telemetry import tracing
 
@@ -320,12 +320,14 @@ async def bootstrap(
         if runtime is None:
             docker = docker_client(config.max_jobs)
             runtime = DockerRuntime(docker)
-            engine = await engine_id(docker)
-            if engine is None:
+            try:
+                engine = await required_engine_id(docker)
+            except RuntimeUnavailable as exc:
+                # Its ledger entries then name no engine: janitors remove what they see of
+                # them, but never mark one gone from an engine they cannot name.
                 log.warning(
-                    "orchestrator.engine_id_unknown: docker info did not answer; ledger entries"
-                    " name no engine, so janitors never mark them gone (only remove what they"
-                    " see)",
+                    "orchestrator.engine_id_unknown error=%s",
+                    exc,
                     extra={"event": "orchestrator.engine_id_unknown"},
                 )
         yield Orchestrator(config, nc, js, runtime, ask=ask, engine=engine, deployment=deployment)

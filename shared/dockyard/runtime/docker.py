@@ -254,16 +254,9 @@ def _parse_time(text: str) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-async def engine_id(docker: aiodocker.Docker) -> str | None:
-    """The engine's own ID (`docker info`): names where a ledger entry lives, for janitors."""
-    try:
-        return await required_engine_id(docker)
-    except RuntimeUnavailable:
-        return None  # unknown: janitors then never mark this orchestrator's entries gone
-
-
 async def required_engine_id(docker: aiodocker.Docker, timeout_s: float = 30.0) -> str:
-    """The engine's own ID, or RuntimeUnavailable saying why there is none."""
+    """The engine's own ID (`docker info`), which names where a ledger entry lives, for
+    janitors; or RuntimeUnavailable saying why there is none."""
     try:
         async with asyncio.timeout(timeout_s):
             info = await docker.system.info()
