@@ -1,8 +1,9 @@
 """Many commands, one read and one commit: how the scheduler keeps up with many jobs at once.
 
 `execute` costs two round trips and a WAL flush per command. `execute_many` loads every job
-of a batch in one query, runs `decide` for each command in order (a job's later command sees
-its earlier ones' events), and appends all of them in one statement. A conflict with another
+of a batch in one query (none the batcher's `JobCache` already knows), runs `decide` for each
+command in order (a job's later command sees its earlier ones' events), and appends all of
+them in one statement. A conflict with another
 writer anywhere in the batch makes it fall back to `execute` per job, which retries and tells
 the cases apart; so the batch path changes cost, never outcomes.
 
@@ -16,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import NamedTuple
 
 from dockyard.core import Command, Context, Event, Job, Metadata, decide, fold, uuid7
 from dockyard.handler import Clock, Outcome, execute, utc_now
-from dockyard.store.ports import EventStore, PendingAppend, RecordedEvent, StoreUnavailable
+from dockyard.job_cache import JobCache, Known
+from dockyard.store.ports import EventStore, PendingAppend, StoreUnavailable
 
 log = logging.getLogger("dockyard.batching")
 
@@ -43,19 +45,36 @@ async def execute_many(
     *,
     clock: Clock = utc_now,
     new_id: Callable[[], str] = uuid7,
+    cache: JobCache | None = None,
 ) -> list[Result]:
-    """Each request's Outcome, or the exception `execute` would have raised for it."""
+    """Each request's Outcome, or the exception `execute` would have raised for it.
+
+    With a `cache`, jobs it knows are not read (see `job_cache` for why that is safe), and it
+    is left holding what this batch wrote.
+    """
+    cache = cache if cache is not None else JobCache(0)
+    job_ids = list(dict.fromkeys(r.job_id for r in requests))
     try:
-        histories = await store.load_many(list(dict.fromkeys(r.job_id for r in requests)))
-        results, appends = _decide_all(histories, requests, clock(), new_id)
+        known = await _current(store, job_ids, cache)
+        now = clock()
+        results, appends, after = _decide_all(known, requests, now, new_id)
+        doubtful = _doubtful(requests, results, cached=set(known) - known.read)
+        if doubtful:  # a cached job's command wrote nothing: ask the store, decide again
+            cache.forget(doubtful)
+            known = await _current(store, job_ids, cache)
+            results, appends, after = _decide_all(known, requests, now, new_id)
         if appends:
             await store.append_many(appends)
+        for job_id, state in after.items():
+            cache.put(job_id, state)
         return results
     except StoreUnavailable as error:  # the store is away: each request hears it
+        cache.forget(job_ids)  # an append may have gone in without its answer
         return [error] * len(requests)
     except Exception as error:
         # A conflict with another writer, or one request's bad data (an id that is no
         # UUID) refusing the whole statement: one at a time, each gets its own answer.
+        cache.forget(job_ids)
         log.info(
             "batch.one_by_one size=%d why=%s",
             len(requests),
@@ -65,14 +84,44 @@ async def execute_many(
         return await _one_by_one(store, requests, clock, new_id)
 
 
+class _Current(dict[str, Known]):
+    """Each job's state; `read` names those read from the store (the rest were cached)."""
+
+    read: set[str]
+
+
+async def _current(store: EventStore, job_ids: list[str], cache: JobCache) -> _Current:
+    current = _Current()
+    for job_id in job_ids:
+        known = cache.get(job_id)
+        if known is not None:
+            current[job_id] = known
+    current.read = {job_id for job_id in job_ids if job_id not in current}
+    if current.read:
+        histories = await store.load_many(list(current.read))
+        for job_id, history in histories.items():
+            current[job_id] = Known(len(history), fold(r.event for r in history))
+    return current
+
+
+def _doubtful(requests: Sequence[Request], results: list[Result], cached: set[str]) -> set[str]:
+    """Cached jobs with a command that wrote nothing: no insert would reveal a stale state."""
+    return {
+        request.job_id
+        for request, result in zip(requests, results, strict=True)
+        if request.job_id in cached and (isinstance(result, Exception) or not result.events)
+    }
+
+
 def _decide_all(
-    histories: dict[str, list[RecordedEvent]],
+    known: Mapping[str, Known],
     requests: Sequence[Request],
     now: datetime,
     new_id: Callable[[], str],
-) -> tuple[list[Result], list[PendingAppend]]:
-    """The pure part: decide each command on its job as the batch has left it so far."""
-    jobs = {job_id: fold(r.event for r in history) for job_id, history in histories.items()}
+) -> tuple[list[Result], list[PendingAppend], dict[str, Known]]:
+    """The pure part: decide each command on its job as the batch has left it so far; also
+    each job's state after the batch."""
+    jobs = {job_id: state.job for job_id, state in known.items()}
     new: dict[str, list[Event]] = defaultdict(list)
     results: list[Result] = []
     for job_id, command, meta in requests:
@@ -89,10 +138,14 @@ def _decide_all(
             new[job_id].extend(events)
         results.append(Outcome(job, events))
     appends = [
-        PendingAppend(job_id, len(histories[job_id]), events, _view(jobs[job_id]))
+        PendingAppend(job_id, known[job_id].version, events, _view(jobs[job_id]))
         for job_id, events in new.items()
     ]
-    return results, appends
+    after = {
+        job_id: Known(state.version + len(new.get(job_id, ())), jobs[job_id])
+        for job_id, state in known.items()
+    }
+    return results, appends, after
 
 
 def _view(job: Job | None) -> Job:
@@ -134,6 +187,7 @@ class CommandBatcher:
         self._max_batch = max_batch
         self._waiting: list[tuple[Request, asyncio.Future[Result]]] = []
         self._task: asyncio.Task[None] | None = None
+        self._cache = JobCache()
         self.batches = 0
 
     async def execute(
@@ -171,7 +225,9 @@ class CommandBatcher:
                 self._waiting[: self._max_batch],
                 self._waiting[self._max_batch :],
             )
-            results = await execute_many(self._store, [r for r, _ in batch], clock=self._clock)
+            results = await execute_many(
+                self._store, [r for r, _ in batch], clock=self._clock, cache=self._cache
+            )
             self.batches += 1
             for (_, future), result in zip(batch, results, strict=True):
                 if not future.done():

@@ -247,6 +247,21 @@ class EventStoreContract:
         await submitted(store)  # while nobody waits: remembered for the next wait
         assert await store.wait_for_events(5.0)
 
+    async def test_events_pending_says_whether_a_read_may_find_more(
+        self, store: EventStore
+    ) -> None:
+        assert await store.wait_for_events(1.0)  # listening from here on
+        await store.read_all(START)
+        assert not store.events_pending()
+        await submitted(store)
+        async with asyncio.timeout(5):  # a notification arrives when the server sends it
+            while True:
+                if store.events_pending():
+                    break
+                await asyncio.sleep(0.01)
+        assert await store.read_all(START)
+        assert not store.events_pending()  # that read saw what was notified
+
     # -- the read model, written with the events
 
     async def test_view_is_the_fold_of_the_appended_events(

@@ -9,11 +9,21 @@ from collections.abc import Sequence
 import pytest
 
 from dockyard.batching import CommandBatcher, Request, execute_many
-from dockyard.core import ClaimJob, JobSpec, Rejected, ReportStarted, SubmitJob, uuid7
+from dockyard.core import (
+    ClaimJob,
+    JobSpec,
+    Rejected,
+    ReportExit,
+    ReportStarted,
+    RequestCancel,
+    SubmitJob,
+    uuid7,
+)
 from dockyard.core.errors import UnknownJob
 from dockyard.handler import Outcome, execute
+from dockyard.job_cache import JobCache, Known
 from dockyard.store.memory import InMemoryEventStore
-from dockyard.store.ports import BatchConflict, PendingAppend, StoreUnavailable
+from dockyard.store.ports import BatchConflict, PendingAppend, RecordedEvent, StoreUnavailable
 
 SPEC = JobSpec(image="busybox")
 
@@ -127,3 +137,97 @@ async def test_one_requests_bad_id_does_not_fail_the_others_of_its_batch() -> No
     results = await execute_many(store, [Request("not-a-uuid", submit()), Request(good, submit())])
     assert isinstance(results[0], ValueError)
     assert outcome(results[1]).job is not None
+
+
+class CountingLoads(InMemoryEventStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.loaded: list[str] = []
+
+    async def load_many(self, job_ids: Sequence[str]) -> dict[str, list[RecordedEvent]]:
+        self.loaded.extend(job_ids)
+        return await super().load_many(job_ids)
+
+
+def started(attempt: int = 1) -> ReportStarted:
+    return ReportStarted(attempt=attempt, orchestrator="o", container_id="c")
+
+
+async def test_a_cached_job_is_not_read_again_and_a_finished_one_is_dropped() -> None:
+    store, cache = CountingLoads(), JobCache()
+    job_id = uuid7()
+    for command in (submit(), claim(), started()):
+        outcome((await execute_many(store, [Request(job_id, command)], cache=cache))[0])
+    assert store.loaded == [job_id]  # only before the first command
+    known = cache.get(job_id)
+    assert known is not None and known.version == len(await store.load(job_id))
+    await execute_many(store, [Request(job_id, ReportExit(attempt=1, exit_code=0))], cache=cache)
+    assert cache.get(job_id) is None  # finished: only late duplicates come now
+
+
+async def test_another_writer_behind_the_cache_is_caught_by_the_insert() -> None:
+    store, cache = InMemoryEventStore(), JobCache()
+    job_id = uuid7()
+    await execute_many(store, [Request(job_id, submit())], cache=cache)
+    await execute(store, job_id, claim(orchestrator="x"))  # a second scheduler, say
+    results = await execute_many(store, [Request(job_id, claim(orchestrator="y"))], cache=cache)
+    assert isinstance(results[0], Rejected)  # "x" has attempt 1: what a fresh read says
+    job = (await store.get_view(job_id)) or {}
+    assert job["orchestrator"] == "x"
+
+
+async def test_a_refusal_from_a_cached_state_is_checked_against_the_store() -> None:
+    store, cache = CountingLoads(), JobCache()
+    job_id = uuid7()
+    await execute_many(store, [Request(job_id, submit())], cache=cache)
+    await execute(store, job_id, claim(orchestrator="x"))  # the cache still says "queued"
+    # On the cached state this start is refused (no claim); on the store's it is right.
+    results = await execute_many(store, [Request(job_id, started())], cache=cache)
+    job = outcome(results[0]).job
+    assert job is not None and job.status == "running"
+    assert store.loaded == [job_id, job_id]
+
+
+async def test_a_duplicate_from_a_cached_state_is_checked_against_the_store() -> None:
+    store, cache = InMemoryEventStore(), JobCache()
+    job_id = uuid7()
+    await execute_many(store, [Request(job_id, submit())], cache=cache)
+    await execute(store, job_id, RequestCancel(requested_by="acme"))  # behind the cache
+    stored = len(await store.load(job_id))
+    # Cached: queued, so a cancel would write; the store's job is already cancelled.
+    results = await execute_many(
+        store, [Request(job_id, RequestCancel(requested_by="acme"))], cache=cache
+    )
+    assert isinstance(results[0], Rejected) or not outcome(results[0]).events
+    assert len(await store.load(job_id)) == stored  # nothing written on the cached state
+
+
+async def test_an_unavailable_store_forgets_what_the_batch_may_have_written() -> None:
+    cache = JobCache()
+    job_id = uuid7()
+    cache.put(job_id, Known(1, None))
+    store = InMemoryEventStore()
+    await execute_many(store, [Request(job_id, submit())], cache=cache)
+    cache.put(job_id, Known(99, (await execute(store, job_id, claim())).job))
+
+    class Away(InMemoryEventStore):
+        async def append_many(self, appends: Sequence[PendingAppend]) -> None:
+            raise StoreUnavailable("away")
+
+    results = await execute_many(Away(), [Request(job_id, started())], cache=cache)
+    assert isinstance(results[0], StoreUnavailable)
+    assert cache.get(job_id) is None
+
+
+def test_the_cache_keeps_the_most_recently_used() -> None:
+    cache = JobCache(capacity=2)
+    job = Known(1, None)
+    queued = outcome(asyncio.run(execute(InMemoryEventStore(), uuid7(), submit()))).job
+    assert queued is not None
+    for job_id in ("a", "b"):
+        cache.put(job_id, Known(1, queued))
+    assert cache.get("a") is not None  # "a" used last: "b" goes first
+    cache.put("c", Known(1, queued))
+    assert cache.get("b") is None and cache.get("a") is not None and len(cache) == 2
+    cache.put("a", job)  # no such job: not kept
+    assert cache.get("a") is None

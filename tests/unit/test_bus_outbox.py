@@ -52,6 +52,9 @@ class FakeStore:
         await asyncio.sleep(timeout)
         return False
 
+    def events_pending(self) -> bool:
+        return False  # never notifies: the relay polls
+
 
 class FakeSink:
     """Acks on the next loop turns; fails the events named in `failures` once each."""
@@ -221,3 +224,39 @@ async def test_run_is_woken_by_the_stores_commit_notification() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert [e.job_id for e in sink.stored] == [job]
+
+
+class CountingReads(InMemoryEventStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    async def read_all(self, after: Position, limit: int = 1000) -> list[RecordedEvent]:
+        self.reads += 1
+        return await super().read_all(after, limit)
+
+
+async def test_a_trickle_of_commits_costs_one_read_each() -> None:
+    store = CountingReads()
+    sink = FakeSink()
+    relay = OutboxRelay(store, sink, poll_interval_s=3600)
+    task = asyncio.create_task(relay.run())
+    await asyncio.sleep(0.01)  # the relay's first read found nothing; it waits
+    try:
+        for n in range(1, 6):
+            job = uuid7()
+            await store.append(
+                job, 0, [JobQueued(event_id=uuid7(), job_id=job, at=T0, attempt=1, queue="q")]
+            )
+            async with asyncio.timeout(5):
+                while True:
+                    if len(sink.stored) == n:
+                        break
+                    await asyncio.sleep(0.001)
+            await asyncio.sleep(0.01)  # let the relay go back to waiting
+        # The first read, then one per commit (it used to be three: the page, an empty read
+        # while acks were in flight, another after they settled).
+        assert store.reads == 1 + 5
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -90,3 +90,6 @@ class CountingStore:
 
     async def wait_for_events(self, timeout: float) -> bool:  # noqa: ASYNC109
         return await self.inner.wait_for_events(timeout)
+
+    def events_pending(self) -> bool:
+        return self.inner.events_pending()

@@ -55,6 +55,10 @@ class OutboxSource(Protocol):
         """Return on a commit notification (LISTEN dockyard_events) or after `timeout`."""
         ...
 
+    def events_pending(self) -> bool:
+        """Whether a read now may find what the last one did not (see EventStore)."""
+        ...
+
 
 class EventSink(Protocol):
     """Where the relay sends events: EventPublisher, or a fake in unit tests."""
@@ -163,7 +167,7 @@ class OutboxRelay:
     async def _publish_committed(
         self, check: Callable[[], Awaitable[None]], *, final_save: bool = False
     ) -> int:
-        """Publish until the store has nothing after the checkpoint; retry every failure.
+        """Publish until a short page with no commit notified since; retry every failure.
 
         Pages are read ahead while earlier acks are still in flight, so the pipeline does not
         drain at page boundaries and what commits meanwhile goes out at once. The checkpoint
@@ -181,15 +185,18 @@ class OutboxRelay:
                         loaded = await self._store.load_checkpoint(self._checkpoint)
                         self._position = self._saved = self._read_to = loaded
                     records = await self._store.read_all(self._read_to, self._page_size)
-                    if not records and not pipeline.window:
-                        await self._save(self._take_acked(pipeline), force=final_save)
-                        return self.published - published_before
                     for record in records:
                         await pipeline.send(record)
                     if records:
                         self._read_to = records[-1].at
-                    else:
+                    if not self._more_to_read(records):
+                        # Read to the end: settle the acks, and read again only if a commit
+                        # was notified meanwhile (at a trickle, one read per commit instead of
+                        # three; busy, reads follow each other with acks still in flight).
                         await pipeline.drain()
+                        if not self._store.events_pending():
+                            await self._save(self._take_acked(pipeline), force=final_save)
+                            return self.published - published_before
                     await self._save(self._take_acked(pipeline), force=False)
                     failures = 0
                 except (BusError, StoreUnavailable) as exc:
@@ -200,6 +207,9 @@ class OutboxRelay:
                     failures += 1
         finally:
             await pipeline.abandon()
+
+    def _more_to_read(self, records: list[RecordedEvent]) -> bool:
+        return len(records) == self._page_size or self._store.events_pending()
 
     async def _save(self, acked: Position, *, force: bool) -> None:
         if acked == self._saved:

@@ -157,6 +157,7 @@ class InMemoryEventStore:
         return False
 
     async def read_all(self, after: Position, limit: int = 1000) -> list[RecordedEvent]:
+        self._appended.clear()  # this read sees every append so far
         start = bisect.bisect_right(self._log_keys, after)
         return [s.recorded() for s in self._log[start : start + limit]]
 
@@ -174,6 +175,9 @@ class InMemoryEventStore:
             return False
         self._appended.clear()
         return True
+
+    def events_pending(self) -> bool:
+        return self._appended.is_set()
 
     async def close(self) -> None:
         """Nothing to give back; here for symmetry with PgEventStore."""

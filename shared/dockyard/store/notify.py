@@ -48,6 +48,19 @@ class Listener:
         self._flag.clear()
         return True
 
+    @property
+    def pending(self) -> bool:
+        """A notification came since the last wait returned or `clear` was called."""
+        return self._flag.is_set()
+
+    def clear(self) -> None:
+        """Forget notifications so far: the caller is about to read what they announced."""
+        self._flag.clear()
+
+    def poke(self) -> None:
+        """Make the next wait return at once, as a notification would."""
+        self._flag.set()
+
     async def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is None:

@@ -145,6 +145,12 @@ class EventStore(Protocol):
         """
         ...
 
+    def events_pending(self) -> bool:
+        """Whether a read now may find what the last read_all did not: a commit was notified
+        after it began, or it returned events while later ones were still held back. False
+        is safe to act on: what commits later is notified (and polled for)."""
+        ...
+
 
 class JobViews(Protocol):
     """The jobs read model: each job's contract view, as written by append(view=...)."""

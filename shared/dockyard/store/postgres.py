@@ -153,14 +153,20 @@ class PgEventStore:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + HELD_BACK_WAIT_S
+        self._listener.clear()  # what was notified so far, this read sees
         async with translated("read_all"):
             while True:
                 rows = await self._pool.fetch(_READ_ALL, after.tx_id, after.position, limit)
                 found = [r for r in rows if r["position"] is not None]
                 held = bool(rows and rows[0]["held"])
                 if len(found) == limit or not held or loop.time() >= deadline:
-                    return [_recorded(r) for r in found]
+                    break
                 await asyncio.sleep(HELD_BACK_POLL_S)
+        if held and found:
+            # Still held back, and no notification will say when they are free: read again
+            # at once (as long as reads make progress; an empty one waits for the poll).
+            self._listener.poke()
+        return [_recorded(r) for r in found]
 
     async def load_checkpoint(self, name: str) -> Position:
         async with translated("load_checkpoint"):
@@ -173,6 +179,9 @@ class PgEventStore:
 
     async def wait_for_events(self, timeout: float) -> bool:  # noqa: ASYNC109
         return await self._listener.wait(timeout)
+
+    def events_pending(self) -> bool:
+        return self._listener.pending
 
     async def close(self) -> None:
         """Give back the listening connection, if wait_for_events took one; the pool stays."""
