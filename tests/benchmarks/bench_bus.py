@@ -22,6 +22,7 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
 from dockyard.bus import (
+    EventBatchPublisher,
     EventPublisher,
     OutboxRelay,
     close,
@@ -171,7 +172,12 @@ async def test_bench_outbox_relay_vs_raw_publish(nc: NatsClient, database_url: s
         msgs = messages_of(records)
         n, m = len(records), len(msgs)
         print(f"\n{n} committed events, {m} messages (events + work offers), {ROUNDS} rounds")
-        rates: dict[str, list[float]] = {"sequential": [], "pipelined": [], "relay": []}
+        rates: dict[str, list[float]] = {
+            "sequential": [],
+            "pipelined": [],
+            "relay": [],
+            "relay batched": [],
+        }
         for round_ in range(ROUNDS):
             # The sequential baseline is slow: time a fifth of the messages, rate the same.
             fifth = len(msgs) // 5
@@ -185,19 +191,26 @@ async def test_bench_outbox_relay_vs_raw_publish(nc: NatsClient, database_url: s
             rates["pipelined"].append(
                 report(f"raw publish_async, {PIPELINE} in flight", n, m, seconds)
             )
-            await fresh_topology(js)
-            relay = OutboxRelay(
-                store, EventPublisher(js), checkpoint=f"bench-{round_}", max_in_flight=PIPELINE
-            )
-            start = time.perf_counter()
-            assert await relay.run_until_idle() == n
-            seconds = time.perf_counter() - start
-            rates["relay"].append(report("outbox relay, committed rows -> acked", n, m, seconds))
-            assert (await js.stream_info(names.EVENTS_STREAM)).state.messages == n
+            for label, sink in (
+                ("relay", EventPublisher(js)),
+                ("relay batched", EventBatchPublisher(nc, js)),
+            ):
+                await fresh_topology(js)
+                relay = OutboxRelay(
+                    store, sink, checkpoint=f"bench-{label}-{round_}", max_in_flight=PIPELINE
+                )
+                start = time.perf_counter()
+                assert await relay.run_until_idle() == n
+                seconds = time.perf_counter() - start
+                what = f"outbox {label}, committed rows -> acked"
+                rates[label].append(report(what, n, m, seconds))
+                assert (await js.stream_info(names.EVENTS_STREAM)).state.messages == n
         median = {k: statistics.median(v) for k, v in rates.items()}
         print("  median events/s: " + ", ".join(f"{k} {v:.0f}" for k, v in median.items()))
         print(f"  relay / raw sequential: {median['relay'] / median['sequential']:.2f}x")
         print(f"  relay / raw pipelined:  {median['relay'] / median['pipelined']:.2f}x")
+        batched = median["relay batched"]
+        print(f"  batched relay / raw pipelined: {batched / median['pipelined']:.2f}x")
     finally:
         await pool.close()
 

@@ -115,6 +115,19 @@ async def test_ensure_topology_sets_a_compressed_logs_stream_back_to_plain(
     assert logs.max_age
 
 
+async def test_ensure_topology_lets_an_earlier_events_stream_take_atomic_batches(
+    js: JetStreamContext,
+) -> None:
+    # As versions before the batching outbox sink made it: without allow_atomic.
+    await js.add_stream(
+        StreamConfig(
+            name=names.EVENTS_STREAM, subjects=[names.EVENTS_SUBJECTS], storage=StorageType.FILE
+        )
+    )
+    await ensure_topology(js)
+    assert (await js.stream_info(names.EVENTS_STREAM)).config.allow_atomic
+
+
 async def test_ensure_topology_refuses_a_stream_it_cannot_convert(js: JetStreamContext) -> None:
     # A WORK stream someone made with limits retention cannot become a work queue in place.
     await js.add_stream(

@@ -23,7 +23,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
 from dockyard.bus import (
-    EventPublisher,
+    EventBatchPublisher,
     OutboxRelay,
     close,
     connect,
@@ -50,7 +50,7 @@ def _die() -> None:
 
 
 class _CrashingSink:
-    def __init__(self, inner: EventPublisher, crash_at_submit: int | None) -> None:
+    def __init__(self, inner: EventBatchPublisher, crash_at_submit: int | None) -> None:
         self._inner = inner
         self._crash_at = crash_at_submit
         self._submitted = 0
@@ -77,7 +77,7 @@ async def _child(nats_url: str, database_url: str, crash: str) -> None:
     expected = await append_jobs(store, JOBS)  # committed
     print(json.dumps(expected), flush=True)
     crash_at = {"before_publish": 0, "mid_pipeline": 40}.get(crash)
-    sink = _CrashingSink(EventPublisher(jetstream(nc)), crash_at)
+    sink = _CrashingSink(EventBatchPublisher(nc, jetstream(nc)), crash_at)
     await OutboxRelay(store, sink, page_size=16, max_in_flight=8).run_until_idle()
     raise AssertionError(f"the child survived its crash point {crash}")
 
@@ -128,7 +128,12 @@ async def test_outbox_sigkill_then_restart_delivers_each_event_exactly_once(
         assert 0 < stored <= 40
         assert checkpoint != START
 
-    await OutboxRelay(store, EventPublisher(js)).run_until_idle()
+    # The restarted relay republishes what the crash left unacked: batches holding stored ids.
+    nc = await connect(nats_url, "test-outbox-restarted", timeout_s=10)
+    try:
+        await OutboxRelay(store, EventBatchPublisher(nc, jetstream(nc))).run_until_idle()
+    finally:
+        await close(nc)
     await assert_delivered_exactly_once(js, store, expected)
 
 

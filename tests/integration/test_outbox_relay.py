@@ -13,7 +13,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
 from dockyard.bus import (
-    EventPublisher,
+    EventBatchPublisher,
     OutboxRelay,
     PgLeader,
     close,
@@ -124,8 +124,10 @@ async def js(nc: NatsClient) -> JetStreamContext:
     return jetstream(nc)
 
 
-def relay_for(store: PgEventStore, js: JetStreamContext, **kw: Any) -> OutboxRelay:
-    return OutboxRelay(store, EventPublisher(js, ack_timeout_s=2.0), poll_interval_s=0.2, **kw)
+def relay_for(store: PgEventStore, nc: NatsClient, **kw: Any) -> OutboxRelay:
+    """A relay as the scheduler runs it: batches of events, each batch one JetStream commit."""
+    sink = EventBatchPublisher(nc, jetstream(nc), ack_timeout_s=2.0)
+    return OutboxRelay(store, sink, poll_interval_s=0.2, **kw)
 
 
 async def until(condition: Callable[[], Awaitable[bool]], within_s: float = 60.0) -> None:
@@ -153,10 +155,12 @@ async def stop(tasks: Sequence[asyncio.Task[None]]) -> None:
 
 
 async def test_outbox_relay_publishes_each_committed_event_once_in_job_order(
-    store: PgEventStore, js: JetStreamContext
+    store: PgEventStore,
+    js: JetStreamContext,
+    nc: NatsClient,
 ) -> None:
     expected = await append_jobs(store, jobs=20)
-    relay = relay_for(store, js, page_size=7, max_in_flight=16)
+    relay = relay_for(store, nc, page_size=7, max_in_flight=16)
     assert await relay.run_until_idle() == 60
     assert await relay.run_until_idle() == 0
     assert await store.load_checkpoint("outbox") == await last_position(store)
@@ -164,9 +168,13 @@ async def test_outbox_relay_publishes_each_committed_event_once_in_job_order(
 
 
 async def test_outbox_nats_restart_while_relay_runs_loses_nothing(
-    nats_server: EmbeddedNats, database_url: str, store: PgEventStore, js: JetStreamContext
+    nats_server: EmbeddedNats,
+    database_url: str,
+    store: PgEventStore,
+    js: JetStreamContext,
+    nc: NatsClient,
 ) -> None:
-    relay = relay_for(store, js, leader=PgLeader(database_url))
+    relay = relay_for(store, nc, leader=PgLeader(database_url))
     task = asyncio.create_task(relay.run())
     try:
         expected = await append_jobs(store, jobs=10)
@@ -182,11 +190,14 @@ async def test_outbox_nats_restart_while_relay_runs_loses_nothing(
 
 
 async def test_outbox_nats_sigkill_keeps_every_acked_event(
-    nats_server: EmbeddedNats, store: PgEventStore, js: JetStreamContext
+    nats_server: EmbeddedNats,
+    store: PgEventStore,
+    js: JetStreamContext,
+    nc: NatsClient,
 ) -> None:
     # sync_interval: always: what JetStream acked (and the checkpoint moved past) is on disk.
     expected = await append_jobs(store, jobs=30)
-    await relay_for(store, js).run_until_idle()
+    await relay_for(store, nc).run_until_idle()
     await nats_server.kill()
     await nats_server.start()
     await until(lambda: _stream_has(js, 90))
@@ -201,9 +212,13 @@ async def _stream_has(js: JetStreamContext, count: int) -> bool:
 
 
 async def test_outbox_postgres_restart_while_relay_runs_loses_nothing(
-    pg_server: EmbeddedPostgres, database_url: str, store: PgEventStore, js: JetStreamContext
+    pg_server: EmbeddedPostgres,
+    database_url: str,
+    store: PgEventStore,
+    js: JetStreamContext,
+    nc: NatsClient,
 ) -> None:
-    relay = relay_for(store, js, leader=PgLeader(database_url, retry_s=0.2))
+    relay = relay_for(store, nc, leader=PgLeader(database_url, retry_s=0.2))
     task = asyncio.create_task(relay.run())
     try:
         expected = await append_jobs(store, jobs=10)
@@ -217,9 +232,12 @@ async def test_outbox_postgres_restart_while_relay_runs_loses_nothing(
 
 
 async def test_outbox_only_one_relay_is_active_and_a_standby_takes_over(
-    database_url: str, store: PgEventStore, js: JetStreamContext
+    database_url: str,
+    store: PgEventStore,
+    js: JetStreamContext,
+    nc: NatsClient,
 ) -> None:
-    relays = [relay_for(store, js, leader=PgLeader(database_url, retry_s=0.1)) for _ in range(2)]
+    relays = [relay_for(store, nc, leader=PgLeader(database_url, retry_s=0.1)) for _ in range(2)]
     tasks = [asyncio.create_task(r.run()) for r in relays]
     try:
         expected = await append_jobs(store, jobs=10)

@@ -32,7 +32,7 @@ from nats.js import JetStreamContext
 
 from dockyard.batching import CommandBatcher
 from dockyard.bus import (
-    EventPublisher,
+    EventBatchPublisher,
     OutboxRelay,
     connect,
     ensure_topology,
@@ -121,7 +121,9 @@ class ControlPlane:
         self._responder = ClaimResponder(self._nc, self._store, batcher=self.batcher)
         await self._responder.start()
         reports = ReportConsumer(self._nc, self._js, self._store, self.batcher)
-        relay = OutboxRelay(self._store, EventPublisher(self._js), poll_interval_s=0.2)
+        relay = OutboxRelay(
+            self._store, EventBatchPublisher(self._nc, self._js), poll_interval_s=0.2
+        )
         due = PgDueJobs(self._pool)
         self._tasks = [
             asyncio.create_task(_forever("reports", reports.run)),

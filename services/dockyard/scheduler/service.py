@@ -11,9 +11,9 @@ from nats.aio.client import Client as NatsClient
 
 from dockyard.batching import CommandBatcher
 from dockyard.bus import connection
+from dockyard.bus.event_batches import EventBatchPublisher
 from dockyard.bus.leader import PgLeader
 from dockyard.bus.outbox import OutboxRelay
-from dockyard.bus.publish import EventPublisher
 from dockyard.bus.topology import ensure_topology
 from dockyard.config import Settings
 from dockyard.lifecycle import supervise, wait_for_stop_signal
@@ -78,7 +78,9 @@ async def run_scheduler(settings: Settings) -> None:
             extra={"event": "scheduler.listening"},
         )
 
-        relay = OutboxRelay(store, EventPublisher(js), leader=PgLeader(settings.database_url))
+        relay = OutboxRelay(
+            store, EventBatchPublisher(nc, js), leader=PgLeader(settings.database_url)
+        )
         await supervise(
             {
                 "outbox": relay.run(),

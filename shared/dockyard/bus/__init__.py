@@ -8,6 +8,7 @@ from dockyard.bus.errors import (
     MessageDecodeError,
     TopologyError,
 )
+from dockyard.bus.event_batches import EventBatchPublisher
 from dockyard.bus.leader import Leader, LeadershipLost, PgLeader, SoleLeader
 from dockyard.bus.messages import (
     WorkOffer,
@@ -24,6 +25,7 @@ __all__ = [
     "BusError",
     "BusRejected",
     "BusUnavailable",
+    "EventBatchPublisher",
     "EventPublisher",
     "EventSink",
     "Leader",

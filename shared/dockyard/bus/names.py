@@ -37,6 +37,10 @@ DEPLOYMENT_KEY: Final = "deployment"
 
 # Headers.
 MSG_ID: Final = "Nats-Msg-Id"
+# JetStream's atomic batch publish (server 2.12+, on a stream with allow_atomic).
+BATCH_ID: Final = "Nats-Batch-Id"
+BATCH_SEQUENCE: Final = "Nats-Batch-Sequence"
+BATCH_COMMIT: Final = "Nats-Batch-Commit"
 # On a log batch: the bytes of its stdout and stderr text, what the per-job log cap counts.
 LOG_BYTES: Final = "Dockyard-Log-Bytes"
 EVENT_TYPE: Final = "Dockyard-Event-Type"

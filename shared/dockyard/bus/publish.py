@@ -88,6 +88,22 @@ class EventPublisher:
         acks = [event_ack] if offer_ack is None else [event_ack, offer_ack]
         return await _wait_acks(acks, self._ack_timeout_s)
 
+    async def submit_offer(self, event: JobQueued) -> asyncio.Future[PubAck]:
+        """Send a JobQueued's work offer now; the awaitable of its ack."""
+        return await self._submit_offer(event)
+
+    async def publish_event(self, event: Event) -> Published:
+        """Publish the event alone (not its offer) and wait for the ack."""
+        return await self._acked(await self._submit_event(event), None)
+
+    @staticmethod
+    async def wait_offer(
+        offer: asyncio.Future[PubAck], event_seq: int, timeout_s: float
+    ) -> Published:
+        """The Published of an event stored at `event_seq` once its offer is acked too."""
+        ack = (await _wait_acks([offer], timeout_s)).duplicate
+        return Published(seq=event_seq, duplicate=False, offer_duplicate=ack)
+
     async def _submit_event(self, event: Event) -> asyncio.Future[PubAck]:
         subject = names.event_subject(event.job_id, type_name(type(event)))
         with translated():

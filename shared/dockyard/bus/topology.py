@@ -121,6 +121,8 @@ def stream_configs(replicas: int = 1) -> list[StreamConfig]:
             RetentionPolicy.LIMITS,
             max_age=EVENTS_MAX_AGE_S,
             duplicate_window=DUPLICATE_WINDOW_S,
+            # The outbox relay publishes in atomic batches: one fsync a batch (event_batches).
+            allow_atomic=True,
         ),
         stream(
             names.WORK_STREAM,

@@ -1,0 +1,142 @@
+"""The outbox relay's batching sink against a real nats-server: what one turn submits is stored
+as one atomic batch, in order, once; a republished batch and a failed predecessor are handled."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+
+from dockyard.bus import (
+    BusUnavailable,
+    EventBatchPublisher,
+    Published,
+    close,
+    connect,
+    decode_event,
+    decode_work_offer,
+    ensure_topology,
+    jetstream,
+    names,
+)
+from dockyard.core.events import Event, JobClaimed, JobQueued
+from dockyard.core.ids import uuid7
+from tests.integration.test_bus_publish import WORK, fetch_all
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def nc(nats_url: str) -> AsyncIterator[NatsClient]:
+    client = await connect(nats_url, "test-event-batches", timeout_s=10)
+    await ensure_topology(jetstream(client))
+    yield client
+    await close(client)
+
+
+def job_events(job_id: str, count: int) -> list[Event]:
+    at = datetime.now(UTC)
+    first: Event = JobQueued(event_id=uuid7(), job_id=job_id, at=at, attempt=1, queue="default")
+    rest: list[Event] = [
+        JobClaimed(event_id=uuid7(), job_id=job_id, at=at, attempt=1, orchestrator=f"o-{n}")
+        for n in range(count - 1)
+    ]
+    return [first, *rest]
+
+
+def interleaved(jobs: int, per_job: int) -> list[Event]:
+    """Several jobs' events in the order concurrent commits give them."""
+    histories = [job_events(uuid7(), per_job) for _ in range(jobs)]
+    return [history[n] for n in range(per_job) for history in histories]
+
+
+async def submit_all(
+    sink: EventBatchPublisher, events: Sequence[Event]
+) -> list[asyncio.Future[Published]]:
+    """As the relay does: each event chained after its job's previous one, in one turn."""
+    latest: dict[str, asyncio.Future[Any]] = {}
+    futures = []
+    for event in events:
+        future = await sink.submit(event, latest.get(event.job_id))
+        latest[event.job_id] = future
+        futures.append(future)
+    return futures
+
+
+async def stored(js: JetStreamContext, events: Sequence[Event]) -> list[Event]:
+    job_ids = list(dict.fromkeys(e.job_id for e in events))
+    found: list[Event] = []
+    for job_id in job_ids:
+        msgs = await fetch_all(js, names.EVENTS_STREAM, names.job_events_filter(job_id))
+        found += [decode_event(m.data) for m in msgs]
+    return found
+
+
+def by_job(events: Sequence[Event]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for event in events:
+        out.setdefault(event.job_id, []).append(event.event_id)
+    return out
+
+
+async def test_a_turns_events_are_stored_once_in_order_with_their_offers(
+    nc: NatsClient,
+) -> None:
+    js = jetstream(nc)
+    events = interleaved(jobs=20, per_job=5)
+    before = (await js.stream_info(names.EVENTS_STREAM)).state.last_seq
+    futures = await submit_all(EventBatchPublisher(nc, js), events)
+    published = await asyncio.gather(*futures)
+    # One batch: consecutive stream sequences in submission order.
+    assert [p.seq for p in published] == list(range(before + 1, before + len(events) + 1))
+    assert by_job(await stored(js, events)) == by_job(events)
+    offers = await fetch_all(js, names.WORK_STREAM, names.work_subject("default"), WORK)
+    assert sorted(decode_work_offer(m.data).job_id for m in offers) == sorted(by_job(events))
+    assert all(
+        p.offer_duplicate is False
+        for p, e in zip(published, events, strict=True)
+        if isinstance(e, JobQueued)
+    )
+
+
+async def test_a_batch_published_again_is_stored_once(nc: NatsClient) -> None:
+    """The relay republishes from its checkpoint after a crash: JetStream refuses a batch
+    holding ids it has, so the batch goes again one message at a time, deduplicated."""
+    js = jetstream(nc)
+    events = interleaved(jobs=5, per_job=3)
+    await asyncio.gather(*await submit_all(EventBatchPublisher(nc, js), events[:6]))
+    again = await asyncio.gather(*await submit_all(EventBatchPublisher(nc, js), events))
+    assert len(again) == len(events)
+    assert by_job(await stored(js, events)) == by_job(events)
+
+
+async def test_an_event_whose_predecessor_failed_is_never_sent(nc: NatsClient) -> None:
+    js = jetstream(nc)
+    sink = EventBatchPublisher(nc, js)
+    lost: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    lost.set_exception(BusUnavailable("the job's previous event was lost"))
+    [orphan] = job_events(uuid7(), 1)
+    [fine] = job_events(uuid7(), 1)
+    never = await sink.submit(orphan, lost)
+    sent = await sink.submit(fine)
+    with pytest.raises(BusUnavailable):
+        await never
+    await sent
+    assert await stored(js, [orphan]) == []
+    assert await stored(js, [fine]) == [fine]
+
+
+async def test_batches_wait_for_the_one_before(nc: NatsClient) -> None:
+    """What is submitted while a batch is on its way goes in the next, after it."""
+    js = jetstream(nc)
+    sink = EventBatchPublisher(nc, js)
+    first = await submit_all(sink, interleaved(jobs=3, per_job=2))
+    await asyncio.sleep(0)  # the first batch is sent
+    second_events = interleaved(jobs=3, per_job=2)
+    second = await submit_all(sink, second_events)
+    seqs = [p.seq for p in await asyncio.gather(*first, *second)]
+    assert seqs == sorted(seqs)
