@@ -1,5 +1,6 @@
 """The outbox relay's batching sink against a real nats-server: what one turn submits is stored
-as one atomic batch, in order, once; a republished batch and a failed predecessor are handled."""
+as one atomic batch (or one publish each, when few), each job's events in order, once; a
+republished batch and a failed predecessor are handled."""
 
 from __future__ import annotations
 
@@ -89,7 +90,7 @@ async def test_a_turns_events_are_stored_once_in_order_with_their_offers(
     js = jetstream(nc)
     events = interleaved(jobs=20, per_job=5)
     before = (await js.stream_info(names.EVENTS_STREAM)).state.last_seq
-    futures = await submit_all(EventBatchPublisher(nc, js), events)
+    futures = await submit_all(EventBatchPublisher(nc, js, min_batch=len(events)), events)
     published = await asyncio.gather(*futures)
     # One batch: consecutive stream sequences in submission order.
     assert [p.seq for p in published] == list(range(before + 1, before + len(events) + 1))
@@ -108,35 +109,49 @@ async def test_a_batch_published_again_is_stored_once(nc: NatsClient) -> None:
     holding ids it has, so the batch goes again one message at a time, deduplicated."""
     js = jetstream(nc)
     events = interleaved(jobs=5, per_job=3)
-    await asyncio.gather(*await submit_all(EventBatchPublisher(nc, js), events[:6]))
-    again = await asyncio.gather(*await submit_all(EventBatchPublisher(nc, js), events))
+    batches = EventBatchPublisher(nc, js, min_batch=2)
+    await asyncio.gather(*await submit_all(batches, events[:6]))
+    again = await asyncio.gather(*await submit_all(batches, events))
     assert len(again) == len(events)
     assert by_job(await stored(js, events)) == by_job(events)
 
 
-async def test_an_event_whose_predecessor_failed_is_never_sent(nc: NatsClient) -> None:
+@pytest.mark.parametrize("min_batch", [1, 32], ids=["batched", "one_by_one"])
+async def test_an_event_whose_predecessor_failed_is_never_sent(
+    nc: NatsClient, min_batch: int
+) -> None:
     js = jetstream(nc)
-    sink = EventBatchPublisher(nc, js)
+    sink = EventBatchPublisher(nc, js, min_batch=min_batch)
     lost: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
     lost.set_exception(BusUnavailable("the job's previous event was lost"))
-    [orphan] = job_events(uuid7(), 1)
+    orphan, follower = job_events(uuid7(), 2)
     [fine] = job_events(uuid7(), 1)
     never = await sink.submit(orphan, lost)
+    nor = await sink.submit(follower, never)  # in the same turn, behind the one that fails
     sent = await sink.submit(fine)
-    with pytest.raises(BusUnavailable):
-        await never
+    for future in (never, nor):
+        with pytest.raises(BusUnavailable):
+            await future
     await sent
     assert await stored(js, [orphan]) == []
     assert await stored(js, [fine]) == [fine]
 
 
-async def test_batches_wait_for_the_one_before(nc: NatsClient) -> None:
-    """What is submitted while a batch is on its way goes in the next, after it."""
+@pytest.mark.parametrize("min_batch", [1, 32], ids=["batched", "one_by_one"])
+async def test_a_jobs_event_waits_for_its_previous_one_sent_in_an_earlier_turn(
+    nc: NatsClient, min_batch: int
+) -> None:
     js = jetstream(nc)
-    sink = EventBatchPublisher(nc, js)
-    first = await submit_all(sink, interleaved(jobs=3, per_job=2))
-    await asyncio.sleep(0)  # the first batch is sent
-    second_events = interleaved(jobs=3, per_job=2)
-    second = await submit_all(sink, second_events)
-    seqs = [p.seq for p in await asyncio.gather(*first, *second)]
-    assert seqs == sorted(seqs)
+    sink = EventBatchPublisher(nc, js, min_batch=min_batch)
+    first, second = job_events(uuid7(), 2)
+    held: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    behind = await sink.submit(first, held)  # waits for an event not yet stored
+    await asyncio.sleep(0)  # a turn passes: the next goes out in a later batch
+    after_it = await sink.submit(second, behind)
+    await asyncio.sleep(0.2)
+    assert not behind.done() and not after_it.done()
+    assert await stored(js, [first]) == []
+    held.set_result(None)
+    one, two = await asyncio.gather(behind, after_it)
+    assert one.seq < two.seq
+    assert await stored(js, [first]) == [first, second]
