@@ -17,11 +17,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import NamedTuple
 
-from dockyard.core import Command, Context, Event, Job, Metadata, decide, fold, uuid7
+from dockyard.core import Command, Context, Event, Job, Metadata, SubmitJob, decide, fold, uuid7
 from dockyard.handler import Clock, Outcome, execute, utc_now
 from dockyard.job_cache import JobCache, Known
 from dockyard.store.ports import EventStore, PendingAppend, StoreUnavailable
@@ -55,7 +55,7 @@ async def execute_many(
     cache = cache if cache is not None else JobCache(0)
     job_ids = list(dict.fromkeys(r.job_id for r in requests))
     try:
-        known = await _current(store, job_ids, cache)
+        known = await _current(store, job_ids, cache, _new_jobs(requests, cache))
         now = clock()
         results, appends, after = _decide_all(known, requests, now, new_id)
         doubtful = _doubtful(requests, results, cached=set(known) - known.read)
@@ -90,10 +90,13 @@ class _Current(dict[str, Known]):
     read: set[str]
 
 
-async def _current(store: EventStore, job_ids: list[str], cache: JobCache) -> _Current:
+async def _current(
+    store: EventStore, job_ids: list[str], cache: JobCache, new: Collection[str] = ()
+) -> _Current:
+    """Each job's state: from the cache, assumed empty for `new` ones, else read."""
     current = _Current()
     for job_id in job_ids:
-        known = cache.get(job_id)
+        known = Known(0, None) if job_id in new else cache.get(job_id)
         if known is not None:
             current[job_id] = known
     current.read = {job_id for job_id in job_ids if job_id not in current}
@@ -102,6 +105,19 @@ async def _current(store: EventStore, job_ids: list[str], cache: JobCache) -> _C
         for job_id, history in histories.items():
             current[job_id] = Known(len(history), fold(r.event for r in history))
     return current
+
+
+def _new_jobs(requests: Sequence[Request], cache: JobCache) -> set[str]:
+    """Jobs whose first command here is a submit: assumed not to exist yet (their ids are
+    fresh). If one does, the insert at version 1 collides, as with a stale cache entry."""
+    first: dict[str, Command] = {}
+    for request in requests:
+        first.setdefault(request.job_id, request.command)
+    return {
+        job_id
+        for job_id, command in first.items()
+        if isinstance(command, SubmitJob) and cache.get(job_id) is None
+    }
 
 
 def _doubtful(requests: Sequence[Request], results: list[Result], cached: set[str]) -> set[str]:

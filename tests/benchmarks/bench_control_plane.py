@@ -19,6 +19,7 @@ import time
 import asyncpg
 import pytest
 
+from dockyard.bus import outbox
 from dockyard.core import SubmitJob, uuid7
 from dockyard.core.events import JobClaimed, JobSubmitted
 from dockyard.core.spec import JobSpec
@@ -49,7 +50,9 @@ async def test_control_plane_jobs_per_second(nats_url: str, database_url: str) -
     raw = await _raw_insert_rate(database_url)
     spec = JobSpec(image="busybox", command=["true"])
     # The scheduler's own due-job tick, not the short one tests use to wait less on retries.
-    async with ControlPlane(nats_url, database_url, due_tick_s=due.TICK_S) as plane:
+    async with ControlPlane(
+        nats_url, database_url, due_tick_s=due.TICK_S, relay_poll_s=outbox.POLL_INTERVAL_S
+    ) as plane:
         orchestrator = await _fake_orchestrator(nats_url)
         try:
             await _run_jobs(plane, spec, WARM_UP)  # connections, consumers, caches

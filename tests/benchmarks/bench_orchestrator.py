@@ -24,7 +24,7 @@ import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
-from dockyard.bus import close, connect, ensure_topology, jetstream, names, protocol
+from dockyard.bus import close, connect, ensure_topology, jetstream, names, outbox, protocol
 from dockyard.bus.protocol import ReportCommand
 from dockyard.core.commands import ReportExit
 from dockyard.core.events import ReleaseHow
@@ -149,7 +149,9 @@ class TimedRuntime:
 @pytest_asyncio.fixture(loop_scope="session")
 async def control(nats_url: str, database_url: str) -> AsyncIterator[ControlPlane]:
     # The scheduler's own due-job tick, not the short one tests use to wait less on retries.
-    async with ControlPlane(nats_url, database_url, due_tick_s=due.TICK_S) as plane:
+    async with ControlPlane(
+        nats_url, database_url, due_tick_s=due.TICK_S, relay_poll_s=outbox.POLL_INTERVAL_S
+    ) as plane:
         yield plane
 
 

@@ -125,8 +125,9 @@ async def js(nc: NatsClient) -> JetStreamContext:
 
 
 def relay_for(store: PgEventStore, nc: NatsClient, **kw: Any) -> OutboxRelay:
-    """A relay as the scheduler runs it: batches of events, each batch one JetStream commit."""
-    sink = EventBatchPublisher(nc, jetstream(nc), ack_timeout_s=2.0)
+    """A relay as the scheduler runs it, sending atomic batches from 4 events (not 32) so the
+    outage tests put batches in flight, not only single publishes."""
+    sink = EventBatchPublisher(nc, jetstream(nc), ack_timeout_s=2.0, min_batch=4)
     return OutboxRelay(store, sink, poll_interval_s=0.2, **kw)
 
 

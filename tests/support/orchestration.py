@@ -82,10 +82,13 @@ class ControlPlane:
         *,
         queues: Iterable[str] = ("default",),
         due_tick_s: float = 0.05,
+        relay_poll_s: float = 0.2,
     ) -> None:
-        """`due_tick_s`: short for tests that wait on retries; benchmarks pass the service's."""
+        """`due_tick_s`, `relay_poll_s`: short for tests that wait on retries or on events no
+        notification announces; benchmarks pass the service's."""
         self.nats_url = nats_url
         self.due_tick_s = due_tick_s
+        self.relay_poll_s = relay_poll_s
         self.database_url = database_url
         self.queues = tuple(queues)
         self._pool: Pool | None = None
@@ -122,7 +125,9 @@ class ControlPlane:
         await self._responder.start()
         reports = ReportConsumer(self._nc, self._js, self._store, self.batcher)
         relay = OutboxRelay(
-            self._store, EventBatchPublisher(self._nc, self._js), poll_interval_s=0.2
+            self._store,
+            EventBatchPublisher(self._nc, self._js),
+            poll_interval_s=self.relay_poll_s,
         )
         due = PgDueJobs(self._pool)
         self._tasks = [
@@ -151,7 +156,8 @@ class ControlPlane:
 
     async def submit(self, job_spec: JobSpec, tenant: str = "acme") -> str:
         job_id = uuid7()
-        await execute(self.store, job_id, SubmitJob(tenant=tenant, spec=job_spec))
+        # Through the batcher, as the scheduler's API submits.
+        await self.batcher.execute(job_id, SubmitJob(tenant=tenant, spec=job_spec))
         return job_id
 
     async def deployment(self) -> str:

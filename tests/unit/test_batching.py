@@ -21,7 +21,7 @@ from dockyard.core import (
 )
 from dockyard.core.errors import UnknownJob
 from dockyard.handler import Outcome, execute
-from dockyard.job_cache import JobCache, Known
+from dockyard.job_cache import FINISHED_TTL_S, JobCache, Known
 from dockyard.store.memory import InMemoryEventStore
 from dockyard.store.ports import BatchConflict, PendingAppend, RecordedEvent, StoreUnavailable
 
@@ -113,7 +113,11 @@ async def test_an_unavailable_store_is_every_requests_answer() -> None:
         async def load_many(self, job_ids: Sequence[str]) -> dict[str, list[object]]:  # type: ignore[override]
             raise StoreUnavailable("away")
 
-    results = await execute_many(Away(), [Request(uuid7(), submit()), Request(uuid7(), submit())])
+        async def append_many(self, appends: Sequence[PendingAppend]) -> None:
+            raise StoreUnavailable("away")
+
+    store = Away()
+    results = await execute_many(store, [Request(uuid7(), submit()), Request(uuid7(), claim())])
     assert all(isinstance(r, StoreUnavailable) for r in results)
 
 
@@ -153,16 +157,35 @@ def started(attempt: int = 1) -> ReportStarted:
     return ReportStarted(attempt=attempt, orchestrator="o", container_id="c")
 
 
-async def test_a_cached_job_is_not_read_again_and_a_finished_one_is_dropped() -> None:
-    store, cache = CountingLoads(), JobCache()
+async def test_a_cached_job_is_not_read_again_and_a_finished_one_is_dropped_soon() -> None:
+    now = [0.0]
+    store, cache = CountingLoads(), JobCache(clock=lambda: now[0])
     job_id = uuid7()
     for command in (submit(), claim(), started()):
         outcome((await execute_many(store, [Request(job_id, command)], cache=cache))[0])
-    assert store.loaded == [job_id]  # only before the first command
+    assert store.loaded == []  # a submit's fresh id needs no read; the rest were cached
     known = cache.get(job_id)
     assert known is not None and known.version == len(await store.load(job_id))
     await execute_many(store, [Request(job_id, ReportExit(attempt=1, exit_code=0))], cache=cache)
-    assert cache.get(job_id) is None  # finished: only late duplicates come now
+    assert cache.get(job_id) is not None  # the removal reports that follow need no read
+    now[0] += FINISHED_TTL_S
+    assert cache.get(job_id) is None  # then only duplicates come, and retention may purge it
+
+
+async def test_a_submit_for_an_id_that_exists_is_caught_by_the_insert() -> None:
+    """E.g. a schedule's fire that another scheduler made first: the batch assumes the id is
+    new, and gives what one at a time gives once the insert collides."""
+    job_id = uuid7()
+    batched_store, alone_store = InMemoryEventStore(), InMemoryEventStore()
+    for store in (batched_store, alone_store):
+        await execute(store, job_id, submit())
+    [batched] = await execute_many(batched_store, [Request(job_id, submit())], cache=JobCache())
+    try:
+        alone: Outcome | Exception = await execute(alone_store, job_id, submit())
+    except Exception as error:
+        alone = error
+    assert type(batched) is type(alone)
+    assert len(await batched_store.load(job_id)) == len(await alone_store.load(job_id))
 
 
 async def test_another_writer_behind_the_cache_is_caught_by_the_insert() -> None:
@@ -185,7 +208,7 @@ async def test_a_refusal_from_a_cached_state_is_checked_against_the_store() -> N
     results = await execute_many(store, [Request(job_id, started())], cache=cache)
     job = outcome(results[0]).job
     assert job is not None and job.status == "running"
-    assert store.loaded == [job_id, job_id]
+    assert store.loaded == [job_id]  # read only to check the refusal
 
 
 async def test_a_duplicate_from_a_cached_state_is_checked_against_the_store() -> None:

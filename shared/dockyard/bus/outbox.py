@@ -40,6 +40,8 @@ RETRY_CAP_S: Final = 5.0
 # JetStream drops as repeats, instead of one more database write per commit.
 CHECKPOINT_EVERY_S: Final = 0.5
 STOP_SAVE_TIMEOUT_S: Final = 2.0
+# Commits are announced (LISTEN); the poll only catches what no notification announces.
+POLL_INTERVAL_S: Final = 1.0
 
 
 class OutboxSource(Protocol):
@@ -88,7 +90,7 @@ class OutboxRelay:
         checkpoint: str = CHECKPOINT,
         page_size: int = 1000,
         max_in_flight: int = 256,
-        poll_interval_s: float = 1.0,
+        poll_interval_s: float = POLL_INTERVAL_S,
         checkpoint_every_s: float = CHECKPOINT_EVERY_S,
     ) -> None:
         if page_size < 1 or max_in_flight < 1:
