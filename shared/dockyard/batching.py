@@ -196,14 +196,19 @@ class CommandBatcher:
     """Runs commands through `execute_many`, one batch at a time, in arrival order."""
 
     def __init__(
-        self, store: EventStore, *, clock: Clock = utc_now, max_batch: int = MAX_BATCH
+        self,
+        store: EventStore,
+        *,
+        clock: Clock = utc_now,
+        max_batch: int = MAX_BATCH,
+        cache: JobCache | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
         self._max_batch = max_batch
         self._waiting: list[tuple[Request, asyncio.Future[Result]]] = []
         self._task: asyncio.Task[None] | None = None
-        self._cache = JobCache()
+        self._cache = cache if cache is not None else JobCache()
         self.batches = 0
 
     async def execute(

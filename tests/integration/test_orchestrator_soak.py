@@ -13,6 +13,7 @@ import aiodocker
 import pytest
 import pytest_asyncio
 
+from dockyard.job_cache import JobCache
 from tests.support.orchestration import (
     TRACKERS,
     ControlPlane,
@@ -35,7 +36,9 @@ MAX_GROWTH = 1024 * 1024
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def control(nats_url: str, database_url: str) -> AsyncIterator[ControlPlane]:
-    async with ControlPlane(nats_url, database_url) as plane:
+    # The scheduler side shares this process: its batcher's job cache (bounded, a scheduler's
+    # memory, not the orchestrator's this test measures) is kept empty.
+    async with ControlPlane(nats_url, database_url, job_cache=JobCache(capacity=0)) as plane:
         yield plane
 
 

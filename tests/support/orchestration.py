@@ -46,6 +46,7 @@ from dockyard.core import Job, RequestCancel, SubmitJob, fold, uuid7
 from dockyard.core.events import ContainerStarted, Event
 from dockyard.core.spec import JobSpec
 from dockyard.handler import execute
+from dockyard.job_cache import JobCache
 from dockyard.orchestrator import Orchestrator, OrchestratorConfig, bootstrap
 from dockyard.runtime.output import LogLine
 from dockyard.scheduler.claims import ClaimResponder
@@ -83,12 +84,14 @@ class ControlPlane:
         queues: Iterable[str] = ("default",),
         due_tick_s: float = 0.05,
         relay_poll_s: float = 0.2,
+        job_cache: JobCache | None = None,
     ) -> None:
         """`due_tick_s`, `relay_poll_s`: short for tests that wait on retries or on events no
         notification announces; benchmarks pass the service's."""
         self.nats_url = nats_url
         self.due_tick_s = due_tick_s
         self.relay_poll_s = relay_poll_s
+        self.job_cache = job_cache
         self.database_url = database_url
         self.queues = tuple(queues)
         self._pool: Pool | None = None
@@ -120,7 +123,8 @@ class ControlPlane:
         self._nc = await connect(self.nats_url, "test control plane")
         self._js = jetstream(self._nc)
         self._deployment = await ensure_topology(self._js, queues=self.queues, lease_s=TEST_LEASE_S)
-        self.batcher = CommandBatcher(self._store)  # shared, as the scheduler's service does
+        # Shared, as the scheduler's service shares it.
+        self.batcher = CommandBatcher(self._store, cache=self.job_cache)
         self._responder = ClaimResponder(self._nc, self._store, batcher=self.batcher)
         await self._responder.start()
         reports = ReportConsumer(self._nc, self._js, self._store, self.batcher)
