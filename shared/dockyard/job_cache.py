@@ -8,9 +8,8 @@ miss only where the store would notice it:
 - a command that writes nothing (a duplicate, a refusal): nothing collides, so such an answer
   from a cached state is never trusted; the batch reads those jobs and decides again.
 Finished jobs are kept only briefly (FINISHED_TTL_S): what still comes for them is the
-orchestrator's last removal reports, within moments, and later duplicates. Retention deletes
-their events days later, and a job whose events are gone must read as unknown, never as a
-cached state.
+orchestrator's last removal reports, within moments, then only rare duplicates, which can
+afford a read.
 """
 
 from __future__ import annotations

@@ -155,3 +155,23 @@ async def test_a_jobs_event_waits_for_its_previous_one_sent_in_an_earlier_turn(
     one, two = await asyncio.gather(behind, after_it)
     assert one.seq < two.seq
     assert await stored(js, [first]) == [first, second]
+
+
+async def test_a_stream_without_atomic_batches_gets_every_event_one_by_one(
+    nc: NatsClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """EVENTS as made before `allow_atomic` and not updated (or a server that ignores it): the
+    batch is refused, its events go one publish each, and the publisher batches no more."""
+    js = jetstream(nc)
+    config = (await js.stream_info(names.EVENTS_STREAM)).config
+    await js.delete_stream(names.EVENTS_STREAM)
+    config.allow_atomic = None
+    await js.add_stream(config)
+    sink = EventBatchPublisher(nc, js, min_batch=2)
+    events = interleaved(jobs=4, per_job=3)
+    await asyncio.gather(*await submit_all(sink, events))
+    later = interleaved(jobs=4, per_job=3)
+    await asyncio.gather(*await submit_all(sink, later))
+    assert by_job(await stored(js, events + later)) == by_job(events + later)
+    fallbacks = [r for r in caplog.records if "event_batches.unsupported" in r.getMessage()]
+    assert len(fallbacks) == 1  # the second turn went one by one from the start

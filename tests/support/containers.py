@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
 # Set by machines that can pull from Docker Hub, to test against the real image.
 OFFICIAL_IMAGES = os.environ.get("DOCKYARD_TEST_OFFICIAL_IMAGES") == "1"
-OFFICIAL_NATS_IMAGE = "nats:2.10"
+OFFICIAL_NATS_IMAGE = "nats:2.12"
 # Both images run nats-server as their entrypoint, so the same arguments fit both.
 NATS_ARGS = ["-js", "-sd", "/data", "-m", "8222"]
 

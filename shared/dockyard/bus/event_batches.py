@@ -10,7 +10,10 @@ window lets through) goes out together: as one batch when it is at least MIN_BAT
 (below that a batch costs the server more than one publish each), else one publish per event.
 Each job's events stay in order: an event is sent only once its job's previous event (`after`,
 if sent earlier) is stored, and never if that failed (the relay republishes both from its
-checkpoint); within a batch, order is the batch's. A batch the server refuses because it holds
+checkpoint); a batch goes once all such earlier events of its own are stored, and within it,
+order is the batch's. A server before 2.12 acks a batch's commit as a plain message: the
+publisher notices (the ack names no batch), sends those events again one by one and batches
+no more. A batch the server refuses because it holds
 an event id it has stored already (the relay republishing after a crash) is sent again one
 message at a time, which JetStream deduplicates one by one. Work offers go at once, as
 EventPublisher sends them.
@@ -19,6 +22,8 @@ EventPublisher sends them.
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import uuid
 from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
@@ -37,6 +42,8 @@ from dockyard.bus.publish import ACK_TIMEOUT_S, EventPublisher, Published
 from dockyard.core import codec
 from dockyard.core.events import Event, JobQueued, type_name
 
+log = logging.getLogger("dockyard.bus.event_batches")
+
 # The server's ceiling on messages in one atomic batch (jetstream.limits.batch.max_msgs).
 MAX_BATCH: Final = 1000
 # Fewer events than this go one publish each: an atomic batch costs the server ~2 ms of CPU
@@ -45,11 +52,19 @@ MAX_BATCH: Final = 1000
 MIN_BATCH: Final = 32
 # "atomic publish batch contains duplicate message id": part of it is stored already.
 BATCH_HAS_DUPLICATE: Final = 10201
+# "atomic publish is disabled": the stream was made without allow_atomic.
+ATOMIC_DISABLED: Final = 10174
 
 
 class _BatchAck(msgspec.Struct):
     seq: int = 0
     error: dict[str, Any] | None = None
+    batch: str | None = None  # set, with count, only by a server that committed a batch
+    count: int = 0
+
+
+class NoAtomicBatches(Exception):
+    """The server does not store atomic batches on this stream (see `committed_seq`)."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +90,7 @@ class EventBatchPublisher:
         self._nc = nc
         self._single = EventPublisher(js, ack_timeout_s=ack_timeout_s)
         self._ack_timeout_s = ack_timeout_s
-        self._min_batch = min_batch
+        self._min_batch: float = min_batch
         self._max_batch = max_batch
         self._gathering: list[_Item] = []
         self._sending: set[asyncio.Task[None]] = set()
@@ -128,6 +143,12 @@ class EventBatchPublisher:
         events = [item.event for item in items]
         try:
             last = await self._atomic(events)
+        except NoAtomicBatches as exc:
+            # Send them again one by one (any a server before 2.12 stored unacked is dropped
+            # by its id), and batch no more.
+            log.warning("event_batches.unsupported reason=%s: publishing one by one", exc)
+            self._min_batch = math.inf
+            return [await self._single.publish_event(event) for event in events]
         except BusError as exc:
             if getattr(exc, "err_code", None) != BATCH_HAS_DUPLICATE:
                 raise
@@ -148,11 +169,7 @@ class EventBatchPublisher:
             reply = await self._nc.request(
                 subject, payload, timeout=self._ack_timeout_s, headers=headers
             )
-        ack = msgspec.json.decode(reply.data, type=_BatchAck)
-        if ack.error is not None:
-            with translated():
-                APIError.from_error(ack.error)
-        return ack.seq
+        return committed_seq(reply.data, batch_id, len(events))
 
 
 async def _settling(
@@ -175,6 +192,24 @@ async def _settling(
         _settle(item, one.seq, timeout_s)
 
 
+def committed_seq(reply: bytes, batch_id: str, count: int) -> int:
+    """The stream sequence of a batch's last message, from the server's answer to its commit.
+
+    Raises the server's refusal as BusRejected / BusUnavailable, and NoAtomicBatches when the
+    server does not do atomic batches: it refused them on this stream, or (before 2.12) it
+    acked the commit as a plain message, having stored the others unacked.
+    """
+    ack = msgspec.json.decode(reply, type=_BatchAck)
+    if ack.error is not None:
+        if ack.error.get("err_code") == ATOMIC_DISABLED:
+            raise NoAtomicBatches(str(ack.error.get("description")))
+        with translated():
+            APIError.from_error(ack.error)
+    if ack.batch != batch_id or ack.count != count:
+        raise NoAtomicBatches("the commit was acked as a plain message")
+    return ack.seq
+
+
 def _message(event: Event, batch_id: str, n: int) -> tuple[str, bytes, dict[str, str]]:
     headers = event_headers(event)
     headers[names.BATCH_ID] = batch_id
@@ -183,7 +218,10 @@ def _message(event: Event, batch_id: str, n: int) -> tuple[str, bytes, dict[str,
 
 
 def _may_go(item: _Item) -> bool:
-    """False (and the item failed) if its job's previous event was not stored."""
+    """False (and the item failed) if its job's previous event was not stored, or the relay
+    gave it up (cancelled: it republishes from its checkpoint)."""
+    if item.done.cancelled():
+        return False
     after = item.after
     if after is None or not after.done():
         return True  # none, or in this same batch: stored together or not at all
@@ -211,6 +249,8 @@ def _settle(item: _Item, seq: int, timeout_s: float) -> None:
 
 def _chain(task: asyncio.Future[Published], done: asyncio.Future[Published]) -> None:
     if done.done():
+        if not task.cancelled():
+            task.exception()  # retrieved: nobody waits for an item the relay gave up
         return
     if task.cancelled():
         done.cancel()
