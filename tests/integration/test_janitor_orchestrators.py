@@ -264,9 +264,9 @@ async def test_an_orchestrator_cut_off_past_its_lease_is_replaced_and_rejoins_ha
     lines = await control.log_lines(job_id)
     assert_seqs_contiguous(lines)
     # Attempt 1's lines from before the cut, then attempt 2's. What attempt 1 printed while
-    # cut off came back as one batch numbered from where attempt 2 starts, and JetStream
-    # dropped it as a repeat of attempt 2's first batch id (the known limit: batches are not
-    # fenced by attempt, so a stale batch with a fresh id would get in).
+    # cut off was numbered from where attempt 2 starts: its orchestrator, back, saw attempt 2
+    # claimed and dropped those lines instead of sending them.
+    assert "orchestrator.log_superseded" in process.output()
     attempts = [line.attempt for line in lines]
     assert attempts == sorted(attempts) and attempts[-1] == 2
     texts = [line.text for line in lines if line.attempt == 2]

@@ -113,3 +113,44 @@ async def test_publishes_while_disconnected_wait_for_the_connection() -> None:
     assert js.ids() == ["from 1"]
     js.ack_all()
     await flushing
+
+
+async def test_after_an_outage_a_superseded_attempt_sends_nothing_more() -> None:
+    """Cut off past its lease, the attempt was replaced: the next attempt numbers its lines
+    after what was stored when it was claimed, so what this one still holds is dropped."""
+    nc, js = FakeNats(), FakeJetStream()
+    asked: list[bool] = []
+
+    async def superseded() -> bool:
+        asked.append(True)
+        return True
+
+    logs = LogSink(nc, js, "job", 1, window=4, ack_timeout_s=0.5, superseded=superseded)  # type: ignore[arg-type]
+    await logs.publish(lines(1))
+    nc.reconnect()  # batch 1 may have died with the old socket
+    await logs.publish(lines(3))
+    await logs.flush()
+    assert js.ids() == ["from 1"]  # nothing sent again
+    await logs.publish(lines(5))  # nor anything later
+    await logs.flush()
+    assert js.ids() == ["from 1"] and asked == [True]
+
+
+async def test_a_current_attempt_resends_as_before_and_a_failed_check_does_not_stop_it() -> None:
+    for answer in (False, None):
+        nc, js = FakeNats(), FakeJetStream()
+
+        async def superseded(answer: bool | None = answer) -> bool:
+            if answer is None:
+                raise nats.errors.TimeoutError
+            return answer
+
+        logs = LogSink(nc, js, "job", 1, window=4, ack_timeout_s=0.5, superseded=superseded)  # type: ignore[arg-type]
+        await logs.publish(lines(1))
+        nc.reconnect()
+        publishing = asyncio.create_task(logs.publish(lines(3)))
+        await asyncio.sleep(0.2)
+        assert js.ids() == ["from 1", "from 1", "from 3"]
+        js.ack_all()
+        await publishing
+        await logs.flush()

@@ -7,6 +7,7 @@ NATS to the services that store them, so an orchestrator runs on any host.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -30,7 +31,7 @@ from dockyard.orchestrator.config import OrchestratorConfig
 from dockyard.orchestrator.control import Control
 from dockyard.orchestrator.heartbeat import Heartbeats
 from dockyard.orchestrator.images import Images
-from dockyard.orchestrator.logsink import LogSink, last_log_seq
+from dockyard.orchestrator.logsink import LogSink, last_log_seq, later_attempt_claimed
 from dockyard.orchestrator.metrics import CountingLogSink, OrchestratorMetrics, serve_metrics
 from dockyard.orchestrator.observed import observed_ask
 from dockyard.orchestrator.outcome import StopRequest, outcome_of
@@ -261,6 +262,7 @@ class Orchestrator:
             attempt,
             window=self.config.log_window,
             headers=tracing.current_headers(),
+            superseded=functools.partial(later_attempt_claimed, self.js, job_id, attempt),
         )
         return CountingLogSink(sink, self.metrics.log_lines)
 
