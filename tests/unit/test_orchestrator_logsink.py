@@ -154,3 +154,40 @@ async def test_a_current_attempt_resends_as_before_and_a_failed_check_does_not_s
         js.ack_all()
         await publishing
         await logs.flush()
+
+
+async def test_a_superseded_attempt_that_printed_nothing_while_cut_off_sends_nothing_after() -> (
+    None
+):
+    """Nothing was in flight to send again: the first batch on the new connection asks."""
+    nc, js = FakeNats(), FakeJetStream()
+
+    async def superseded() -> bool:
+        return True
+
+    logs = LogSink(nc, js, "job", 1, window=4, ack_timeout_s=0.5, superseded=superseded)  # type: ignore[arg-type]
+    await logs.publish(lines(1))
+    js.ack_all()
+    await logs.flush()
+    nc.reconnect()
+    await logs.publish(lines(3))  # e.g. "stopped by the scheduler", numbered after 2
+    await logs.flush()
+    assert js.ids() == ["from 1"]
+
+
+async def test_without_a_new_connection_nothing_is_asked() -> None:
+    nc, js = FakeNats(), FakeJetStream()
+    asked: list[bool] = []
+
+    async def superseded() -> bool:
+        asked.append(True)
+        return True
+
+    logs = LogSink(nc, js, "job", 1, window=4, ack_timeout_s=0.5, superseded=superseded)  # type: ignore[arg-type]
+    await logs.publish(lines(1))
+    js.sent[0][1].set_exception(nats.errors.TimeoutError())  # a failure, same connection
+    flushing = asyncio.create_task(logs.flush())
+    await asyncio.sleep(0.3)
+    js.ack_all()
+    await flushing
+    assert asked == [] and js.ids() == ["from 1", "from 1"]

@@ -86,12 +86,13 @@ class LogSink:
         self._epoch = -1  # the connection (reconnect count) the sent batches went out on
         self._headers = dict(headers or {})
         self._superseded = superseded
+        self._checked_epoch = self._reconnects()  # the connection last asked about a claim
         self._fenced = False  # a later attempt owns the job's log: send nothing more
         self.published_lines = 0
 
     async def publish(self, lines: list[LogLine]) -> None:
         """Send a batch after the previous ones; waits only while the window is full."""
-        if not lines or self._fenced:
+        if not lines or self._fenced or await self._fenced_after_reconnect():
             return
         batch = protocol.LogBatch(job_id=self._job_id, attempt=self._attempt, lines=lines)
         payload = protocol.encode(batch)
@@ -203,27 +204,36 @@ class LogSink:
     async def _resend(self) -> None:
         """Send every unacked batch again, in order, on the current connection.
 
-        Unless a later attempt has been claimed meanwhile (this orchestrator was cut off past
-        its lease and its attempt replaced): that attempt numbers its lines after what was
-        stored when it was claimed, so what this one still holds would take its seqs. Those
-        lines are dropped, loudly. (A claim landing between the check and the store can still
-        collide; the batch id, from the first seq, then usually drops one of the two.)
+        Unless, on a new connection, a later attempt turns out to have been claimed (this
+        orchestrator was cut off past its lease and its attempt replaced): that attempt numbers
+        its lines after what was stored when it was claimed, so what this one holds, or prints
+        next, would take its seqs. Those lines are dropped, loudly. (A claim not yet on EVENTS
+        when asked, behind the outbox, can still collide; the batch id, from the first seq,
+        then usually drops one of the two.)
         """
         for item in self._in_flight:
             _discard(item.ack)
             item.ack = None
         await wait_connected(self._nc)
-        if await self._is_superseded():
-            self._fence()
+        if await self._fenced_after_reconnect():
             return
         for item in self._in_flight:
             await self._send(item)
             if item.ack is None or _failed(item.ack):
                 break  # the rest wait for the next resend, to stay in order
 
-    async def _is_superseded(self) -> bool:
-        if self._superseded is None:
+    async def _fenced_after_reconnect(self) -> bool:
+        """Once per new connection (an outage may have outlasted the lease): fence if a later
+        attempt was claimed meanwhile."""
+        if self._superseded is None or self._checked_epoch == self._reconnects():
             return False
+        self._checked_epoch = self._reconnects()
+        if await self._is_superseded():
+            self._fence()
+        return self._fenced
+
+    async def _is_superseded(self) -> bool:
+        assert self._superseded is not None
         try:
             return await self._superseded()
         except Exception as exc:  # cannot tell: send as before, the batch ids still guard
