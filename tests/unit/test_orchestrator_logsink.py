@@ -115,17 +115,30 @@ async def test_publishes_while_disconnected_wait_for_the_connection() -> None:
     await flushing
 
 
+class Claims:
+    """The sink's question "was a later attempt claimed?": its answer (None: the question
+    fails), and how often it was asked."""
+
+    def __init__(self, answer: bool | None) -> None:
+        self.answer = answer
+        self.asked = 0
+
+    async def superseded(self) -> bool:
+        self.asked += 1
+        if self.answer is None:
+            raise nats.errors.TimeoutError
+        return self.answer
+
+
+def fenced_sink(nc: FakeNats, js: FakeJetStream, claims: Claims) -> LogSink:
+    return LogSink(nc, js, "job", 1, window=4, ack_timeout_s=0.5, superseded=claims.superseded)  # type: ignore[arg-type]
+
+
 async def test_after_an_outage_a_superseded_attempt_sends_nothing_more() -> None:
     """Cut off past its lease, the attempt was replaced: the next attempt numbers its lines
     after what was stored when it was claimed, so what this one still holds is dropped."""
-    nc, js = FakeNats(), FakeJetStream()
-    asked: list[bool] = []
-
-    async def superseded() -> bool:
-        asked.append(True)
-        return True
-
-    logs = LogSink(nc, js, "job", 1, window=4, ack_timeout_s=0.5, superseded=superseded)  # type: ignore[arg-type]
+    nc, js, claims = FakeNats(), FakeJetStream(), Claims(True)
+    logs = fenced_sink(nc, js, claims)
     await logs.publish(lines(1))
     nc.reconnect()  # batch 1 may have died with the old socket
     await logs.publish(lines(3))
@@ -133,19 +146,13 @@ async def test_after_an_outage_a_superseded_attempt_sends_nothing_more() -> None
     assert js.ids() == ["from 1"]  # nothing sent again
     await logs.publish(lines(5))  # nor anything later
     await logs.flush()
-    assert js.ids() == ["from 1"] and asked == [True]
+    assert js.ids() == ["from 1"] and claims.asked == 1
 
 
 async def test_a_current_attempt_resends_as_before_and_a_failed_check_does_not_stop_it() -> None:
     for answer in (False, None):
-        nc, js = FakeNats(), FakeJetStream()
-
-        async def superseded(answer: bool | None = answer) -> bool:
-            if answer is None:
-                raise nats.errors.TimeoutError
-            return answer
-
-        logs = LogSink(nc, js, "job", 1, window=4, ack_timeout_s=0.5, superseded=superseded)  # type: ignore[arg-type]
+        nc, js, claims = FakeNats(), FakeJetStream(), Claims(answer)
+        logs = fenced_sink(nc, js, claims)
         await logs.publish(lines(1))
         nc.reconnect()
         publishing = asyncio.create_task(logs.publish(lines(3)))
@@ -154,6 +161,7 @@ async def test_a_current_attempt_resends_as_before_and_a_failed_check_does_not_s
         js.ack_all()
         await publishing
         await logs.flush()
+        assert claims.asked == 1  # once per connection
 
 
 async def test_a_superseded_attempt_that_printed_nothing_while_cut_off_sends_nothing_after() -> (
@@ -161,11 +169,7 @@ async def test_a_superseded_attempt_that_printed_nothing_while_cut_off_sends_not
 ):
     """Nothing was in flight to send again: the first batch on the new connection asks."""
     nc, js = FakeNats(), FakeJetStream()
-
-    async def superseded() -> bool:
-        return True
-
-    logs = LogSink(nc, js, "job", 1, window=4, ack_timeout_s=0.5, superseded=superseded)  # type: ignore[arg-type]
+    logs = fenced_sink(nc, js, Claims(True))
     await logs.publish(lines(1))
     js.ack_all()
     await logs.flush()
@@ -176,18 +180,12 @@ async def test_a_superseded_attempt_that_printed_nothing_while_cut_off_sends_not
 
 
 async def test_without_a_new_connection_nothing_is_asked() -> None:
-    nc, js = FakeNats(), FakeJetStream()
-    asked: list[bool] = []
-
-    async def superseded() -> bool:
-        asked.append(True)
-        return True
-
-    logs = LogSink(nc, js, "job", 1, window=4, ack_timeout_s=0.5, superseded=superseded)  # type: ignore[arg-type]
+    nc, js, claims = FakeNats(), FakeJetStream(), Claims(True)
+    logs = fenced_sink(nc, js, claims)
     await logs.publish(lines(1))
     js.sent[0][1].set_exception(nats.errors.TimeoutError())  # a failure, same connection
     flushing = asyncio.create_task(logs.flush())
     await asyncio.sleep(0.3)
     js.ack_all()
     await flushing
-    assert asked == [] and js.ids() == ["from 1", "from 1"]
+    assert claims.asked == 0 and js.ids() == ["from 1", "from 1"]
