@@ -62,7 +62,7 @@ class EventPublisher:
         nobody (a copy sent again is dropped as a duplicate). The awaitable raises
         BusUnavailable if an ack does not come within the ack timeout.
         """
-        offer = await self._submit_offer(event) if isinstance(event, JobQueued) else None
+        offer = await self.submit_offer(event) if isinstance(event, JobQueued) else None
         try:
             if after is None:
                 return asyncio.ensure_future(self._acked(await self._submit_event(event), offer))
@@ -88,10 +88,6 @@ class EventPublisher:
         acks = [event_ack] if offer_ack is None else [event_ack, offer_ack]
         return await _wait_acks(acks, self._ack_timeout_s)
 
-    async def submit_offer(self, event: JobQueued) -> asyncio.Future[PubAck]:
-        """Send a JobQueued's work offer now; the awaitable of its ack."""
-        return await self._submit_offer(event)
-
     async def publish_event(self, event: Event) -> Published:
         """Publish the event alone (not its offer) and wait for the ack."""
         return await self._acked(await self._submit_event(event), None)
@@ -114,7 +110,8 @@ class EventPublisher:
                 stream=names.EVENTS_STREAM,
             )
 
-    async def _submit_offer(self, event: JobQueued) -> asyncio.Future[PubAck]:
+    async def submit_offer(self, event: JobQueued) -> asyncio.Future[PubAck]:
+        """Send a JobQueued's work offer now; the awaitable of its ack."""
         offer = work_offer_for(event)
         with translated():
             return await self._js.publish_async(
