@@ -8,7 +8,7 @@ from typing import Any
 
 import nats.errors
 
-from dockyard.bus import protocol
+from dockyard.bus import names, protocol
 from dockyard.orchestrator.logsink import LogSink
 from dockyard.runtime.output import LogLine
 
@@ -30,6 +30,7 @@ class FakeJetStream:
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, asyncio.Future[Any]]] = []
+        self.headers: list[dict[str, str]] = []
 
     async def publish_async(
         self, subject: str, payload: bytes, headers: dict[str, str], stream: str
@@ -37,6 +38,7 @@ class FakeJetStream:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         first = protocol.decode_log_batch(payload).lines[0].seq
         self.sent.append((f"from {first}", future))
+        self.headers.append(headers)
         return future
 
     def ids(self) -> list[str]:
@@ -70,6 +72,18 @@ async def test_batches_are_pipelined_up_to_the_window() -> None:
     js.ack_all()
     await logs.flush()
     assert js.ids() == ["from 1", "from 3", "from 5"]
+
+
+async def test_a_batch_counts_the_jobs_own_output_for_the_log_cap_not_dockyards_lines() -> None:
+    nc, js = FakeNats(), FakeJetStream()
+    logs = sink(nc, js)
+    await logs.publish([LogLine(1, "stdout", "abc", AT, 1), LogLine(2, "stderr", "de", AT, 1)])
+    await logs.publish(
+        [LogLine(3, "system", "pulling image", AT, 1), LogLine(4, "stdout", "f", AT, 1)]
+    )
+    js.ack_all()
+    await logs.flush()
+    assert [h[names.LOG_BYTES] for h in js.headers] == ["5", "1"]
 
 
 async def test_nothing_is_sent_behind_batches_of_a_lost_connection() -> None:
