@@ -60,6 +60,7 @@ class Skeleton:
         self._succeeded: dict[str, float] = {}
         self._work: JetStreamContext.PullSubscription | None = None
         self._scheduler: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     async def set_up(self) -> None:
         await self._pool.execute(
@@ -105,9 +106,11 @@ class Skeleton:
         return jobs / (max(self._succeeded[j] for j in ids) - started)
 
     async def close(self) -> None:
+        # A flag, not cancel(): a cancel landing inside nats-py's fetch can be swallowed by it,
+        # and the loop would pull forever.
+        self._stopping.set()
         if self._scheduler is not None:
-            self._scheduler.cancel()
-            await asyncio.gather(self._scheduler, return_exceptions=True)
+            await asyncio.wait_for(self._scheduler, timeout=10)
 
     async def _append(self, job_id: str, types: list[str]) -> None:
         version = self._versions.get(job_id, 0)
@@ -178,7 +181,7 @@ class Skeleton:
         await self._js.publish("skeleton.reports", f"{job_id}:{kind}".encode())
 
     async def _consume_reports(self, reports: JetStreamContext.PullSubscription) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 msgs = await reports.fetch(64, timeout=1.0)
             except (TimeoutError, nats.errors.TimeoutError):
