@@ -411,8 +411,8 @@ async def test_throughput_and_cpu_per_job(
     raw: list[tuple[float, float]] = []
     ours: list[tuple[float, float, float]] = []
     bound: list[tuple[float, float]] = []
-    # Connections of its own, closed here. Its own engine client too: on the session's, the
-    # next test's engine calls hung after the skeleton's hundred attaches (aiodocker attach()).
+    # Connections and an engine client of its own, closed here: nothing of the skeleton
+    # outlives this test or shares a pool with what Dockyard is measured on.
     nc = await connect(nats_url, "skeleton")
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
     engine = aiodocker.Docker()
