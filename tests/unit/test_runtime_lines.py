@@ -134,3 +134,18 @@ def test_no_secret_survives_any_chunking_or_long_line_split(
     assert not any(secret in joined for secret in secrets)
     if not any(secret in data.decode() for secret in secrets):
         assert joined == data.decode()
+
+
+@given(
+    secret=st.sampled_from(["", "a", "ab", "€"]),
+    lines=st.lists(st.text(alphabet="ab€x", max_size=20), min_size=1, max_size=5),
+)
+def test_no_piece_exceeds_the_limit_even_when_a_mask_outgrows_its_secret(
+    secret: str, lines: list[str]
+) -> None:
+    # Masking "a" with "***" triples a line: the shortcut that trusts the block's length
+    # must not let such a line through uncut.
+    splitter = LineSplitter(SecretMasker([secret]), max_bytes=12)
+    pieces = splitter.feed("\n".join(lines).encode() + b"\n")
+
+    assert all(len(piece.encode()) <= 12 for piece in pieces)

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dockyard.runtime import LogLine, LogPipeline
+from dockyard.runtime.output import LINE_OVERHEAD
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -174,3 +175,47 @@ def test_seq_never_gaps_and_the_backlog_stays_bounded(
 
     assert [line.seq for line in taken] == list(range(next_seq, next_seq + len(taken)))
     assert pipeline.next_seq == next_seq + len(taken)
+
+
+def _weight(lines: list[LogLine]) -> int:
+    return sum(len(line.text) + LINE_OVERHEAD for line in lines)
+
+
+def _output(lines: list[LogLine]) -> int:
+    return sum(len(line.text) for line in lines if line.stream != "system")
+
+
+@given(ops=st.lists(_op, max_size=60), max_lines=st.integers(min_value=1, max_value=5))
+def test_a_batch_counts_its_output_and_the_backlog_its_weight(
+    ops: list[tuple[str, str, bytes]], max_lines: int
+) -> None:
+    pipeline = LogPipeline(attempt=1, cap_bytes=150, ring_lines=3, max_pending_lines=6)
+    taken: list[LogLine] = []
+    for op, stream, data in ops:
+        if op == "feed":
+            pipeline.feed(stream, data, T0)  # type: ignore[arg-type]
+        elif op == "note":
+            pipeline.note(data.hex(), T0)
+        else:
+            batch = pipeline.take(max_lines, 200)
+            assert batch.output_bytes == _output(batch)
+            taken += batch
+        assert pipeline.pending_bytes == _weight(pipeline._pending[pipeline._head :])
+    pipeline.finish(T0)
+    while batch := pipeline.take(max_lines, 200):
+        assert batch.output_bytes == _output(batch)
+    assert pipeline.pending_bytes == 0
+
+
+def test_counts_stay_right_after_the_taken_lines_are_compacted_away() -> None:
+    pipeline = LogPipeline(attempt=1)
+    for i in range(30):
+        pipeline.feed("stdout", b"".join(b"%d\n" % n for n in range(i * 500, i * 500 + 500)), T0)
+        pipeline.note(f"note {i}", T0)
+    batches = []
+    while batch := pipeline.take(700, 1 << 20):
+        batches.append(batch)
+        assert batch.output_bytes == _output(batch)
+        assert pipeline.pending_bytes == _weight(pipeline._pending[pipeline._head :])
+    assert sum(map(len, batches)) == 30 * 501
+    assert pipeline._dropped_lines > 0  # compaction happened along the way

@@ -35,7 +35,7 @@ from dockyard.bus.errors import (
 )
 from dockyard.core.events import JobClaimed, type_name
 from dockyard.orchestrator.retrying import backoff, wait_connected
-from dockyard.runtime.output import LogLine
+from dockyard.runtime.output import LineBatch, LogLine
 
 log = logging.getLogger("dockyard.orchestrator.logs")
 
@@ -102,7 +102,7 @@ class LogSink:
             await self.publish(lines[:half])
             await self.publish(lines[half:])
             return
-        output = _output_bytes(lines)
+        output = lines.output_bytes if isinstance(lines, LineBatch) else _output_bytes(lines)
         item = _Batch(
             protocol.log_batch_id(self._job_id, lines[0].seq), payload, output, len(lines)
         )

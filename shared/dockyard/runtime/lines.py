@@ -101,7 +101,7 @@ class LineSplitter:
             return self._cut_partial()
         block = self._partial + text[:end] if self._partial else text[:end]
         self._partial = text[end + 1 :]
-        lines = self._finish(block.split("\n"), "\r" in block)
+        lines = self._finish(block.split("\n"), block)
         if len(self._partial) > self._max // 4:
             lines += self._cut_partial()
         return lines
@@ -110,15 +110,19 @@ class LineSplitter:
         """The last line if the stream ended without a newline."""
         text = self._partial + self._decoder.decode(b"", final=True)
         self._partial = ""
-        return self._finish([text], "\r" in text) if text else []
+        return self._finish([text], text) if text else []
 
-    def _finish(self, lines: list[str], has_cr: bool) -> list[str]:
-        if has_cr:
+    def _finish(self, lines: list[str], block: str) -> list[str]:
+        """`lines`, the pieces of `block`, without a `\r` ending, masked, split to fit."""
+        if "\r" in block:
             lines = [line[:-1] if line.endswith("\r") else line for line in lines]
         if self._masker is not None:
             lines = [self._masker.mask(line) for line in lines]
-        # No line of at most max/4 characters can exceed max bytes: skip the exact check.
-        if max(map(len, lines)) * 4 <= self._max:
+        # No line can be longer than its block (a mask of `***` may triple a 1-character
+        # secret), and no line of at most max/4 characters can exceed max bytes: both spare
+        # a pass over the lines. isascii() is O(1) on a str.
+        most = len(block) * (3 if self._masker is not None else 1)
+        if (most <= self._max and block.isascii()) or max(map(len, lines)) * 4 <= self._max:
             return lines
         out: list[str] = []
         for line in lines:

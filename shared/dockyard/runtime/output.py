@@ -12,8 +12,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable
 from datetime import datetime
-from itertools import repeat
-from operator import attrgetter
+from itertools import accumulate, repeat
 from typing import Literal
 
 from msgspec import Struct
@@ -40,6 +39,17 @@ class LogLine(Struct, frozen=True, gc=False):
     text: str
     at: datetime
     attempt: int
+
+
+class LineBatch(list[LogLine]):
+    """Lines taken together, with the job's own output among them counted as they were taken
+    (stdout and stderr text; `system` lines are Dockyard's and do not count toward the cap)."""
+
+    __slots__ = ("output_bytes",)
+
+    def __init__(self, lines: Iterable[LogLine] = (), output_bytes: int = 0) -> None:
+        super().__init__(lines)
+        self.output_bytes = output_bytes
 
 
 class LogPipeline:
@@ -70,7 +80,11 @@ class LogPipeline:
         }
         self._pending: list[LogLine] = []  # lines before _head are taken (compacted lazily)
         self._head = 0
-        self.pending_bytes = 0
+        # Text length of _pending[:i] at i: what a batch holds is a difference, not a pass
+        # over its lines (the output path's hot loop).
+        self._text_before = [0]
+        self._dropped_lines = 0  # compacted away: a line's position is this plus its index
+        self._system_lines: deque[tuple[int, int]] = deque()  # (position, text length)
         self._max_pending = max_pending_lines
         self._lagging = False
         self._ring: deque[tuple[LogStream, str, datetime]] = deque()
@@ -82,6 +96,12 @@ class LogPipeline:
     @property
     def pending_lines(self) -> int:
         return len(self._pending) - self._head
+
+    @property
+    def pending_bytes(self) -> int:
+        """What the pending lines would weigh in batches: their text plus each line's keys."""
+        text = self._text_before[-1] - self._text_before[self._head]
+        return text + LINE_OVERHEAD * self.pending_lines
 
     def feed(self, stream: OutputStream, data: bytes, at: datetime) -> None:
         """Take a chunk as the job wrote it; complete lines become pending (or go to the ring)."""
@@ -120,21 +140,33 @@ class LogPipeline:
             why = "past the log limit" if self.capped else "while the log reader was behind"
             self._flush_ring(f"{why}; the last {len(self._ring)} follow", at)
 
-    def take(self, max_lines: int, max_bytes: int) -> list[LogLine]:
+    def take(self, max_lines: int, max_bytes: int) -> LineBatch:
         """Pop the oldest pending lines: at most max_lines, and max_bytes unless one line."""
-        batch = self._pending[self._head : self._head + max_lines]
-        size = _size(batch)
-        if size > max_bytes and len(batch) > 1:
-            batch = _within(batch, max_bytes)  # rare: long lines
-            size = _size(batch)
-        self._head += len(batch)
+        head = self._head
+        lines = self._pending[head : head + max_lines]
+        if self._text(head, len(lines)) + LINE_OVERHEAD * len(lines) > max_bytes:
+            lines = _within(lines, max_bytes)  # rare: long lines
+        taken = len(lines)
+        batch = LineBatch(lines, self._text(head, taken) - self._system_text(head + taken))
+        self._head = head + taken
         if self._head > 4096 and self._head * 2 > len(self._pending):
             del self._pending[: self._head]
+            del self._text_before[: self._head]
+            self._dropped_lines += self._head
             self._head = 0
-        self.pending_bytes -= size
         if batch and self._lagging and self.pending_lines <= self._max_pending // 2:
             self._catch_up(batch[-1].at)
         return batch
+
+    def _text(self, start: int, count: int) -> int:
+        return self._text_before[start + count] - self._text_before[start]
+
+    def _system_text(self, end: int) -> int:
+        """Take the system lines before index `end` off their list: their text length."""
+        system, total, end = self._system_lines, 0, end + self._dropped_lines
+        while system and system[0][0] < end:
+            total += system.popleft()[1]
+        return total
 
     def _emit_many(self, stream: LogStream, lines: list[str], at: datetime) -> None:
         if not lines:
@@ -150,8 +182,13 @@ class LogPipeline:
             repeat(at),
             repeat(attempt),
         )
-        self.next_seq = seq + len(lines)
-        self.pending_bytes += sum(map(len, lines)) + LINE_OVERHEAD * len(lines)
+        self.next_seq = seq + count
+        text_before = self._text_before
+        if stream == "system":
+            at_index = len(text_before) - 1 + self._dropped_lines
+            self._system_lines.extend((at_index + i, len(t)) for i, t in enumerate(lines))
+        # Its last entry goes back in as `initial`: accumulate yields it first.
+        text_before += accumulate(map(len, lines), initial=text_before.pop())
 
     def _accept(self, stream: LogStream, text: str, at: datetime, cost: int) -> None:
         self._charge(cost, at)
@@ -199,13 +236,6 @@ class LogPipeline:
         self._ring.clear()
         self._ring_bytes = 0
         self._omitted = 0
-
-
-_text = attrgetter("text")
-
-
-def _size(batch: list[LogLine]) -> int:
-    return sum(map(len, map(_text, batch))) + LINE_OVERHEAD * len(batch)
 
 
 def _within(batch: list[LogLine], max_bytes: int) -> list[LogLine]:
