@@ -21,6 +21,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import NamedTuple
 
+from dockyard.cancelling import cancel_and_wait
 from dockyard.core import Command, Context, Event, Job, Metadata, SubmitJob, decide, fold, uuid7
 from dockyard.handler import Clock, Outcome, execute, utc_now
 from dockyard.job_cache import JobCache, Known
@@ -234,8 +235,7 @@ class CommandBatcher:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait([self._task])
         for _, future in self._waiting:
             future.cancel()
         self._waiting.clear()

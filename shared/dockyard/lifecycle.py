@@ -8,6 +8,8 @@ import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+from dockyard.cancelling import cancel_and_wait
+
 log = logging.getLogger("dockyard.lifecycle")
 
 
@@ -42,10 +44,7 @@ async def supervise(
                     raise error
                 raise RuntimeError(f"the {name} loop ended")
     finally:
-        stopper.cancel()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(stopper, *tasks, return_exceptions=True)
+        await cancel_and_wait([stopper, *tasks])
 
 
 Cleanup = Callable[[], Awaitable[None]]

@@ -27,6 +27,7 @@ from nats.js import JetStreamContext
 from dockyard.bus import names
 from dockyard.bus.errors import BusError, BusRejected, MessageDecodeError, translated
 from dockyard.bus.topology import LOGS_POLICY
+from dockyard.cancelling import raise_if_cancelled
 from dockyard.core.events import Metadata
 from dockyard.log_relay.chunks import Chunk, chunks_of, with_output_bytes
 from dockyard.log_relay.metrics import RelayMetrics
@@ -105,6 +106,7 @@ class LogPersister:
 
         async def gather() -> None:
             while True:
+                raise_if_cancelled()  # a cancel nats-py lost (Python 3.11)
                 flush = await self._collect(IDLE_FETCH_S)
                 if flush.msgs:
                     await queue.put(flush)

@@ -30,6 +30,7 @@ from nats.aio.subscription import Subscription
 
 from dockyard.bus import names
 from dockyard.bus.errors import BusError, MessageDecodeError, translated
+from dockyard.cancelling import cancel_and_wait, raise_if_cancelled
 from dockyard.core.state import TERMINAL
 from dockyard.log_relay.chunks import Chunk, chunks_of, end_frame
 from dockyard.log_relay.completion import Completion
@@ -129,8 +130,7 @@ class Room:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait([self._task])
         if self._tail is not None:
             await self._tail.close()
         for sub in self._subs:
@@ -230,6 +230,7 @@ class Room:
     async def _maintain(self) -> None:
         failures = 0
         while True:
+            raise_if_cancelled()  # a cancel nats-py lost (Python 3.11)
             try:
                 await self._round()
                 failures = 0

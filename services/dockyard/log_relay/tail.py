@@ -33,6 +33,7 @@ from nats.js.api import DEFAULT_PREFIX, AckPolicy, ConsumerConfig, DeliverPolicy
 from dockyard.bus import names
 from dockyard.bus.connection import jetstream
 from dockyard.bus.errors import BusError, translated
+from dockyard.cancelling import cancel_and_wait, raise_if_cancelled
 
 log = logging.getLogger("dockyard.log_relay.tail")
 
@@ -116,8 +117,7 @@ class LiveTail:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait([self._task])
         if self._sub is not None:
             sub, self._sub = self._sub, None
             try:
@@ -208,6 +208,7 @@ class LiveTail:
         limits = self._limits
         loop = asyncio.get_running_loop()
         while True:
+            raise_if_cancelled()  # a cancel nats-py lost (Python 3.11)
             await asyncio.sleep(limits.check_s)
             if not self._nc.is_connected:
                 continue

@@ -18,6 +18,7 @@ from typing import Final
 from aiohttp import WSMsgType, web
 
 from dockyard.bus.errors import BusError
+from dockyard.cancelling import cancel_and_wait
 from dockyard.log_relay.context import RelayContext, ctx_of
 from dockyard.log_relay.follow import TRY_AGAIN_LATER, follow
 from dockyard.log_relay.room import Follower, Room
@@ -112,13 +113,10 @@ async def _serve(
     try:
         await asyncio.wait({sender, reader}, return_when=asyncio.FIRST_COMPLETED)
     except BaseException:  # the server is stopping
-        sender.cancel()
-        reader.cancel()
-        await asyncio.gather(sender, reader, return_exceptions=True)
+        await cancel_and_wait([sender, reader])
         raise
     client_gone = reader.done() or ws.closed
-    sender.cancel()
-    await asyncio.gather(sender, return_exceptions=True)
+    await cancel_and_wait([sender])
     if client_gone:  # the client closed or went away: nothing to tell it
         ctx.metrics.closed.labels(str(ws.close_code or GONE)).inc()
         await asyncio.gather(reader, return_exceptions=True)
@@ -126,8 +124,7 @@ async def _serve(
     code, message = _outcome(sender, follower, room.job_id)
     ctx.metrics.closed.labels(str(code)).inc()
     await _close(ctx, request, ws, code, message)
-    reader.cancel()
-    await asyncio.gather(reader, return_exceptions=True)
+    await cancel_and_wait([reader])
 
 
 def _outcome(sender: asyncio.Task[int], follower: Follower, job_id: str) -> tuple[int, bytes]:

@@ -19,6 +19,7 @@ from typing import Any
 from msgspec import Struct
 from opentelemetry import trace
 
+from dockyard.cancelling import cancel_and_wait, to_completion
 from dockyard.core.commands import PlannedResource, ReportExit, ReportStarted
 from dockyard.core.events import NO_METADATA, Metadata
 from dockyard.core.spec import JobSpec
@@ -37,7 +38,6 @@ from dockyard.orchestrator.outcome import (
 from dockyard.orchestrator.ports import LogSinkPort, ReportSink
 from dockyard.orchestrator.reporter import utc_now
 from dockyard.orchestrator.resources import AttemptResources, ContainerKind
-from dockyard.orchestrator.tasks import cancel_all, to_completion
 from dockyard.orchestrator.ticket import Ticket
 from dockyard.runtime.hardening import plan_job
 from dockyard.runtime.ports import (
@@ -203,7 +203,7 @@ class Attempt:
         resources: AttemptResources,
         acked: asyncio.Task[None] | None,
     ) -> None:
-        await cancel_all(helpers)
+        await cancel_and_wait(helpers)
         try:
             with tracing.job_span(tracing.ORCHESTRATOR, "dockyard.cleanup"):
                 await resources.release(self._on_engine_clean)
@@ -264,7 +264,7 @@ class Attempt:
                     self._log.note(f"pulling image {ref}")
                 await task
             finally:
-                await cancel_all([task])
+                await cancel_and_wait([task])
 
     async def _create(self, resources: AttemptResources, plan: ContainerPlan) -> str:
         image = str(plan.config["Image"])
@@ -331,7 +331,7 @@ class Attempt:
                 await started  # the exit report must come after it
             return failed_report(claim.attempt, exc, ran)
         finally:
-            await cancel_all([reader, wait, started])
+            await cancel_and_wait([reader, wait, started])
 
     async def _supervise(
         self, wait: asyncio.Task[ExitStatus], container_id: str, deadline: float
@@ -382,7 +382,7 @@ class Attempt:
                 return True
             return False
         finally:
-            await cancel_all([task])
+            await cancel_and_wait([task])
 
 
 def _report_attributes(report: ReportExit) -> dict[str, str | int | float]:

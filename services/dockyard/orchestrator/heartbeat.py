@@ -19,6 +19,7 @@ from nats.js.kv import KeyValue
 from dockyard.bus import names
 from dockyard.bus.errors import BusError, translated
 from dockyard.bus.protocol import Heartbeat, RunningJob, encode_heartbeat
+from dockyard.cancelling import raise_if_cancelled
 from dockyard.orchestrator.registry import Registry
 
 log = logging.getLogger("dockyard.orchestrator.heartbeat")
@@ -82,6 +83,7 @@ class Heartbeats:
     async def run(self) -> None:
         """Beat every period until cancelled (then the caller calls `withdraw`)."""
         while True:
+            raise_if_cancelled()  # a cancel nats-py lost (Python 3.11)
             await self.beat()
             if self._on_beat is not None:
                 try:

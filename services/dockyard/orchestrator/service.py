@@ -24,6 +24,7 @@ from nats.js import JetStreamContext
 from dockyard.bus.connection import close, connect, jetstream
 from dockyard.bus.errors import BusUnavailable
 from dockyard.bus.topology import ensure_topology
+from dockyard.cancelling import cancel_and_wait
 from dockyard.config import Settings
 from dockyard.orchestrator.attempt import Attempt, AttemptContext, Claim
 from dockyard.orchestrator.claimer import Ask, Claimer, claim_asker
@@ -40,7 +41,6 @@ from dockyard.orchestrator.recovery import Recovery
 from dockyard.orchestrator.registry import Registry
 from dockyard.orchestrator.reporter import Reporter
 from dockyard.orchestrator.retrying import backoff, until_stored
-from dockyard.orchestrator.tasks import cancel_all
 from dockyard.orchestrator.ticket import Ticket
 from dockyard.runtime.docker import DockerRuntime, required_engine_id
 from dockyard.runtime.ports import ContainerRuntime, RuntimeUnavailable
@@ -127,7 +127,7 @@ class Orchestrator:
             self.ready.set()
             stopped = asyncio.create_task(stop.wait())
             await asyncio.wait([stopped, *claimers], return_when=asyncio.FIRST_COMPLETED)
-            await cancel_all([stopped])
+            await cancel_and_wait([stopped])
             for claimer in claimers:
                 if claimer.done() and (error := claimer.exception()) is not None:
                     # A bug, not an outage (those are retried): drain, then fail loudly, so
@@ -141,7 +141,7 @@ class Orchestrator:
             await asyncio.gather(*claimers, return_exceptions=True)
             await self._drain()
             await self.control.stop()
-            await cancel_all([heartbeat])
+            await cancel_and_wait([heartbeat])
             await self.heartbeats.withdraw()
             log.info("orchestrator.stopped finished=%d", self.finished)
 
@@ -211,7 +211,7 @@ class Orchestrator:
             await asyncio.wait(set(self._attempts), timeout=config.stop_grace_s + FINAL_WAIT_S)
         if self._attempts:
             log.error("orchestrator.drain_incomplete running=%d", len(self._attempts))
-            await cancel_all(list(self._attempts))
+            await cancel_and_wait(list(self._attempts))
 
     async def _recover(self, stop: asyncio.Event) -> list[tuple[str, int]]:
         """Recovery must finish before anything is claimed; wait for the engine if need be."""

@@ -14,6 +14,8 @@ from typing import Final, Protocol
 import nats.errors
 from nats.aio.msg import Msg
 
+from dockyard.cancelling import raise_if_cancelled
+
 log = logging.getLogger("dockyard.orchestrator.ticket")
 
 ACK_TIMEOUT_S: Final = 2.0
@@ -55,6 +57,7 @@ class WorkTicket:
 
     async def keep_alive(self) -> None:
         while True:
+            raise_if_cancelled()  # a cancel nats-py lost (Python 3.11)
             await asyncio.sleep(self._keepalive_s)
             for msg in list(self._msgs.values()):
                 try:

@@ -11,6 +11,7 @@ import logging
 from datetime import datetime
 from typing import Protocol
 
+from dockyard.cancelling import raise_if_cancelled
 from dockyard.core import EnqueueDue, Rejected
 from dockyard.handler import Clock, execute, utc_now
 from dockyard.store.pool import Pool, translated
@@ -62,6 +63,7 @@ async def run_due_ticker(
     store: EventStore, due: DueJobs, clock: Clock = utc_now, tick_s: float = TICK_S
 ) -> None:
     while True:
+        raise_if_cancelled()  # a cancel nats-py lost (Python 3.11)
         try:
             while await enqueue_due(store, due, clock) >= BATCH:
                 pass  # a backlog: keep going without sleeping

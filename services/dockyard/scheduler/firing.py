@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from dockyard.cancelling import raise_if_cancelled
 from dockyard.core import Rejected, SubmitJob, fire_job_id
 from dockyard.handler import Clock, execute, utc_now
 from dockyard.scheduler.schedule_store import ScheduleStore
@@ -72,6 +73,7 @@ async def run_firing(
     store: EventStore, schedules: ScheduleStore, clock: Clock = utc_now, tick_s: float = TICK_S
 ) -> None:
     while True:
+        raise_if_cancelled()  # a cancel nats-py lost (Python 3.11)
         try:
             await fire_due(store, schedules, clock)
         except StoreUnavailable as error:

@@ -19,6 +19,7 @@ from nats.js.errors import FetchTimeoutError
 from dockyard.batching import CommandBatcher, Request, Result
 from dockyard.bus import names, protocol
 from dockyard.bus.errors import BusUnavailable, MessageDecodeError
+from dockyard.cancelling import raise_if_cancelled
 from dockyard.core import RecordResource, Rejected, ReportStarted, StaleAttempt
 from dockyard.handler import execute
 from dockyard.store.ports import ConcurrencyError, EventStore, StoreUnavailable
@@ -110,6 +111,7 @@ class ReportConsumer:
 
     async def run(self) -> None:
         while True:
+            raise_if_cancelled()  # a cancel nats-py lost (Python 3.11)
             try:
                 await self.run_once(timeout_s=5.0)
             except BusUnavailable:

@@ -16,6 +16,7 @@ from typing import Final, Protocol
 
 import asyncpg
 
+from dockyard.cancelling import raise_if_cancelled
 from dockyard.store.pool import Connection
 from dockyard.store.ports import StoreUnavailable
 
@@ -95,6 +96,7 @@ class PgLeader:
     async def acquire(self) -> None:
         standby_logged = False
         while True:
+            raise_if_cancelled()  # a cancel nats-py lost (Python 3.11)
             try:
                 if await self._try_lock():
                     log.info("outbox.leader_acquired", extra={"event": "outbox.leader_acquired"})

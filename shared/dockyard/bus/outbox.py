@@ -24,6 +24,7 @@ from typing import Any, Final, Protocol
 
 from dockyard.bus.errors import BusError, BusRejected
 from dockyard.bus.leader import Leader, LeadershipLost, SoleLeader
+from dockyard.cancelling import raise_if_cancelled
 from dockyard.core.events import Event
 from dockyard.store.ports import START, Position, RecordedEvent, StoreUnavailable
 
@@ -122,6 +123,7 @@ class OutboxRelay:
         """
         try:
             while True:
+                raise_if_cancelled()  # a cancel nats-py lost (Python 3.11)
                 await self._leader.acquire()
                 try:
                     # Another relay may have moved the checkpoint while this one stood by.
@@ -181,6 +183,7 @@ class OutboxRelay:
         pipeline = _Pipeline(self._sink, self._max_in_flight)
         try:
             while True:
+                raise_if_cancelled()  # a cancel nats-py lost (Python 3.11)
                 await check()
                 try:
                     if self._position is None:

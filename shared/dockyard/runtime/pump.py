@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
+from dockyard.cancelling import cancel_and_wait
 from dockyard.runtime.output import LogLine, LogPipeline
 from dockyard.runtime.ports import Chunk
 
@@ -96,8 +97,7 @@ class LogPump:
             async for batch in self.batches():
                 await publish(batch)
         except BaseException:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+            await cancel_and_wait([reader])
             raise
         await reader
 
