@@ -41,6 +41,7 @@ from dockyard.bus import (
     protocol,
 )
 from dockyard.bus.errors import BusError
+from dockyard.cancelling import cancel_and_wait, raise_if_cancelled
 from dockyard.config import load
 from dockyard.core import Job, RequestCancel, SubmitJob, fold, uuid7
 from dockyard.core.events import ContainerStarted, Event
@@ -144,9 +145,7 @@ class ControlPlane:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
         if self._responder is not None:
             with contextlib.suppress(Exception):
                 await self._responder.stop()
@@ -231,6 +230,7 @@ class ControlPlane:
 async def _forever(what: str, run: Callable[[], Any]) -> None:
     """Keep a control-plane loop alive through whatever a fault test throws at it."""
     while True:
+        raise_if_cancelled()
         try:
             await run()
         except asyncio.CancelledError:

@@ -143,11 +143,8 @@ class Claimer:
             return False
         return await self._offer(msg)
 
-    async def _stream_seq(self, job_id: str, attempt: int) -> int:
-        """The job's last seq on the LOGS stream. A first attempt follows no other, so it
-        has none, and the round trip is saved."""
-        if attempt == 1:
-            return 0
+    async def _stream_seq(self, job_id: str) -> int:
+        """The job's last seq on the LOGS stream, asked alongside a later attempt's claim."""
         return await until_stored(self._nc, lambda: last_log_seq(self._js, job_id), "last log seq")
 
     async def _offer(self, msg: Msg) -> bool:
@@ -178,9 +175,12 @@ class Claimer:
             ],
             meta=tracing.message_metadata(msg.headers),
         )
-        answer, stored_seq = await asyncio.gather(
-            self._ask(request), self._stream_seq(offer.job_id, offer.attempt)
-        )
+        if offer.attempt == 1:  # it follows no other: there is no stored seq to ask for
+            answer, stored_seq = await self._ask(request), 0
+        else:
+            answer, stored_seq = await asyncio.gather(
+                self._ask(request), self._stream_seq(offer.job_id)
+            )
         if answer is None or (not answer.granted and answer.retry):
             await _quietly(msg.nak(delay=self._config.claim_retry_s))
             return False
