@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 from dockyard.bus.errors import BusUnavailable
+from dockyard.cancelling import to_completion
 from dockyard.core.errors import Rejected
 from dockyard.janitor.act import Executor
 from dockyard.janitor.config import JanitorConfig
@@ -91,7 +92,7 @@ class Janitor:
         try:
             return await self.sweep()
         finally:
-            await self.lock.release()
+            await to_completion(self.lock.release())  # bounded: its unlock has a timeout
 
     async def sweep(self, *, dry_run: bool = False) -> SweepReport:
         report = SweepReport(started_at=self.clock(), dry_run=dry_run)

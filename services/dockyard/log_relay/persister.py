@@ -27,7 +27,7 @@ from nats.js import JetStreamContext
 from dockyard.bus import names
 from dockyard.bus.errors import BusError, BusRejected, MessageDecodeError, translated
 from dockyard.bus.topology import LOGS_POLICY
-from dockyard.cancelling import raise_if_cancelled
+from dockyard.cancelling import cancel_and_wait, raise_if_cancelled
 from dockyard.core.events import Metadata
 from dockyard.log_relay.chunks import Chunk, chunks_of, with_output_bytes
 from dockyard.log_relay.metrics import RelayMetrics
@@ -115,9 +115,15 @@ class LogPersister:
             while True:
                 await self._persist(await queue.get())
 
-        async with asyncio.TaskGroup() as group:
-            group.create_task(gather())
-            group.create_task(write())
+        # Not a TaskGroup: on 3.11 it passes only the first cancel on to its tasks, and a
+        # gatherer whose cancel nats-py lost would then wait on a full queue forever.
+        tasks = [asyncio.create_task(gather()), asyncio.create_task(write())]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()  # raises what ended it (the loops end no other way)
+        finally:
+            await cancel_and_wait(tasks)
 
     async def run_until_idle(self, idle_s: float = 0.3) -> int:
         """Persist until nothing arrives for `idle_s` (tests); returns the lines written."""
@@ -131,6 +137,7 @@ class LogPersister:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         while flush.bytes < self._flush_bytes:
+            raise_if_cancelled()  # a cancel nats-py lost (Python 3.11)
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break

@@ -24,7 +24,7 @@ from typing import Any, Final, Protocol
 
 from dockyard.bus.errors import BusError, BusRejected
 from dockyard.bus.leader import Leader, LeadershipLost, SoleLeader
-from dockyard.cancelling import raise_if_cancelled
+from dockyard.cancelling import raise_if_cancelled, to_completion
 from dockyard.core.events import Event
 from dockyard.store.ports import START, Position, RecordedEvent, StoreUnavailable
 
@@ -134,8 +134,12 @@ class OutboxRelay:
                 except LeadershipLost as exc:
                     log.warning("outbox.standby_again reason=%s", exc)
         finally:
-            await self._save_on_stop()
-            await self._leader.close()
+            # Whole, even if cancelled again meanwhile: each step has a timeout of its own.
+            await to_completion(self._stop())
+
+    async def _stop(self) -> None:
+        await self._save_on_stop()
+        await self._leader.close()
 
     async def _save_on_stop(self) -> None:
         """Best effort: keep the acked progress a stop would otherwise leave to be sent again."""
