@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -15,14 +13,7 @@ from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StoreCompression, StreamConfig
 
 from dockyard.bus import TopologyError, close, connect, ensure_topology, jetstream, names
-from dockyard.bus.topology import (
-    DUPLICATE_WINDOW_S,
-    EVENTS_MAX_BYTES,
-    LOGS_MAX_BYTES,
-    MIN_CAPPED_BYTES,
-    WORK_POLICY,
-)
-from dockyard.embedded import EmbeddedNats
+from dockyard.bus.topology import DUPLICATE_WINDOW_S, WORK_POLICY
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -62,8 +53,6 @@ async def test_ensure_topology_creates_streams_consumers_and_bucket(js: JetStrea
     logs = (await js.stream_info(names.LOGS_STREAM)).config
     assert logs.retention == RetentionPolicy.LIMITS
     assert logs.max_age
-    # Bounded by size too, so neither can fill the disk (this server has room for both).
-    assert (events.max_bytes, logs.max_bytes) == (EVENTS_MAX_BYTES, LOGS_MAX_BYTES)
 
     for queue in ("default", "gpu"):
         work = await js.consumer_info(names.WORK_STREAM, names.work_durable(queue))
@@ -169,45 +158,3 @@ async def test_connect_to_a_node_list_with_a_dead_first_node(nats_url: str) -> N
         assert nc.connected_url is not None and nc.connected_url.geturl() == nats_url
     finally:
         await close(nc)
-
-
-class _SmallNats(EmbeddedNats):
-    """A server whose JetStream may use only `max_file_store` of the disk."""
-
-    def __init__(self, store_dir: Path, max_file_store: str) -> None:
-        super().__init__(store_dir)
-        self.max_file_store = max_file_store
-
-    def _config(self) -> str:
-        store = f"store_dir: {json.dumps(str(self.store_dir))}"
-        return super()._config().replace(store, f"{store}\n  max_file_store: {self.max_file_store}")
-
-
-@pytest.mark.parametrize(
-    ("max_file_store", "events_cap", "logs_cap"),
-    [
-        # Events take their 4 GiB; logs are halved until they fit beside: 16, 8, 4, then 2.
-        ("7GB", EVENTS_MAX_BYTES, LOGS_MAX_BYTES // 8),
-        # Events fit at 64 MiB, the smallest cap; logs have no room for one and go without
-        # (the stack still starts, with a warning).
-        ("96MB", MIN_CAPPED_BYTES, -1),
-    ],
-)
-async def test_streams_take_the_largest_cap_the_servers_storage_has_room_for(
-    tmp_path: Path, max_file_store: str, events_cap: int, logs_cap: int
-) -> None:
-    server = _SmallNats(tmp_path, max_file_store)
-    await server.start()
-    try:
-        for _ in range(2):  # a second service's start settles on the same caps
-            client = await connect(server.url, "test-topology-small", timeout_s=10)
-            try:
-                js = jetstream(client)
-                await ensure_topology(js)
-                events = (await js.stream_info(names.EVENTS_STREAM)).config
-                logs = (await js.stream_info(names.LOGS_STREAM)).config
-            finally:
-                await close(client)
-            assert (events.max_bytes, logs.max_bytes) == (events_cap, logs_cap)
-    finally:
-        await server.stop()

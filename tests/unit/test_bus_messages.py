@@ -24,9 +24,7 @@ from dockyard.bus.errors import translate
 from dockyard.bus.messages import event_headers, work_offer_for, work_offer_headers
 from dockyard.bus.topology import (
     DUPLICATE_WINDOW_S,
-    MIN_CAPPED_BYTES,
     consumer_configs,
-    fitting_caps,
     heartbeat_bucket_config,
     stream_configs,
 )
@@ -106,10 +104,6 @@ def test_streams_and_consumers_are_declared_as_the_design_says() -> None:
     assert all(s.num_replicas == 3 and s.storage == "file" for s in streams.values())
     assert streams[names.EVENTS_STREAM].duplicate_window == DUPLICATE_WINDOW_S
     assert streams[names.LOGS_STREAM].max_age
-    # Age alone does not bound the disk: the two big streams are capped by size too.
-    for name in (names.EVENTS_STREAM, names.LOGS_STREAM):
-        assert (streams[name].max_bytes or 0) >= MIN_CAPPED_BYTES
-        assert streams[name].discard == "old"
 
     durables = {c.durable_name: (stream, c) for stream, c in consumer_configs(["a", "b", "a"])}
     assert set(durables) == {
@@ -124,14 +118,6 @@ def test_streams_and_consumers_are_declared_as_the_design_says() -> None:
         assert config.max_deliver is not None and config.max_deliver > len(config.backoff)
     assert durables[names.work_durable("b")][1].filter_subject == names.work_subject("b")
     assert heartbeat_bucket_config(lease_s=9.0).ttl == 9.0
-
-
-def test_a_cap_that_does_not_fit_is_halved_down_to_the_floor_then_dropped() -> None:
-    logs = next(s for s in stream_configs() if s.name == names.LOGS_STREAM)
-    caps = [c.max_bytes for c in fitting_caps(logs.evolve(max_bytes=4 * MIN_CAPPED_BYTES))]
-    assert caps == [4 * MIN_CAPPED_BYTES, 2 * MIN_CAPPED_BYTES, MIN_CAPPED_BYTES, -1]
-    work = next(s for s in stream_configs() if s.name == names.WORK_STREAM)
-    assert list(fitting_caps(work)) == [work]  # uncapped: nothing to try but itself
 
 
 def test_reconnect_backoff_is_bounded_and_urls_are_redacted() -> None:

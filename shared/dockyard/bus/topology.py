@@ -17,9 +17,8 @@ relay pipelines its publishes for that reason.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Awaitable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Awaitable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Final
 
 from nats.js import JetStreamContext
@@ -34,13 +33,11 @@ from nats.js.api import (
     StoreCompression,
     StreamConfig,
 )
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import APIError
 
 from dockyard.bus import names
 from dockyard.bus.deployment import deployment_id
 from dockyard.bus.errors import TopologyError, translated
-
-log = logging.getLogger("dockyard.bus.topology")
 
 # The duplicate window must outlast the longest gap between the first publish of an event and
 # its republication after an outbox relay crash: the relay's restart (a supervisor restarts a
@@ -61,18 +58,6 @@ EVENTS_MAX_AGE_S: Final = 7 * 24 * 3600.0
 
 # Log batches wait here for the log relay, which persists them; a day covers a long outage of it.
 LOGS_MAX_AGE_S: Final = 24 * 3600.0
-
-# Age alone does not bound the disk: a week of events at 100 jobs/s is ~250 GB, a day of
-# chatty jobs' logs as much, and a JetStream whose storage is full refuses every write, job
-# events included. So the two big streams also drop their oldest messages past a size. Neither
-# loses anything for good: PostgreSQL holds every event and every persisted line; only a log
-# relay down long enough for the logs to outgrow their share would miss lines. The size is
-# reserved from the server's JetStream storage (75% of the free disk unless configured): where
-# it does not fit, half of it is tried, and so on (see `_ensure_stream`).
-EVENTS_MAX_BYTES: Final = 4 * 1024**3
-LOGS_MAX_BYTES: Final = 16 * 1024**3
-# Below this a cap is no use: the stream goes without one (and a warning says so).
-MIN_CAPPED_BYTES: Final = 64 * 1024**2
 
 # A single message is at most the server's max_payload; this guards against one huge log batch.
 MAX_MSG_BYTES: Final = 8 * 1024 * 1024  # the servers' max_payload: a 1 MiB spec fits
@@ -135,7 +120,6 @@ def stream_configs(replicas: int = 1) -> list[StreamConfig]:
             names.EVENTS_SUBJECTS,
             RetentionPolicy.LIMITS,
             max_age=EVENTS_MAX_AGE_S,
-            max_bytes=EVENTS_MAX_BYTES,
             duplicate_window=DUPLICATE_WINDOW_S,
             # The outbox relay publishes in atomic batches: one fsync a batch (event_batches).
             allow_atomic=True,
@@ -157,7 +141,6 @@ def stream_configs(replicas: int = 1) -> list[StreamConfig]:
             names.LOGS_SUBJECTS,
             RetentionPolicy.LIMITS,
             max_age=LOGS_MAX_AGE_S,
-            max_bytes=LOGS_MAX_BYTES,
             duplicate_window=SHORT_DUPLICATE_WINDOW_S,
             # Uncompressed: S2 cut the disk a day of logs takes to about a sixth, but NATS
             # compresses on the write path, and on 2 cores it cost 15-25% of the rate
@@ -240,70 +223,10 @@ async def ensure_topology(
 # JetStream's answers that mean "this config cannot be applied" though sent as 500s, not 400s:
 # a consumer or stream field that cannot change in place, replicas without a cluster.
 _STREAM_NAME_IN_USE = 10058
-_STORAGE_EXCEEDED = 10047  # "insufficient storage resources available": max_bytes too big
-_REFUSED = frozenset({10012, 10052, 10074, 10047})
+_REFUSED = frozenset({10012, 10052, 10074})
 
 
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
-    """Create or update the stream with the largest of its size caps the server has room for.
-
-    A stream already as wanted is left alone: NATS checks an update's max_bytes against the
-    storage reserved including the stream's own, so even an unchanged cap could be refused."""
-    current = await _current(js, config.name)
-    for fitted in fitting_caps(config):
-        if current is None or not _applied(fitted, current):
-            try:
-                await _create_or_update(js, fitted)
-            except TopologyError as exc:
-                if exc.err_code != _STORAGE_EXCEEDED or fitted.max_bytes in (None, -1):
-                    raise
-                continue
-        if fitted.max_bytes != config.max_bytes:
-            log.warning(
-                "topology.stream_capped_smaller stream=%s max_bytes=%s wanted=%s"
-                " (JetStream storage has no room for more; -1 is no cap)",
-                config.name,
-                fitted.max_bytes,
-                config.max_bytes,
-                extra={"event": "topology.stream_capped_smaller"},
-            )
-        return
-
-
-async def _current(js: JetStreamContext, name: str | None) -> StreamConfig | None:
-    try:
-        return (await js.stream_info(name or "")).config
-    except NotFoundError:
-        return None
-
-
-def _applied(wanted: StreamConfig, current: StreamConfig) -> bool:
-    """Whether every field `wanted` sets has that value in `current` already."""
-    for field in fields(StreamConfig):
-        value = getattr(wanted, field.name)
-        if value is not None and value != getattr(current, field.name):
-            return False
-    return True
-
-
-def fitting_caps(config: StreamConfig) -> Iterator[StreamConfig]:
-    """`config`, then with half its max_bytes, and so on down to MIN_CAPPED_BYTES, then uncapped.
-
-    Every service tries the same sequence, so on one server they settle on the same cap (a
-    stream's own reservation counts when it is updated, so a later start may take a larger
-    one, never a smaller one)."""
-    yield config
-    cap = config.max_bytes
-    if cap is None or cap <= 0:
-        return  # uncapped already
-    cap //= 2
-    while cap >= MIN_CAPPED_BYTES:
-        yield config.evolve(max_bytes=cap)
-        cap //= 2
-    yield config.evolve(max_bytes=-1)
-
-
-async def _create_or_update(js: JetStreamContext, config: StreamConfig) -> None:
     try:
         await js.add_stream(config)
     except APIError as exc:
