@@ -10,7 +10,7 @@ import nats.errors
 
 from dockyard.bus import names, protocol
 from dockyard.orchestrator.logsink import LogSink
-from dockyard.runtime.output import LogLine
+from dockyard.runtime.output import LineBatch, LogLine
 
 AT = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -84,6 +84,16 @@ async def test_a_batch_counts_the_jobs_own_output_for_the_log_cap_not_dockyards_
     js.ack_all()
     await logs.flush()
     assert [h[names.LOG_BYTES] for h in js.headers] == ["5", "1"]
+
+
+async def test_a_batch_from_the_pipeline_sends_the_output_bytes_it_carries() -> None:
+    nc, js = FakeNats(), FakeJetStream()
+    logs = sink(nc, js)
+    lines = [LogLine(1, "system", "pulling image", AT, 1), LogLine(2, "stdout", "abc", AT, 1)]
+    await logs.publish(LineBatch(lines, output_bytes=3))
+    js.ack_all()
+    await logs.flush()
+    assert js.headers[0][names.LOG_BYTES] == "3"
 
 
 async def test_nothing_is_sent_behind_batches_of_a_lost_connection() -> None:

@@ -17,7 +17,6 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from operator import attrgetter
 from typing import Final
 
 import nats.errors
@@ -302,14 +301,7 @@ async def later_attempt_claimed(js: JetStreamContext, job_id: str, attempt: int)
     return isinstance(event, JobClaimed) and event.attempt > attempt
 
 
-_text = attrgetter("text")
-_stream = attrgetter("stream")
-
-
 def _output_bytes(lines: list[LogLine]) -> int:
-    """The job's own output in `lines` (what the log cap counts): Dockyard's `system` lines
-    are rare, so the common case stays a loop in C, with no Python per line."""
-    total = sum(map(len, map(_text, lines)))
-    if "system" in map(_stream, lines):
-        total -= sum(len(line.text) for line in lines if line.stream == "system")
-    return total
+    """The job's own output in `lines`, what the log cap counts. Only for batches not taken
+    from a pipeline (halves of an oversized one, recovery's lines): a LineBatch knows it."""
+    return sum(len(line.text) for line in lines if line.stream != "system")
