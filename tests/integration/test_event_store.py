@@ -190,6 +190,30 @@ async def test_append_is_one_statement(database_url: str) -> None:
         await pool.close()
 
 
+@pytest.mark.parametrize("plan", ["force_custom_plan", "force_generic_plan"])
+async def test_catch_up_read_never_scans_the_whole_table(pool: Pool, plan: str) -> None:
+    """The relay reads from its checkpoint on, several times a second: a sequential scan of
+    the events table there costs what the whole history costs. Before the table is analysed
+    (its first minute) PostgreSQL guessed an EXISTS over the range found a row at once, and
+    chose one; the plan must use the catch-up index whatever the statistics say."""
+    async with pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO events (job_id, version, event_id, type, data)"
+            " SELECT gen_random_uuid(), 1, gen_random_uuid(), 'job_submitted', '{}'"
+            " FROM generate_series(1, 20000)"
+        )
+        await conn.execute(f"SET plan_cache_mode = {plan}")
+        await conn.execute(f"PREPARE catch_up (xid8, bigint, int) AS {postgres._READ_ALL}")
+        try:
+            for after in ("'0'::xid8, 0", "pg_current_xact_id(), 19000"):
+                rows = await conn.fetch(f"EXPLAIN EXECUTE catch_up ({after}, 1000)")
+                plan_text = "\n".join(row[0] for row in rows)
+                assert "Seq Scan" not in plan_text, plan_text
+        finally:
+            await conn.execute("DEALLOCATE catch_up")
+            await conn.execute("RESET plan_cache_mode")
+
+
 async def test_stored_row_layout(pool: Pool, pg_store: PgEventStore) -> None:
     history = History()
     await pg_store.append(history.job_id, 0, history.submit())

@@ -46,14 +46,19 @@ _LOAD = f"SELECT {_COLUMNS} FROM events WHERE job_id = $1 ORDER BY version"
 #
 # `held` says, in the same snapshot, whether committed events wait beyond the horizon (behind
 # an older transaction of any table - a log write, a checkpoint - which may still insert
-# events that sort before them). With no row to return, the one row holds only `held`.
+# events that sort before them). With no row to return, the one row holds only `held`. It
+# is a first row in index order, not an EXISTS: PostgreSQL drops an EXISTS's ORDER BY and
+# LIMIT, and for an unanalysed table (or a generic plan) it then guessed a sequential scan
+# would meet a row at once; the rows are at the end, so every read scanned the whole table.
 _READ_ALL = f"""
 SELECT h.held, e.* FROM (
-    SELECT EXISTS (
-        SELECT FROM events
+    SELECT (
+        SELECT true FROM events
         WHERE (tx_id, position) > ($1::xid8, $2::bigint)
           AND tx_id >= pg_snapshot_xmin(pg_current_snapshot())
-    ) AS held
+        ORDER BY tx_id, position
+        LIMIT 1
+    ) IS NOT NULL AS held
 ) h
 LEFT JOIN LATERAL (
     SELECT {_COLUMNS} FROM events
