@@ -12,6 +12,7 @@ import aiodocker
 import pytest
 import pytest_asyncio
 
+from dockyard import event_loop
 from dockyard.embedded import EmbeddedNats, EmbeddedPostgres
 from dockyard.images import ensure_busybox_image, ensure_nats_image
 from tests.support.containers import (
@@ -39,6 +40,12 @@ _MARKER_BY_FOLDER = {
     "e2e": "e2e",
     "benchmarks": "benchmark",
 }
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, object]:
+    """Tests run on the event loop the services run on (uvloop), so what they check, and
+    what the benchmarks measure, is what is deployed."""
+    return {"uvloop": event_loop.loop_factory()}
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker

@@ -27,7 +27,7 @@ from dockyard.scheduler import due
 from tests.benchmarks.cpu import cpu_by_command, cpu_seconds, spent
 from tests.support.orchestration import REPO, ControlPlane, new_orchestrator_id
 
-JOBS = 1000
+JOBS = int(os.environ.get("BENCH_JOBS", "1000"))
 SERVERS = ("nats-server", "postgres")
 WARM_UP = 50
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import signal
 
+from dockyard import event_loop
 from dockyard.config import load
 from dockyard.orchestrator.config import OrchestratorConfig
 from dockyard.orchestrator.service import bootstrap
@@ -24,4 +25,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    event_loop.run(main())

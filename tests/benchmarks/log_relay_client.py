@@ -10,7 +10,6 @@ each line's `at` (when the pump read it). It prints `ready` once connected.
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import time
 from datetime import datetime
@@ -18,6 +17,8 @@ from operator import attrgetter
 
 import aiohttp
 import msgspec
+
+from dockyard import event_loop
 
 
 # gc=False: millions of these are made; none can be part of a cycle.
@@ -106,7 +107,7 @@ async def follow(base: str, job_id: str, token: str, latency: bool) -> dict[str,
 
 def main() -> None:
     base, job_id, token = sys.argv[1:4]
-    result = asyncio.run(follow(base, job_id, token, "--latency" in sys.argv[4:]))
+    result = event_loop.run(follow(base, job_id, token, "--latency" in sys.argv[4:]))
     print(msgspec.json.encode(result).decode(), flush=True)
 
 

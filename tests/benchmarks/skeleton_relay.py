@@ -24,6 +24,8 @@ import nats
 from aiohttp import web
 from nats.js.api import DeliverPolicy
 
+from dockyard import event_loop
+
 
 async def relay(nats_url: str, subject: str) -> None:
     nc = await nats.connect(nats_url)
@@ -78,9 +80,9 @@ async def client(url: str, form: str) -> None:
 def main() -> None:
     mode, *args = sys.argv[1:]
     if mode == "relay":
-        asyncio.run(relay(*args))
+        event_loop.run(relay(*args))
     else:
-        asyncio.run(client(*args))
+        event_loop.run(client(*args))
 
 
 if __name__ == "__main__":

@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 
+from dockyard import event_loop
 from dockyard.config import ConfigError, load
 from dockyard.janitor.service import run_janitor
 from dockyard.telemetry.logs import configure_logging
@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("janitor")
     try:
         settings = load()
-        report = asyncio.run(run_janitor(settings, dry_run=args.dry_run, once=args.once))
+        report = event_loop.run(run_janitor(settings, dry_run=args.dry_run, once=args.once))
     except ConfigError as exc:
         print(f"dockyard janitor: {exc}", file=sys.stderr)
         return 2

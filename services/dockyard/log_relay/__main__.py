@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 
-from dockyard import config
+from dockyard import config, event_loop
 from dockyard.log_relay.service import run_log_relay
 from dockyard.telemetry.logs import configure_logging
 
@@ -13,7 +12,7 @@ from dockyard.telemetry.logs import configure_logging
 def main() -> None:
     configure_logging("log-relay")
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_log_relay(config.load()))
+        event_loop.run(run_log_relay(config.load()))
 
 
 if __name__ == "__main__":

@@ -3,10 +3,10 @@ does the same), configured by the contract's environment variables."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 
+from dockyard import event_loop
 from dockyard.config import ConfigError, load
 from dockyard.orchestrator.service import run_orchestrator
 
@@ -18,7 +18,7 @@ def main() -> int:
     except ConfigError as exc:
         print(f"dockyard orchestrator: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(run_orchestrator(settings))
+    event_loop.run(run_orchestrator(settings))
     return 0
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import Coroutine
 from typing import Any, NoReturn
 
 import click
 
-from dockyard import config
+from dockyard import config, event_loop
 from dockyard.client import ClientError
 
 
@@ -21,7 +20,7 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
     try:
-        return asyncio.run(coro)
+        return event_loop.run(coro)
     except KeyboardInterrupt:
         sys.exit(130)
     except config.ConfigError as error:
