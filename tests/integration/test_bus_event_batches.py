@@ -175,3 +175,31 @@ async def test_a_stream_without_atomic_batches_gets_every_event_one_by_one(
     assert by_job(await stored(js, events + later)) == by_job(events + later)
     fallbacks = [r for r in caplog.records if "event_batches.unsupported" in r.getMessage()]
     assert len(fallbacks) == 1  # the second turn went one by one from the start
+
+
+async def test_under_load_what_follows_a_batch_gathers_into_the_next(nc: NatsClient) -> None:
+    """Each atomic batch costs the server a file store of its own: after one goes, the events
+    of the next turns wait out the spacing and go together, not one publish each."""
+    js = jetstream(nc)
+    loop = asyncio.get_running_loop()
+    sink = EventBatchPublisher(nc, js, min_batch=4, batch_spacing_s=0.3)
+    await asyncio.gather(*await submit_all(sink, interleaved(jobs=4, per_job=1)))
+    sent_at = loop.time()
+    later: list[asyncio.Future[Published]] = []
+    for _ in range(3):  # three turns of two events: fewer than a batch each
+        later += await submit_all(sink, interleaved(jobs=2, per_job=1))
+        await asyncio.sleep(0.02)
+    published = await asyncio.gather(*later)
+    assert loop.time() - sent_at >= 0.25  # held for the spacing
+    seqs = [p.seq for p in published]
+    assert seqs == list(range(seqs[0], seqs[0] + len(later)))  # together, in order
+
+
+async def test_a_trickle_is_not_held(nc: NatsClient) -> None:
+    js = jetstream(nc)
+    loop = asyncio.get_running_loop()
+    sink = EventBatchPublisher(nc, js, min_batch=4, batch_spacing_s=5.0)
+    started = loop.time()
+    for _ in range(3):
+        await asyncio.gather(*await submit_all(sink, interleaved(jobs=1, per_job=1)))
+    assert loop.time() - started < 2.0

@@ -43,6 +43,9 @@ CHECKPOINT_EVERY_S: Final = 0.5
 STOP_SAVE_TIMEOUT_S: Final = 2.0
 # Commits are announced (LISTEN); the poll only catches what no notification announces.
 POLL_INTERVAL_S: Final = 1.0
+# Events sent and not yet acked: room for two full atomic batches, so a paced sink (which
+# holds what comes for up to 50 ms after a batch) is never what limits the rate.
+MAX_IN_FLIGHT: Final = 2000
 
 
 class OutboxSource(Protocol):
@@ -90,7 +93,7 @@ class OutboxRelay:
         leader: Leader | None = None,
         checkpoint: str = CHECKPOINT,
         page_size: int = 1000,
-        max_in_flight: int = 256,
+        max_in_flight: int = MAX_IN_FLIGHT,
         poll_interval_s: float = POLL_INTERVAL_S,
         checkpoint_every_s: float = CHECKPOINT_EVERY_S,
     ) -> None:
