@@ -12,7 +12,7 @@ import aiodocker
 import pytest
 import pytest_asyncio
 
-from dockyard import event_loop
+from dockyard import event_loop, gc_policy
 from dockyard.embedded import EmbeddedNats, EmbeddedPostgres
 from dockyard.images import ensure_busybox_image, ensure_nats_image
 from tests.support.containers import (
@@ -46,6 +46,12 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> d
     """Tests run on the event loop the services run on (uvloop), so what they check, and
     what the benchmarks measure, is what is deployed."""
     return {"uvloop": event_loop.loop_factory()}
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The services' GC policy here too: the scheduler side of the benchmarks runs in this
+    process, and what tests check should run as deployed."""
+    gc_policy.apply()
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker

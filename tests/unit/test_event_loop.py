@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 
 import pytest
 import uvloop
 
-from dockyard import event_loop
+from dockyard import event_loop, gc_policy
 
 
 def test_run_returns_the_result_on_uvloop() -> None:
@@ -29,3 +30,17 @@ def test_run_falls_back_to_asyncio_without_uvloop(monkeypatch: pytest.MonkeyPatc
 
 async def test_the_tests_themselves_run_on_uvloop() -> None:
     assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
+
+
+def test_run_applies_the_gc_policy() -> None:
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+
+        async def main() -> tuple[int, int, int]:
+            return gc.get_threshold()
+
+        assert event_loop.run(main()) == (gc_policy.YOUNG_GENERATION, 10, 10)
+        assert gc.get_freeze_count() > 0  # startup's objects are out of every scan
+    finally:
+        gc.set_threshold(*before)
