@@ -171,7 +171,7 @@ class Skeleton:
                 while await output.read_out() is not None:
                     pass
             await self._report(job_id, "succeeded")
-            await offer.ack_sync()
+            await offer.ack()
             await container.delete(force=True)
             await self._report(job_id, "released")
         finally:

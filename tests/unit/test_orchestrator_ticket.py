@@ -20,7 +20,7 @@ class FakeDelivery:
     def metadata(self) -> Any:
         raise ValueError("not a JetStream delivery")
 
-    async def ack_sync(self, timeout: float) -> None:  # noqa: ASYNC109 (nats-py signature)
+    async def ack(self) -> None:
         self.acks += 1
 
 

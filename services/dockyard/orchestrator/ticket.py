@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Final, Protocol
+from typing import Protocol
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -17,8 +17,6 @@ from nats.aio.msg import Msg
 from dockyard.cancelling import raise_if_cancelled
 
 log = logging.getLogger("dockyard.orchestrator.ticket")
-
-ACK_TIMEOUT_S: Final = 2.0
 
 
 class Ticket(Protocol):
@@ -81,16 +79,11 @@ def _stream_seq(msg: Msg) -> int | str:
 
 
 async def _ack(msg: Msg) -> None:
+    # Not confirmed: a lost ack only means a redelivery later, whose claim is refused, and a
+    # confirmation would be one more message each way, and a future, for every job.
     try:
-        await msg.ack_sync(timeout=ACK_TIMEOUT_S)
-        return
+        await msg.ack()  # buffered by the client through a reconnect
     except nats.errors.MsgAlreadyAckdError:
         return
-    except nats.errors.Error as exc:
-        log.info("ticket.ack_unconfirmed error=%s", exc)
-    try:
-        # Buffered by the client through a reconnect. A lost ack only means a redelivery
-        # later, whose claim is refused.
-        await msg.ack()
     except nats.errors.Error as exc:
         log.warning("ticket.ack_failed subject=%s error=%s", msg.subject, exc)
