@@ -84,9 +84,12 @@ async def nats_url(nats_server: EmbeddedNats) -> AsyncIterator[str]:
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def pg_server() -> AsyncIterator[EmbeddedPostgres]:
+async def pg_server(request: pytest.FixtureRequest) -> AsyncIterator[EmbeddedPostgres]:
     base = reachable_tmp_dir("dockyard-test-pg-")
-    server = EmbeddedPostgres(base / "data", fsync=False)
+    # Benchmarks measure a durable PostgreSQL, as JetStream is (every write fsynced); the
+    # suite runs without fsync, which only an OS crash would tell apart.
+    durable = "benchmark" in (request.config.option.markexpr or "")
+    server = EmbeddedPostgres(base / "data", fsync=durable)
     try:
         await server.start()
         yield server
