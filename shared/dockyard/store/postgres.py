@@ -46,19 +46,25 @@ _LOAD = f"SELECT {_COLUMNS} FROM events WHERE job_id = $1 ORDER BY version"
 #
 # `held` says, in the same snapshot, whether committed events wait beyond the horizon (behind
 # an older transaction of any table - a log write, a checkpoint - which may still insert
-# events that sort before them). With no row to return, the one row holds only `held`. It
-# is a first row in index order, not an EXISTS: PostgreSQL drops an EXISTS's ORDER BY and
-# LIMIT, and for an unanalysed table (or a generic plan) it then guessed a sequential scan
-# would meet a row at once; the rows are at the end, so every read scanned the whole table.
+# events that sort before them). With no row to return, the one row holds only `held`.
+# It is the first such row in index order, looked up from one start key: the later of the
+# checkpoint and (xmin, -1), since past the horizon every row is past the checkpoint too.
+# Two forms that read the same cost far more: an EXISTS (PostgreSQL drops its ORDER BY and
+# LIMIT, and before the table was analysed it chose a sequential scan of the whole table),
+# and the checkpoint as start key with xmin as a filter (a relay catching up walked the index
+# from its checkpoint to the end on every read: quadratic in the backlog).
 _READ_ALL = f"""
 SELECT h.held, e.* FROM (
     SELECT (
         SELECT true FROM events
-        WHERE (tx_id, position) > ($1::xid8, $2::bigint)
-          AND tx_id >= pg_snapshot_xmin(pg_current_snapshot())
+        WHERE (tx_id, position) > (
+            GREATEST($1::xid8, s.xmin),
+            CASE WHEN s.xmin > $1::xid8 THEN -1 ELSE $2::bigint END
+        )
         ORDER BY tx_id, position
         LIMIT 1
     ) IS NOT NULL AS held
+    FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) s
 ) h
 LEFT JOIN LATERAL (
     SELECT {_COLUMNS} FROM events
