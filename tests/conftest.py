@@ -88,7 +88,7 @@ async def pg_server(request: pytest.FixtureRequest) -> AsyncIterator[EmbeddedPos
     base = reachable_tmp_dir("dockyard-test-pg-")
     # Benchmarks measure a durable PostgreSQL, as JetStream is (every write fsynced); the
     # suite runs without fsync, which only an OS crash would tell apart.
-    durable = "benchmark" in (request.config.option.markexpr or "")
+    durable = any(item.get_closest_marker("benchmark") for item in request.session.items)
     server = EmbeddedPostgres(base / "data", fsync=durable)
     try:
         await server.start()

@@ -59,6 +59,9 @@ MIN_BATCH: Final = 32
 # Under load, one batch at most this often (see the module's text): ~7,000 events/s makes
 # batches of ~350, a sixth of the per-batch cost they had unpaced.
 BATCH_SPACING_S: Final = 0.05
+# A spacing timer may fire this much early by the loop's clock (uvloop counts whole
+# milliseconds): it is due then, not to be armed again for a few microseconds, again and again.
+CLOCK_SLACK_S: Final = 0.001
 # "atomic publish batch contains duplicate message id": part of it is stored already.
 BATCH_HAS_DUPLICATE: Final = 10201
 # "atomic publish is disabled": the stream was made without allow_atomic.
@@ -111,9 +114,10 @@ class EventBatchPublisher:
     async def submit(
         self, event: Event, after: asyncio.Future[Any] | None = None
     ) -> asyncio.Future[Published]:
-        """Queue `event` to go out at the end of this turn; the future resolves once it is
-        stored (with its work offer, if any) or raises BusUnavailable / BusRejected. Sent only
-        once `after` (its job's previous event) is stored, and never if that failed."""
+        """Queue `event` to go out at the end of this turn (under load, with the next batch);
+        the future resolves once it is stored (with its work offer, if any) or raises
+        BusUnavailable / BusRejected. Sent only once `after` (its job's previous event) is
+        stored, and never if that failed."""
         offer = await self._single.submit_offer(event) if isinstance(event, JobQueued) else None
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Published] = loop.create_future()
@@ -122,7 +126,7 @@ class EventBatchPublisher:
             loop.call_soon(self._send_gathered)
         self._gathering.append(_Item(event, done, after, offer))
         if len(self._gathering) >= self._max_batch:
-            self._send_batch_now()
+            self._send_now()
         return done
 
     def _send_gathered(self) -> None:
@@ -132,24 +136,28 @@ class EventBatchPublisher:
             return
         loop = asyncio.get_running_loop()
         wait = self._next_batch_at - loop.time()
-        if wait > 0:  # a batch went just now: this joins the next one
+        if wait > CLOCK_SLACK_S:  # a batch went just now: this joins the next one
             self._send_scheduled = True
             loop.call_later(wait, self._send_gathered)
-        elif len(self._gathering) >= self._min_batch:
-            self._send_batch_now()
         else:
+            self._send_now()
+
+    def _send_now(self) -> None:
+        """What is gathered: a batch if there is enough for one (up to MAX_BATCH; the rest
+        follows in the next turn), else one publish each."""
+        loop = asyncio.get_running_loop()
+        if len(self._gathering) < self._min_batch:  # few, or no atomic batches on this server
             items, self._gathering = self._gathering, []
             for item in items:
                 self._start(self._send_one(item))
-
-    def _send_batch_now(self) -> None:
+            return
         items = self._gathering[: self._max_batch]
         del self._gathering[: len(items)]
         self._start(self._send_batch(items))
-        self._next_batch_at = asyncio.get_running_loop().time() + self._batch_spacing_s
+        self._next_batch_at = loop.time() + self._batch_spacing_s
         if self._gathering and not self._send_scheduled:
             self._send_scheduled = True
-            asyncio.get_running_loop().call_soon(self._send_gathered)
+            loop.call_soon(self._send_gathered)
 
     def _start(self, sending: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(sending)
