@@ -8,17 +8,21 @@ LogBatch message, not a running orchestrator.
 from __future__ import annotations
 
 import asyncio
+import json
+import random
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
 import aiodocker
 import aiohttp
+import asyncpg
 import pytest
 import pytest_asyncio
 
 from dockyard.bus import connect, ensure_topology, jetstream, names, protocol
 from dockyard.log_relay import last_stored_seq, purge_finished_logs
+from dockyard.log_relay import store as store_sql
 from dockyard.log_relay.chunks import Chunk, chunks_of, with_output_bytes
 from dockyard.log_relay.store import LogStore
 from dockyard.store.log_position import StoredLog, stored_log
@@ -202,6 +206,77 @@ async def test_reads_stop_at_a_gap_until_told_to_skip_it(pool: Pool) -> None:
     page = await store.read(job_id, 2, 2)
     assert (page.line_count, page.last) == (2, 4)
     assert await store.stored_max(job_id) == 12
+
+
+_LONG_JOB = "0195f0c8-0000-7000-8000-00000000cafe"
+
+
+async def _pages_read(conn: asyncpg.Connection, statement: str) -> int:
+    [(report,)] = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {statement}")
+    top = json.loads(report)[0]["Plan"]
+    return int(top["Shared Hit Blocks"] + top["Shared Read Blocks"])
+
+
+@pytest.mark.parametrize("plan", ["force_custom_plan", "force_generic_plan"])
+async def test_reading_a_page_of_a_long_log_costs_what_it_returns(pool: Pool, plan: str) -> None:
+    """A page read, and the check a redelivered chunk gets, look at the chunks they need: they
+    walked the job's chunks from the page to the end of its log (paging was quadratic)."""
+    async with pool.acquire() as conn:
+        await conn.execute(  # 1,000,000 lines in chunks of 50
+            "INSERT INTO log_chunks (job_id, first_seq, last_seq, lines)"
+            " SELECT $1, 50 * i + 1, 50 * (i + 1), '\\x00' FROM generate_series(0, 19999) i",
+            _LONG_JOB,
+        )
+        await conn.execute(f"SET plan_cache_mode = {plan}")
+        await conn.execute(f"PREPARE page (uuid, bigint, bigint) AS {store_sql._WINDOW}")
+        await conn.execute(
+            f"PREPARE stored (uuid[], bigint[], bigint[]) AS {store_sql._STORED_RANGES}"
+        )
+        try:
+            for after in (0, 500_000, 999_000):
+                read = f"EXECUTE page ('{_LONG_JOB}', {after}, {after + 1000})"
+                assert await _pages_read(conn, read) < 60, after
+                ranges = (
+                    f"EXECUTE stored ('{{{_LONG_JOB}}}', '{{{after + 1}}}', '{{{after + 50}}}')"
+                )
+                assert await _pages_read(conn, ranges) < 30, after
+        finally:
+            await conn.execute("DEALLOCATE ALL")
+            await conn.execute("RESET plan_cache_mode")
+
+
+_WINDOW_BY_DEFINITION = """
+SELECT first_seq, last_seq, lines FROM log_chunks
+WHERE job_id = $1 AND last_seq > $2 AND first_seq <= $3 ORDER BY last_seq
+"""
+
+
+async def test_page_reads_return_every_chunk_that_meets_the_window(pool: Pool) -> None:
+    """The bounded reads against their definition, on a log with gaps and chunks of any size."""
+    rnd = random.Random(7)
+    rows, seq = [], 1
+    while seq < 3000:
+        seq += rnd.randint(1, 30) if rnd.random() < 0.2 else 0  # a gap
+        size = rnd.randint(1, 40)
+        rows.append((_LONG_JOB, seq, seq + size - 1, b"x"))
+        seq += size
+    async with pool.acquire() as conn:
+        await conn.executemany(
+            "INSERT INTO log_chunks (job_id, first_seq, last_seq, lines) VALUES ($1, $2, $3, $4)",
+            rows,
+        )
+        for _ in range(300):
+            after = rnd.randint(0, 3100)
+            upto = after + rnd.choice([1, 2, 5, 50, 1000])
+            expected = await conn.fetch(_WINDOW_BY_DEFINITION, _LONG_JOB, after, upto)
+            assert await conn.fetch(store_sql._WINDOW, _LONG_JOB, after, upto) == expected
+            lo = rnd.randint(1, 3100)
+            hi = lo + rnd.choice([0, 1, 5, 40, 300])
+            stored = await conn.fetch(store_sql._STORED_RANGES, [_LONG_JOB], [lo], [hi])
+            assert sorted((r["first_seq"], r["last_seq"]) for r in stored) == [
+                (r["first_seq"], r["last_seq"])
+                for r in await conn.fetch(_WINDOW_BY_DEFINITION, _LONG_JOB, lo - 1, hi)
+            ]
 
 
 async def test_retention_removes_the_lines_of_jobs_finished_long_ago(

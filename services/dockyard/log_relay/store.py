@@ -41,16 +41,30 @@ WITH given AS (
 SELECT job_id::text AS job_id, first_seq, last_seq FROM inserted
 """
 
-_STORED_RANGES = """
+# Both range reads bound last_seq from above by the first chunk ending at or past the range's
+# end: chunks never overlap (log_chunks_once), so none after it can start inside the range.
+# With `first_seq <= hi` only as a filter, every read walked the job's chunks to its end, and
+# paging through a long log was quadratic in its length.
+_MAX_SEQ = 9223372036854775807
+
+_STORED_RANGES = f"""
 SELECT c.job_id::text AS job_id, c.first_seq, c.last_seq
 FROM log_chunks c
 JOIN unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS s(job_id, lo, hi)
     ON c.job_id = s.job_id AND c.last_seq >= s.lo AND c.first_seq <= s.hi
+    AND c.last_seq <= coalesce((
+        SELECT n.last_seq FROM log_chunks n
+        WHERE n.job_id = s.job_id AND n.last_seq >= s.hi ORDER BY n.last_seq LIMIT 1
+    ), {_MAX_SEQ})
 """
 
-_WINDOW = """
+_WINDOW = f"""
 SELECT first_seq, last_seq, lines FROM log_chunks
 WHERE job_id = $1 AND last_seq > $2 AND first_seq <= $3
+  AND last_seq <= coalesce((
+      SELECT last_seq FROM log_chunks
+      WHERE job_id = $1 AND last_seq >= $3 ORDER BY last_seq LIMIT 1
+  ), {_MAX_SEQ})
 ORDER BY last_seq
 """
 
