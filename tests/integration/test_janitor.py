@@ -56,6 +56,7 @@ from dockyard.core.events import (
 from dockyard.core.spec import JobSpec
 from dockyard.core.state import resource_key
 from dockyard.handler import execute
+from dockyard.janitor import queries
 from dockyard.janitor.service import engine_id_of, run_janitor
 from dockyard.log_relay.chunks import Chunk
 from dockyard.log_relay.store import LogStore
@@ -743,3 +744,30 @@ def _sample(text: str, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[-1])
     return 0.0
+
+
+async def test_open_intents_are_an_index_lookup_each_whatever_the_statistics(db: Db) -> None:
+    """Each sweep asks which intents were never released. Before the events table was
+    analysed, PostgreSQL turned a NOT EXISTS into an anti join over a materialised scan of
+    every event (minutes a sweep on half a million events); each intent's check must stay a
+    lookup of its own job's events, and the answer the unreleased intents."""
+    intent = (
+        "INSERT INTO events (job_id, version, event_id, type, data)"
+        " SELECT ('00000000-0000-7000-8000-' || lpad(i::text, 12, '0'))::uuid, $2,"
+        " gen_random_uuid(), $1, jsonb_build_object('engine', 'e-1', 'kind', 'container',"
+        " 'name', 'c-' || i, 'attempt', 1) FROM generate_series(1, $3) i"
+    )
+    async with db.pool.acquire() as conn:
+        await conn.execute(intent, "resource_intended", 1, 3000)
+        await conn.execute(intent, "resource_released", 2, 2990)  # the last 10 stay open
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        await conn.execute(f"PREPARE open_intents (bigint, text, int) AS {queries._OPEN_INTENTS}")
+        try:
+            rows = await conn.fetch("EXPLAIN EXECUTE open_intents (0, 'e-1', 1000)")
+            plan = "\n".join(row[0] for row in rows)
+            assert "Anti Join" not in plan and "SubPlan" in plan, plan
+        finally:
+            await conn.execute("DEALLOCATE open_intents")
+            await conn.execute("RESET plan_cache_mode")
+    found = await queries.open_intents(db.pool, "e-1", 0)
+    assert [job_id[-4:] for _, job_id in found] == [f"{n:04d}" for n in range(2991, 3001)]
