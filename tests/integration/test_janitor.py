@@ -58,6 +58,7 @@ from dockyard.core.state import resource_key
 from dockyard.handler import execute
 from dockyard.janitor import queries
 from dockyard.janitor.service import engine_id_of, run_janitor
+from dockyard.log_relay import store as log_store_sql
 from dockyard.log_relay.chunks import Chunk
 from dockyard.log_relay.store import LogStore
 from dockyard.runtime.docker import DockerRuntime
@@ -427,6 +428,9 @@ async def test_retention_removes_old_logs_and_job_rows_but_never_events(
     await db.run(old_running, *finish, ago_s=3 * 86_400)
     line = b'{"seq":1,"stream":"stdout","text":"hi","at":"2026-01-01T00:00:00Z","attempt":1}'
     await LogStore(db.pool).append([Chunk(j, 1, 1, line) for j in (old, recent, old_running)])
+    await db.pool.execute(  # the lines were stored while the jobs ran, not now
+        "UPDATE log_jobs l SET since = j.created_at FROM jobs j WHERE j.id = l.job_id"
+    )
     old_events = await db.events(old)
     await put_heartbeat(nats_url, orch, [(old_running, 1)])  # alive: not this test's business
     async with running_janitor(
@@ -771,3 +775,39 @@ async def test_open_intents_are_an_index_lookup_each_whatever_the_statistics(db:
             await conn.execute("RESET plan_cache_mode")
     found = await queries.open_intents(db.pool, "e-1", 0)
     assert [job_id[-4:] for _, job_id in found] == [f"{n:04d}" for n in range(2991, 3001)]
+
+
+async def _pages_read(conn: Any, statement: str, *args: object) -> int:
+    report = await conn.fetchval(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {statement}", *args)
+    top = msgspec.json.decode(report)[0]["Plan"]
+    return int(top["Shared Hit Blocks"] + top["Shared Read Blocks"])
+
+
+async def test_retention_sweeps_read_what_they_purge_not_everything_retained(db: Db) -> None:
+    """Every sweep looks for job rows and logs past retention: through the finished-at and
+    first-stored indexes, not a scan of every job (a cost that grew with the table)."""
+    now = datetime.now(UTC)
+    async with db.pool.acquire() as conn:
+        await conn.execute(  # 20,000 finished jobs with logs; the oldest 10 past retention
+            "INSERT INTO jobs (id, tenant, status, queue, attempt, version, created_at,"
+            " finished_at, view) SELECT gen_random_uuid(), 'acme', 'succeeded', 'default', 1,"
+            " 7, $1::timestamptz - make_interval(mins => i),"
+            " $1::timestamptz - make_interval(mins => i), '{}'"
+            " FROM generate_series(1, 20000) i",
+            now,
+        )
+        await conn.execute(
+            "INSERT INTO log_jobs (job_id, max_seq, lines, bytes, since)"
+            " SELECT id, 1, 1, 1, created_at FROM jobs"
+        )
+        await conn.execute("ANALYZE jobs, log_jobs")  # as autovacuum soon would
+        cutoff = now - timedelta(minutes=19_990)
+        undone = conn.transaction()  # EXPLAIN ANALYZE runs the statements
+        await undone.start()
+        try:
+            logs = await _pages_read(conn, log_store_sql._PURGEABLE_LOGS, cutoff, 100)
+            await conn.execute("DELETE FROM log_jobs")
+            rows = await _pages_read(conn, queries._PURGE_JOBS, ["succeeded"], cutoff, 1000)
+        finally:
+            await undone.rollback()
+        assert logs < 100 and rows < 250, (logs, rows)  # a scan: 326 and 418 here

@@ -294,6 +294,9 @@ async def test_retention_removes_the_lines_of_jobs_finished_long_ago(
     await pool.execute(
         "UPDATE jobs SET finished_at = now() - interval '10 days' WHERE id = $1", old
     )
+    await pool.execute(  # its lines were stored while it ran, before it finished
+        "UPDATE log_jobs SET since = now() - interval '11 days' WHERE job_id = $1", old
+    )
     purged = await purge_finished_logs(pool, older_than=timedelta(days=7))
     assert (purged.jobs, purged.lines) == (1, 10)
     assert await last_stored_seq(pool, old) == 0

@@ -142,7 +142,10 @@ async def purge_job_rows(pool: Pool, before: datetime, batch: int = PAGE) -> int
 
 async def count_log_jobs(pool: Pool, before: datetime) -> int:
     """How many finished jobs' log lines retention would remove now (for a dry run)."""
-    sql = "SELECT count(*) FROM log_jobs l JOIN jobs j ON j.id = l.job_id WHERE j.finished_at < $1"
+    sql = (
+        "SELECT count(*) FROM log_jobs l JOIN jobs j ON j.id = l.job_id"
+        " WHERE l.since < $1 AND j.finished_at < $1"  # as purge_finished_logs selects
+    )
     async with translated("janitor count logs"):
         return int(await pool.fetchval(sql, before))
 

@@ -206,6 +206,18 @@ async def last_stored_seq(pool: Pool, job_id: str) -> int:
     return (await stored_log(pool, job_id)).seq
 
 
+# Logs first stored before the cutoff, of jobs finished before it, oldest first: walked by
+# `since`, so a sweep reads what it purges (and the logs of jobs still running from before the
+# cutoff), not every job with logs. A job finishes after its first line, except when the
+# relay stored its lines late; those wait until `since` passes the cutoff too.
+_PURGEABLE_LOGS = """
+SELECT l.job_id FROM log_jobs l JOIN jobs j ON j.id = l.job_id
+WHERE l.since < $1 AND j.finished_at < $1
+ORDER BY l.since LIMIT $2
+FOR UPDATE OF l SKIP LOCKED
+"""
+
+
 class Purged(NamedTuple):
     jobs: int
     lines: int
@@ -223,13 +235,7 @@ async def purge_finished_logs(
     jobs = lines = 0
     while True:
         async with translated("purge_finished_logs"), pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                "SELECT l.job_id FROM log_jobs l JOIN jobs j ON j.id = l.job_id"
-                " WHERE j.finished_at < $1 ORDER BY l.job_id LIMIT $2"
-                " FOR UPDATE OF l SKIP LOCKED",
-                cutoff,
-                batch,
-            )
+            rows = await conn.fetch(_PURGEABLE_LOGS, cutoff, batch)
             if not rows:
                 return Purged(jobs, lines)
             ids = [row["job_id"] for row in rows]
