@@ -22,7 +22,7 @@ class SchedulerMetrics:
         )
         self.jobs_by_status = Gauge(
             "dockyard_jobs",
-            "Jobs by status (from the read model)",
+            "Jobs by status (from the read model; finished ones counted every 5 minutes at most)",
             ["status"],
             registry=self.registry,
         )
