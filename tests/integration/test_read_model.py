@@ -233,3 +233,26 @@ def test_history_decoder_sends_old_versions_through_the_codec(
     decoder._current[JobSubmitted] = 2  # as if JobSubmitted had moved on to v2
     assert decoder(data) == history.events
     assert len(calls) == 2  # each event through the codec, which upcasts
+
+
+async def test_a_status_filter_gets_a_plan_of_its_own_and_never_sql_from_input(
+    database_url: str,
+) -> None:
+    """A known status goes into the SQL as a literal (a generic plan made for a common
+    status walked every job of the tenant looking for a rare one); anything else stays a
+    parameter."""
+    statements: list[str] = []
+
+    async def log_queries(conn: Any) -> None:
+        conn.add_query_logger(lambda record: statements.append(record.query))
+
+    pool = await create_pool(database_url, init=log_queries)
+    try:
+        views = PgJobViews(pool)
+        await views.list_views("acme", status="cancelled")
+        assert "status = 'cancelled'" in statements[-1]
+        hostile = "x' OR '1'='1"
+        assert (await views.list_views("acme", status=hostile)).jobs == []
+        assert hostile not in statements[-1] and "status = $2" in statements[-1]
+    finally:
+        await pool.close()
