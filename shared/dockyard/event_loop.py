@@ -12,8 +12,6 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from dockyard import gc_policy
-
 T = TypeVar("T")
 
 
@@ -27,7 +25,6 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:
-    """`asyncio.run`, on the loop `loop_factory` makes, with the services' GC policy."""
-    gc_policy.apply()
+    """`asyncio.run`, on the loop `loop_factory` makes."""
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         return runner.run(main)

@@ -1,4 +1,5 @@
-"""How a service's garbage collector runs: seldom, and never over what startup made.
+"""How the scheduler's and the orchestrator's garbage collector runs: seldom, and never over
+what startup made.
 
 CPython collects its youngest generation after every 700 net allocations of container
 objects, and one job's path through a service allocates thousands (events, futures, tasks,
@@ -9,6 +10,9 @@ generation of 50,000 it collected twice in 3,000 jobs, and the rate went up by ~
 
 What this costs is memory: at most that many young objects wait for the next collection
 (a few MB). Older generations keep CPython's ratios, so cyclic garbage is still collected.
+
+Not for the log relay: its lines live in buffers until stored and sent, and with this policy
+it persisted 1.14-1.17 M lines/s against 1.36-1.42 M without, in interleaved runs.
 """
 
 from __future__ import annotations

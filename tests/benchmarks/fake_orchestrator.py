@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import signal
 
-from dockyard import event_loop
+from dockyard import event_loop, gc_policy
 from dockyard.config import load
 from dockyard.orchestrator.config import OrchestratorConfig
 from dockyard.orchestrator.service import bootstrap
@@ -16,6 +16,7 @@ from dockyard.runtime.fake import FakeRuntime
 
 
 async def main() -> None:
+    gc_policy.apply()  # as run_orchestrator does
     settings = load()
     config = OrchestratorConfig.from_settings(settings)
     stop = asyncio.Event()

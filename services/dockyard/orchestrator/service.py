@@ -21,6 +21,7 @@ from aiohttp import web
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
+from dockyard import gc_policy
 from dockyard.bus.connection import close, connect, jetstream
 from dockyard.bus.errors import BusUnavailable
 from dockyard.bus.topology import ensure_topology
@@ -354,6 +355,7 @@ async def _ensure_topology(js: JetStreamContext, config: OrchestratorConfig) -> 
 
 async def run_orchestrator(settings: Settings) -> None:
     """`dockyard orchestrator`: run until SIGTERM or SIGINT, then drain and return."""
+    gc_policy.apply()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -9,6 +9,7 @@ from functools import partial
 from aiohttp import web
 from nats.aio.client import Client as NatsClient
 
+from dockyard import gc_policy
 from dockyard.batching import CommandBatcher
 from dockyard.bus import connection
 from dockyard.bus.event_batches import EventBatchPublisher
@@ -40,6 +41,7 @@ log = logging.getLogger("dockyard.scheduler")
 
 async def run_scheduler(settings: Settings) -> None:
     """Serve the API and record events until SIGTERM/SIGINT."""
+    gc_policy.apply()
     async with AsyncExitStack() as stack:
         if tracing.configure_tracing(tracing.SCHEDULER):
             stack.push_async_callback(tracing.shutdown_tracing)  # last: flushes every span
