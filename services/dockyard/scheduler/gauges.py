@@ -13,12 +13,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Final
 
-from dockyard.core.state import TERMINAL, Status
+from dockyard.core.state import STATUSES, TERMINAL
 from dockyard.scheduler.metrics import SchedulerMetrics
 from dockyard.store.pool import Pool, translated
 
-_STATUSES: tuple[str, ...] = Status.__args__  # type: ignore[attr-defined]
-_LIVE = tuple(s for s in _STATUSES if s not in TERMINAL)
+_LIVE = tuple(s for s in STATUSES if s not in TERMINAL)
 
 TERMINAL_REFRESH_S: Final = 300.0
 
@@ -46,7 +45,7 @@ def pg_gauges(
                 terminal.update({r["status"]: r["n"] for r in rows})
                 counted_at = clock()
         counts = {**terminal, **{r["status"]: r["n"] for r in live}}
-        for status in _STATUSES:
+        for status in STATUSES:
             metrics.jobs_by_status.labels(status).set(counts.get(status, 0))
         metrics.queue_depth.clear()
         for row in depth:

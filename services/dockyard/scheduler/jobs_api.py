@@ -11,7 +11,7 @@ from aiohttp import web
 from dockyard.core import Metadata, RequestCancel, SubmitJob, uuid7
 from dockyard.core.codec import encode
 from dockyard.core.spec import JobSpec, convert_spec
-from dockyard.core.state import Status
+from dockyard.core.state import STATUSES
 from dockyard.scheduler.context import Context, ctx_of
 from dockyard.store.ports import DuplicateIdempotencyKey, InvalidCursor, JobView
 from dockyard.store.read_model import job_view
@@ -20,7 +20,7 @@ from dockyard.web.auth import ADMIN, can_see
 from dockyard.web.errors import ApiError, invalid, not_found
 
 MAX_BODY = 1024 * 1024
-_STATUSES = set(Status.__args__)  # type: ignore[attr-defined]
+_STATUSES = frozenset(STATUSES)
 _EVENT_COMMON = {"type", "job_id", "at"}
 _to_builtins = msgspec.to_builtins
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 from functools import singledispatch
-from typing import Final, Literal
+from typing import Final, Literal, get_args
 
 from msgspec import Struct
 from msgspec.structs import replace
@@ -40,6 +40,7 @@ from dockyard.core.spec import JobSpec
 Status = Literal[
     "scheduled", "queued", "starting", "running", "succeeded", "failed", "timed_out", "cancelled"
 ]
+STATUSES: Final[tuple[str, ...]] = get_args(Status)
 TERMINAL: Final[frozenset[str]] = frozenset({"succeeded", "failed", "timed_out", "cancelled"})
 ACTIVE: Final[frozenset[str]] = frozenset({"starting", "running"})
 

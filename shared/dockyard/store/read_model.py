@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from dockyard.core.state import Job, Status
+from dockyard.core.state import STATUSES, Job
 from dockyard.core.view import JobView as ContractView
 from dockyard.core.view import job_view as core_view
 from dockyard.store.pool import Pool, translated
@@ -47,7 +47,6 @@ class JobRow(NamedTuple):
 JOB_COLUMNS: tuple[str, ...] = JobRow._fields
 
 _encoder = msgspec.json.Encoder()
-_STATUSES: frozenset[str] = frozenset(Status.__args__)  # type: ignore[attr-defined]
 _view_decoder = msgspec.json.Decoder(dict[str, Any])
 
 
@@ -156,7 +155,7 @@ class PgJobViews:
             # A known status is a literal: after a few lists of a common status PostgreSQL
             # switched to a generic plan, which then walked every job of the tenant looking
             # for a rare one. Statuses are few, so each gets a plan of its own.
-            known = status in _STATUSES
+            known = status in STATUSES
             where.append(f"status = '{status}'" if known else f"status = {param(status)}")
         if queue is not None:
             where.append(f"queue = {param(queue)}")
