@@ -80,10 +80,10 @@ def messages_of(records: Sequence[RecordedEvent]) -> list[Message]:
             offer = work_offer_for(event)
             out.append(
                 Message(
-                    names.work_subject(event.queue),
+                    names.offer_subject(event.queue),
                     encode_work_offer(offer),
                     work_offer_headers(offer, event),
-                    names.WORK_STREAM,
+                    names.OFFERS_STREAM,
                 )
             )
     return out

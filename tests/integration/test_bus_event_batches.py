@@ -26,9 +26,10 @@ from dockyard.bus import (
     jetstream,
     names,
 )
-from dockyard.core.events import Event, JobClaimed, JobQueued
+from dockyard.core.events import Event, JobClaimed, JobQueued, type_name
 from dockyard.core.ids import uuid7
-from tests.integration.test_bus_publish import WORK, fetch_all
+from tests.integration.test_bus_publish import WORK
+from tests.support.nats import fetch_all
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -84,6 +85,22 @@ def by_job(events: Sequence[Event]) -> dict[str, list[str]]:
     return out
 
 
+def messages(events: Sequence[Event]) -> list[str]:
+    """The subjects a batch of `events` stores, in order: each JobQueued's offer right after it."""
+    out = []
+    for event in events:
+        out.append(names.event_subject(event.job_id, type_name(type(event))))
+        if isinstance(event, JobQueued):
+            out.append(names.offer_subject(event.queue))
+    return out
+
+
+async def stream_subjects(js: JetStreamContext, first: int, last: int) -> list[str]:
+    return [
+        (await js.get_msg(names.EVENTS_STREAM, seq)).subject or "" for seq in range(first, last + 1)
+    ]
+
+
 async def test_a_turns_events_are_stored_once_in_order_with_their_offers(
     nc: NatsClient,
 ) -> None:
@@ -92,10 +109,14 @@ async def test_a_turns_events_are_stored_once_in_order_with_their_offers(
     before = (await js.stream_info(names.EVENTS_STREAM)).state.last_seq
     futures = await submit_all(EventBatchPublisher(nc, js, min_batch=len(events)), events)
     published = await asyncio.gather(*futures)
-    # One batch: consecutive stream sequences in submission order.
-    assert [p.seq for p in published] == list(range(before + 1, before + len(events) + 1))
+    # One batch: consecutive stream sequences in submission order, each offer beside its event.
+    last = (await js.stream_info(names.EVENTS_STREAM)).state.last_seq
+    subjects = await stream_subjects(js, before + 1, last)
+    assert subjects == messages(events)
+    at_events = [before + 1 + n for n, s in enumerate(subjects) if s.startswith("dockyard.events.")]
+    assert [p.seq for p in published] == at_events
     assert by_job(await stored(js, events)) == by_job(events)
-    offers = await fetch_all(js, names.WORK_STREAM, names.work_subject("default"), WORK)
+    offers = await fetch_all(js, names.OFFERS_STREAM, names.offer_subject("default"), WORK)
     assert sorted(decode_work_offer(m.data).job_id for m in offers) == sorted(by_job(events))
     assert all(
         p.offer_duplicate is False
@@ -194,8 +215,8 @@ async def test_under_load_what_follows_a_batch_gathers_into_the_next(nc: NatsCli
         await asyncio.sleep(0.02)
     published = await asyncio.gather(*later)
     assert loop.time() - sent_at >= 0.25  # held for the spacing
-    seqs = [p.seq for p in published]
-    assert seqs == list(range(seqs[0], seqs[0] + len(later)))  # together, in order
+    seqs = [p.seq for p in published]  # each a JobQueued, its offer stored right after it
+    assert seqs == list(range(seqs[0], seqs[0] + 2 * len(later), 2))  # together, in order
 
 
 async def test_a_trickle_is_not_held(nc: NatsClient) -> None:
@@ -206,3 +227,36 @@ async def test_a_trickle_is_not_held(nc: NatsClient) -> None:
     for _ in range(3):
         await asyncio.gather(*await submit_all(sink, interleaved(jobs=1, per_job=1)))
     assert loop.time() - started < 2.0
+
+
+async def test_a_batch_counts_offers_against_the_servers_batch_limit(nc: NatsClient) -> None:
+    """A JobQueued makes two messages: 600 of them are 1,200, past the server's 1,000 a batch,
+    so they go as two batches, not one the server refuses."""
+    js = jetstream(nc)
+    events = interleaved(jobs=600, per_job=1)
+    published = await asyncio.gather(*await submit_all(EventBatchPublisher(nc, js), events))
+    assert len({p.seq for p in published}) == len(events)
+    offers = await fetch_all(js, names.OFFERS_STREAM, names.offer_subject("default"), WORK)
+    assert len(offers) == len(events)
+
+
+@pytest.mark.parametrize("min_batch", [1, 32], ids=["batched", "one_by_one"])
+async def test_an_offer_is_stored_with_its_event_or_not_at_all_in_a_batch(
+    nc: NatsClient, min_batch: int
+) -> None:
+    """In a batch a JobQueued's offer waits with its event for the job's previous one, and is
+    never stored if that failed. Sent on its own (few events) it goes at once, as
+    EventPublisher sends it: dispatch waits on it, and a claim is checked against the store."""
+    js = jetstream(nc)
+    sink = EventBatchPublisher(nc, js, min_batch=min_batch)
+    lost: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    [orphan] = job_events(uuid7(), 1)
+    never = await sink.submit(orphan, lost)
+    await asyncio.sleep(0.2)
+    offers = await fetch_all(js, names.OFFERS_STREAM, names.offer_subject("default"), WORK)
+    assert len(offers) == (0 if min_batch == 1 else 1)
+    lost.set_exception(BusUnavailable("the job's previous event was lost"))
+    with pytest.raises(BusUnavailable):
+        await never
+    assert await stored(js, [orphan]) == []
+    assert await fetch_all(js, names.OFFERS_STREAM, names.offer_subject("default"), WORK) == []

@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 import pytest
 import pytest_asyncio
 from nats.aio.client import Client as NatsClient
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from dockyard.bus import (
@@ -28,8 +27,9 @@ from dockyard.core.events import JobQueued, Metadata
 from dockyard.core.ids import uuid7
 from dockyard.embedded import EmbeddedNats
 from dockyard.embedded._process import free_port
+from tests.support.nats import fetch_all
 
-WORK = names.work_durable("default")
+WORK = names.offer_durable("default")
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
@@ -57,25 +57,6 @@ def queued(job_id: str | None = None, attempt: int = 1) -> JobQueued:
     )
 
 
-async def fetch_all(
-    js: JetStreamContext, stream: str, subject: str, durable: str | None = None
-) -> list[Msg]:
-    """Every message of `stream` on `subject`, through `durable` or an ephemeral consumer."""
-    sub = await js.pull_subscribe(subject, durable=durable, stream=stream)
-    try:
-        msgs: list[Msg] = []
-        while True:
-            try:
-                batch = await sub.fetch(100, timeout=0.5)
-            except TimeoutError:
-                return msgs
-            for msg in batch:
-                await msg.ack()
-            msgs.extend(batch)
-    finally:
-        await sub.unsubscribe()
-
-
 async def test_a_chained_job_queued_sends_its_work_offer_before_the_event_before_it_is_stored(
     js: JetStreamContext,
 ) -> None:
@@ -84,7 +65,7 @@ async def test_a_chained_job_queued_sends_its_work_offer_before_the_event_before
     event = queued()
     before: asyncio.Future[object] = asyncio.get_running_loop().create_future()
     pending = await EventPublisher(js).submit(event, before)
-    [offer_msg] = await fetch_all(js, names.WORK_STREAM, names.work_subject("default"), WORK)
+    [offer_msg] = await fetch_all(js, names.OFFERS_STREAM, names.offer_subject("default"), WORK)
     assert decode_work_offer(offer_msg.data).job_id == event.job_id
     assert await fetch_all(js, names.EVENTS_STREAM, names.job_events_filter(event.job_id)) == []
     before.set_result(None)
@@ -100,7 +81,7 @@ async def test_a_chained_job_queued_sends_its_work_offer_before_the_event_before
         await never
     assert await fetch_all(js, names.EVENTS_STREAM, names.job_events_filter(failed.job_id)) == []
     # Its offer did go (a claim is checked against the store, so an early offer is harmless).
-    [early] = await fetch_all(js, names.WORK_STREAM, names.work_subject("default"), WORK)
+    [early] = await fetch_all(js, names.OFFERS_STREAM, names.offer_subject("default"), WORK)
     assert decode_work_offer(early.data).job_id == failed.job_id
 
 
@@ -119,7 +100,7 @@ async def test_event_is_published_with_its_headers_and_work_offer(js: JetStreamC
     assert msg.headers[names.TRACEPARENT] == TRACEPARENT
     assert decode_event(msg.data) == event
 
-    [offer_msg] = await fetch_all(js, names.WORK_STREAM, names.work_subject("default"), WORK)
+    [offer_msg] = await fetch_all(js, names.OFFERS_STREAM, names.offer_subject("default"), WORK)
     offer = decode_work_offer(offer_msg.data)
     assert (offer.job_id, offer.attempt, offer.queue, offer.event_id) == (
         event.job_id,
@@ -128,7 +109,7 @@ async def test_event_is_published_with_its_headers_and_work_offer(js: JetStreamC
         event.event_id,
     )
     assert offer_msg.headers is not None
-    assert offer_msg.headers[names.MSG_ID] == names.work_msg_id(event.job_id, 1)
+    assert offer_msg.headers[names.MSG_ID] == names.offer_msg_id(event.job_id, 1)
 
 
 async def test_republished_event_is_dropped_by_its_msg_id(js: JetStreamContext) -> None:
@@ -150,7 +131,7 @@ async def test_republished_event_is_dropped_by_its_msg_id(js: JetStreamContext) 
         same_attempt.event_id,
         next_attempt.event_id,
     ]
-    offers = await fetch_all(js, names.WORK_STREAM, names.work_subject("default"), WORK)
+    offers = await fetch_all(js, names.OFFERS_STREAM, names.offer_subject("default"), WORK)
     assert [decode_work_offer(m.data).attempt for m in offers] == [1, 2]
 
 

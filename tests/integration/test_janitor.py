@@ -405,15 +405,15 @@ async def test_a_job_left_queued_without_an_offer_is_offered_again_once(
         first = await janitor.turn(30)
         js = janitor.sources.js
         assert js is not None
-        info = await js.stream_info(names.WORK_STREAM)
+        info = await js.stream_info(names.OFFERS_STREAM)
         assert info.state.messages == 1
-        msg = await js.get_msg(names.WORK_STREAM, seq=info.state.first_seq)
+        msg = await js.get_msg(names.OFFERS_STREAM, seq=info.state.first_seq)
         offer = decode_work_offer(msg.data or b"")
         # The consumer has an offer waiting now: no second one.
         second = await janitor.turn(30)
     assert [(a.action, a.outcome) for a in first.actions] == [("reoffer", "done")]
     assert (offer.job_id, offer.attempt, offer.queue) == (job_id, 1, "default")
-    assert msg.headers and msg.headers[names.MSG_ID] == names.work_msg_id(job_id, 1)
+    assert msg.headers and msg.headers[names.MSG_ID] == names.offer_msg_id(job_id, 1)
     assert second.actions == []
 
 

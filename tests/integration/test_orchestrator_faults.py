@@ -51,16 +51,17 @@ async def offer_again(control: ControlPlane, job_id: str, attempt: int, tag: str
     the duplicate window, as a republish after the window would)."""
     offer = WorkOffer(job_id=job_id, attempt=attempt, queue="default", event_id=tag)
     await control.js.publish(
-        names.work_subject("default"),
+        names.offer_subject("default"),
         encode_work_offer(offer),
         headers={names.MSG_ID: f"{tag}:{job_id}:{attempt}"},
     )
 
 
 async def work_left(control: ControlPlane) -> int:
-    """Offers still in the work queue (acked ones are removed)."""
-    info = await control.js.stream_info(names.WORK_STREAM)
-    return info.state.messages
+    """Offers the queue's consumer has not had acked: not yet delivered, or delivered and
+    pending."""
+    info = await control.js.consumer_info(names.OFFERS_STREAM, names.offer_durable("default"))
+    return (info.num_pending or 0) + (info.num_ack_pending or 0)
 
 
 async def until_offers_taken(control: ControlPlane, timeout_s: float = 10.0) -> None:
@@ -134,15 +135,15 @@ async def test_long_job_keeps_its_offer_alive_with_in_progress_acks(
     async with running_orchestrator(nats_url, orchestrator_id, keepalive_s=0.3):
         # A 1 s ack wait instead of 30 s: without in-progress acks the offer of this 3 s job
         # would be redelivered (twice).
-        durable = names.work_durable("default")
-        current = (await control.js.consumer_info(names.WORK_STREAM, durable)).config
+        durable = names.offer_durable("default")
+        current = (await control.js.consumer_info(names.OFFERS_STREAM, durable)).config
         await control.js.add_consumer(
-            names.WORK_STREAM,
+            names.OFFERS_STREAM,
             ConsumerConfig(**{**current.as_dict(), "ack_wait": 1.0, "backoff": [1.0, 2.0]}),
         )
         job_id = await control.submit(spec(busybox_image, "sh", "-c", "sleep 3; echo ok"))
         job = await control.wait_for(job_id, settled, 30, "settled")
-        info = await control.js.consumer_info(names.WORK_STREAM, durable)
+        info = await control.js.consumer_info(names.OFFERS_STREAM, durable)
     assert (job.status, job.exit_code) == ("succeeded", 0)
     assert info.num_redelivered == 0
     assert_one_start_per_attempt(await control.events(job_id))

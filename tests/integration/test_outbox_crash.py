@@ -36,6 +36,7 @@ from dockyard.store.pool import create_pool
 from dockyard.store.ports import START, Position
 from dockyard.store.postgres import PgEventStore
 from tests.integration.test_outbox_relay import AUDIT, append_jobs, assert_delivered_exactly_once
+from tests.support.nats import events_stored
 
 ROOT = Path(__file__).resolve().parents[2]
 JOBS = 20  # 60 events, 20 work offers
@@ -87,7 +88,12 @@ async def js(nats_url: str) -> AsyncIterator[JetStreamContext]:
     client: NatsClient = await connect(nats_url, "test-outbox-crash", timeout_s=10)
     js = jetstream(client)
     await ensure_topology(js)
-    await js.add_consumer(names.EVENTS_STREAM, durable_name=AUDIT, ack_policy="explicit")
+    await js.add_consumer(
+        names.EVENTS_STREAM,
+        durable_name=AUDIT,
+        ack_policy="explicit",
+        filter_subject=names.EVENTS_SUBJECTS,
+    )
     yield js
     await close(client)
 
@@ -117,7 +123,7 @@ async def test_outbox_sigkill_then_restart_delivers_each_event_exactly_once(
     assert child.returncode == -signal.SIGKILL, out
     expected: dict[str, list[str]] = json.loads(out.splitlines()[0])
 
-    stored = (await js.stream_info(names.EVENTS_STREAM)).state.messages
+    stored = await events_stored(js)
     checkpoint = await store.load_checkpoint("outbox")
     if crash == "before_publish":
         assert (stored, checkpoint) == (0, START)

@@ -30,8 +30,9 @@ from dockyard.embedded import EmbeddedNats, EmbeddedPostgres
 from dockyard.store.pool import Pool, create_pool
 from dockyard.store.ports import START, Position, StoreUnavailable
 from dockyard.store.postgres import PgEventStore
+from tests.support.nats import events_stored
 
-AUDIT = "test-audit"  # a durable consumer over the whole EVENTS stream, as a consumer sees it
+AUDIT = "test-audit"  # a durable consumer over every event (not the offers), as one sees them
 
 
 def job_history(job_id: str) -> list[Event]:
@@ -91,8 +92,8 @@ async def assert_delivered_exactly_once(
     for job, ids in expected.items():
         assert [m for s, m in events if s.split(".")[2] == job] == ids
         assert [r.event.event_id for r in await store.load(job)] == ids
-    offers = await stream_order(js, names.WORK_STREAM, names.work_durable("default"))
-    assert Counter(m for _, m in offers) == Counter(names.work_msg_id(j, 1) for j in expected)
+    offers = await stream_order(js, names.OFFERS_STREAM, names.offer_durable("default"))
+    assert Counter(m for _, m in offers) == Counter(names.offer_msg_id(j, 1) for j in expected)
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -114,7 +115,12 @@ async def nc(nats_url: str) -> AsyncIterator[NatsClient]:
     client = await connect(nats_url, "test-outbox", timeout_s=10)
     js = jetstream(client)
     await ensure_topology(js)
-    await js.add_consumer(names.EVENTS_STREAM, durable_name=AUDIT, ack_policy="explicit")
+    await js.add_consumer(
+        names.EVENTS_STREAM,
+        durable_name=AUDIT,
+        ack_policy="explicit",
+        filter_subject=names.EVENTS_SUBJECTS,
+    )
     yield client
     await close(client)
 
@@ -207,7 +213,7 @@ async def test_outbox_nats_sigkill_keeps_every_acked_event(
 
 async def _stream_has(js: JetStreamContext, count: int) -> bool:
     try:
-        return (await js.stream_info(names.EVENTS_STREAM)).state.messages == count
+        return await events_stored(js) == count
     except Exception:  # reconnecting, or JetStream still recovering
         return False
 

@@ -104,7 +104,7 @@ async def _offers(nats_url: str) -> Counter[str]:
     nc = await connect(nats_url, "test offers")
     try:
         js = jetstream(nc)
-        sub = await js.pull_subscribe_bind(names.work_durable("default"), names.WORK_STREAM)
+        sub = await js.pull_subscribe_bind(names.offer_durable("default"), names.OFFERS_STREAM)
         seen: Counter[str] = Counter()
         while True:
             try:

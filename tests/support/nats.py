@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import nats
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from dockyard.bus import names
 
 
 async def purge_jetstream(url: str) -> None:
@@ -21,3 +25,28 @@ async def purge_jetstream(url: str) -> None:
         raise AssertionError("streams keep appearing while the test harness deletes them")
     finally:
         await nc.close()
+
+
+async def fetch_all(
+    js: JetStreamContext, stream: str, subject: str, durable: str | None = None
+) -> list[Msg]:
+    """Every message of `stream` on `subject`, through `durable` or an ephemeral consumer."""
+    sub = await js.pull_subscribe(subject, durable=durable, stream=stream)
+    try:
+        msgs: list[Msg] = []
+        while True:
+            try:
+                batch = await sub.fetch(100, timeout=0.5)
+            except TimeoutError:
+                return msgs
+            for msg in batch:
+                await msg.ack()
+            msgs.extend(batch)
+    finally:
+        await sub.unsubscribe()
+
+
+async def events_stored(js: JetStreamContext) -> int:
+    """Messages on EVENTS that are events: the stream carries the work offers too."""
+    info = await js.stream_info(names.EVENTS_STREAM, subjects_filter=names.EVENTS_SUBJECTS)
+    return sum((info.state.subjects or {}).values())

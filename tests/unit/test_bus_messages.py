@@ -58,7 +58,7 @@ def test_work_offer_round_trips_and_is_deduplicated_per_attempt() -> None:
     offer = work_offer_for(QUEUED)
     assert offer == WorkOffer(job_id="j-1", attempt=2, queue="gpu", event_id="e-1")
     assert decode_work_offer(encode_work_offer(offer)) == offer
-    assert work_offer_headers(offer, QUEUED)[names.MSG_ID] == names.work_msg_id("j-1", 2)
+    assert work_offer_headers(offer, QUEUED)[names.MSG_ID] == names.offer_msg_id("j-1", 2)
 
 
 def test_decoding_is_tolerant_of_new_fields_and_rejects_garbage() -> None:
@@ -97,7 +97,7 @@ def test_streams_and_consumers_are_declared_as_the_design_says() -> None:
     streams = {s.name: s for s in stream_configs(replicas=3)}
     assert set(streams) == {
         names.EVENTS_STREAM,
-        names.WORK_STREAM,
+        names.OFFERS_STREAM,
         names.REPORTS_STREAM,
         names.LOGS_STREAM,
     }
@@ -109,14 +109,14 @@ def test_streams_and_consumers_are_declared_as_the_design_says() -> None:
     assert set(durables) == {
         names.REPORTS_DURABLE,
         names.LOGS_DURABLE,
-        names.work_durable("a"),
-        names.work_durable("b"),
+        names.offer_durable("a"),
+        names.offer_durable("b"),
     }
     for _stream, config in durables.values():
         assert config.ack_policy == "explicit"
         assert config.backoff and config.ack_wait == config.backoff[0]
         assert config.max_deliver is not None and config.max_deliver > len(config.backoff)
-    assert durables[names.work_durable("b")][1].filter_subject == names.work_subject("b")
+    assert durables[names.offer_durable("b")][1].filter_subject == names.offer_subject("b")
     assert heartbeat_bucket_config(lease_s=9.0).ttl == 9.0
 
 

@@ -123,10 +123,10 @@ class Executor:
         )
         ack = await publish(
             js,
-            names.work_subject(action.queue),
+            names.offer_subject(action.queue),
             encode_work_offer(offer),
-            msg_id=names.work_msg_id(action.job_id, action.attempt),
-            stream=names.WORK_STREAM,
+            msg_id=names.offer_msg_id(action.job_id, action.attempt),
+            stream=names.OFFERS_STREAM,
         )
         return "noop" if ack.duplicate else "done"
 

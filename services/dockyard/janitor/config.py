@@ -42,7 +42,8 @@ class JanitorConfig(Struct, frozen=True, kw_only=True):
     stop_grace_s: float = 10.0
     stuck_margin_s: float = 120.0
     starting_timeout_s: float = 900.0
-    # Past the WORK stream's 10-minute duplicate window, so a re-offer is not dropped as a repeat.
+    # Past the 10-minute duplicate window of EVENTS (where offers are), so a re-offer is not
+    # dropped as a repeat.
     reoffer_after_s: float = 900.0
     log_retention_s: float = 7 * DAY_S
     job_retention_s: float = 30 * DAY_S

@@ -110,7 +110,7 @@ class World(Struct, frozen=True, kw_only=True):
     engine: str | None = None
     docker: tuple[Resource, ...] | None = None
     orchestrators: Mapping[str, Orchestrator] = field(default_factory=dict)
-    # Queues whose WORK consumer holds no undelivered offer.
+    # Queues whose offers consumer holds no undelivered offer.
     idle_queues: frozenset[str] = frozenset()
     # Jobs with a report still waiting in the REPORTS stream, by the age of the oldest (s):
     # what it says has happened is about to be recorded, so no verdict is passed over it.

@@ -191,7 +191,7 @@ class Observer:
         for queue in sorted(queues):
             try:
                 with translated():
-                    info = await js.consumer_info(names.WORK_STREAM, names.work_durable(queue))
+                    info = await js.consumer_info(names.OFFERS_STREAM, names.offer_durable(queue))
             except BusError as exc:
                 if not isinstance(exc.__cause__, nats.js.errors.NotFoundError):
                     failures.append(StepFailure("observe.queues", f"queue {queue}: {exc}"))

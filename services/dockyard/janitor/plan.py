@@ -13,7 +13,7 @@ The rules, each its own function:
   the engine did not list, is removed by name (which finds it gone, or removes a straggler the
   listing missed) and released in the ledger.
 - **reoffer**: a job `queued` for long, on a queue whose consumer holds no undelivered offer,
-  is offered again (its offer was dropped after the WORK consumer's max deliveries).
+  is offered again (its offer was dropped after its consumer's max deliveries, or aged out).
 
 No verdict (lost, stuck) is passed on a job with a report still waiting in the REPORTS stream:
 an orchestrator that reported its exit and then vanished, or shut down cleanly while the

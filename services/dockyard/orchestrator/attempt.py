@@ -321,7 +321,10 @@ class Attempt:
                 stop = await self._supervise(wait, container_id, began + claim.spec.timeout_s)
                 status = await wait
                 trace.get_current_span().add_event("exited")
-                ran = Ran(status=status, duration_s=loop.time() - began, started_at=started_at)
+                # To the microsecond: uvloop's clock counts whole milliseconds, and their
+                # difference in floats can fall just short (0.15 read 0.1499999999942).
+                duration_s = round(loop.time() - began, 6)
+                ran = Ran(status=status, duration_s=duration_s, started_at=started_at)
                 await started
                 await self._finish_reading(reader)
             return exit_report(claim.attempt, ran, stop, memory_mb=claim.spec.resources.memory_mb)

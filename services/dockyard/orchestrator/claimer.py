@@ -120,7 +120,7 @@ class Claimer:
             try:
                 with translated():
                     return await self._js.pull_subscribe_bind(
-                        names.work_durable(self._queue), stream=names.WORK_STREAM
+                        names.offer_durable(self._queue), stream=names.OFFERS_STREAM
                     )
             except BusError as exc:
                 failures += 1

@@ -9,7 +9,7 @@ from typing import Final
 from msgspec import Struct
 from msgspec.structs import replace
 
-from dockyard.bus.topology import WORK_POLICY
+from dockyard.bus.topology import OFFER_POLICY
 from dockyard.config import ConfigError, Settings, parse_listen
 from dockyard.runtime.output import DEFAULT_CAP_BYTES
 
@@ -31,7 +31,7 @@ class OrchestratorConfig(Struct, frozen=True, kw_only=True):
     drain_s: float = DRAIN_S
     # In-progress acks keep a running job's work offer from being redelivered: three per ack
     # wait, so two can be lost to a NATS hiccup before JetStream gives up on the delivery.
-    keepalive_s: float = WORK_POLICY.ack_wait / 3
+    keepalive_s: float = OFFER_POLICY.ack_wait / 3
     # A claim is one PostgreSQL append behind the scheduler; past this, ask again later.
     claim_timeout_s: float = 5.0
     claim_retry_s: float = 1.0

@@ -6,23 +6,26 @@ stores a batch with one commit and answers with one ack: batches of 64 reach ~15
 and of 256 ~35,000 on the same disk. Every message still carries its event id as Nats-Msg-Id.
 
 What the relay submits within one turn of the event loop (a page, or as much of it as its
-window lets through) goes out together: as one batch when it is at least MIN_BATCH events
-(below that a batch costs the server more than one publish each), else one publish per event.
+window lets through) goes out together: as one batch when it makes at least MIN_BATCH
+messages (below that a batch costs the server more than one publish each), else one publish
+per event. A JobQueued's work offer (names.OFFERS_STREAM) goes in the same batch, right after
+its event: both are stored or neither, with one fsync, where an offer published alone cost a
+write and an fsync of its own.
 Under load batches are paced: after one goes, what follows is gathered for BATCH_SPACING_S
-(unless MAX_BATCH events are waiting) and goes as the next. Each batch costs the server ~2 ms
-of CPU whatever its size: it stages the batch in a file store of its own, made and deleted per
-batch. Natural batches under the control-plane benchmark held ~120 events and that staging was
-a third of the server's CPU; the feed lags by at most the spacing, and no job waits for it
-(work offers go at once).
+(unless MAX_BATCH messages are waiting) and goes as the next. Each batch costs the server
+~2 ms of CPU whatever its size: it stages the batch in a file store of its own, made and
+deleted per batch. Natural batches under the control-plane benchmark held ~120 events and
+that staging was a third of the server's CPU; the feed, and so dispatch, lags by at most the
+spacing.
 Each job's events stay in order: an event is sent only once its job's previous event (`after`,
 if sent earlier) is stored, and never if that failed (the relay republishes both from its
 checkpoint); a batch goes once all such earlier events of its own are stored, and within it,
 order is the batch's. A server before 2.12 acks a batch's commit as a plain message: the
 publisher notices (the ack names no batch), sends those events again one by one and batches
-no more. A batch the server refuses because it holds
-an event id it has stored already (the relay republishing after a crash) is sent again one
-message at a time, which JetStream deduplicates one by one. Work offers go at once, as
-EventPublisher sends them.
+no more. A batch the server refuses because it holds a message id it has stored already (the
+relay republishing after a crash) is sent again one event at a time, which JetStream
+deduplicates one by one. An event sent on its own goes as EventPublisher sends it, with its
+offer at once beside it.
 """
 
 from __future__ import annotations
@@ -38,21 +41,26 @@ from typing import Any, Final
 import msgspec
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
-from nats.js.api import PubAck
 from nats.js.errors import APIError
 
 from dockyard.bus import names
 from dockyard.bus.errors import BusError, BusUnavailable, translate, translated
-from dockyard.bus.messages import event_headers
+from dockyard.bus.messages import (
+    encode_work_offer,
+    event_headers,
+    work_offer_for,
+    work_offer_headers,
+)
 from dockyard.bus.publish import ACK_TIMEOUT_S, EventPublisher, Published
 from dockyard.core import codec
 from dockyard.core.events import Event, JobQueued, type_name
 
 log = logging.getLogger("dockyard.bus.event_batches")
 
-# The server's ceiling on messages in one atomic batch (jetstream.limits.batch.max_msgs).
+# The server's ceiling on messages in one atomic batch (jetstream.limits.batch.max_msgs); a
+# JobQueued counts twice, with its offer.
 MAX_BATCH: Final = 1000
-# Fewer events than this go one publish each: an atomic batch costs the server ~2 ms of CPU
+# Fewer messages than this go one publish each: an atomic batch costs the server ~2 ms of CPU
 # however small it is, one publish ~0.1 ms (measured here with `sync_interval: always`), so
 # a batch pays off from about 20 events.
 MIN_BATCH: Final = 32
@@ -84,7 +92,11 @@ class _Item:
     event: Event
     done: asyncio.Future[Published]
     after: asyncio.Future[Any] | None
-    offer: asyncio.Future[PubAck] | None
+
+    @property
+    def size(self) -> int:
+        """Messages in a batch: the event, and a JobQueued's work offer."""
+        return 2 if isinstance(self.event, JobQueued) else 1
 
 
 class EventBatchPublisher:
@@ -109,23 +121,25 @@ class EventBatchPublisher:
         self._next_batch_at = -math.inf  # loop time before which a batch gathers on
         self._send_scheduled = False
         self._gathering: list[_Item] = []
+        self._gathered = 0  # messages the gathered items make
         self._sending: set[asyncio.Task[None]] = set()
 
     async def submit(
         self, event: Event, after: asyncio.Future[Any] | None = None
     ) -> asyncio.Future[Published]:
         """Queue `event` to go out at the end of this turn (under load, with the next batch);
-        the future resolves once it is stored (with its work offer, if any) or raises
-        BusUnavailable / BusRejected. Sent only once `after` (its job's previous event) is
-        stored, and never if that failed."""
-        offer = await self._single.submit_offer(event) if isinstance(event, JobQueued) else None
+        the future resolves once it is stored (a JobQueued with its work offer, in the same
+        batch) or raises BusUnavailable / BusRejected. Sent only once `after` (its job's
+        previous event) is stored, and never if that failed."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Published] = loop.create_future()
         if not self._send_scheduled:
             self._send_scheduled = True
             loop.call_soon(self._send_gathered)
-        self._gathering.append(_Item(event, done, after, offer))
-        if len(self._gathering) >= self._max_batch:
+        item = _Item(event, done, after)
+        self._gathering.append(item)
+        self._gathered += item.size
+        if self._gathered >= self._max_batch:
             self._send_now()
         return done
 
@@ -146,18 +160,31 @@ class EventBatchPublisher:
         """What is gathered: a batch if there is enough for one (up to MAX_BATCH; the rest
         follows in the next turn), else one publish each."""
         loop = asyncio.get_running_loop()
-        if len(self._gathering) < self._min_batch:  # few, or no atomic batches on this server
-            items, self._gathering = self._gathering, []
+        if self._gathered < self._min_batch:  # few, or no atomic batches on this server
+            items, self._gathering, self._gathered = self._gathering, [], 0
             for item in items:
                 self._start(self._send_one(item))
             return
-        items = self._gathering[: self._max_batch]
-        del self._gathering[: len(items)]
+        items = self._take_batch()
         self._start(self._send_batch(items))
         self._next_batch_at = loop.time() + self._batch_spacing_s
         if self._gathering and not self._send_scheduled:
             self._send_scheduled = True
             loop.call_soon(self._send_gathered)
+
+    def _take_batch(self) -> list[_Item]:
+        """The gathered items, from the first, whose messages fit in one batch."""
+        size = taken = 0
+        for item in self._gathering:
+            if size + item.size > self._max_batch:
+                break
+            size += item.size
+            taken += 1
+        taken = max(taken, 1)  # a JobQueued alone when max_batch is 1
+        items = self._gathering[:taken]
+        del self._gathering[:taken]
+        self._gathered -= sum(item.size for item in items)
+        return items
 
     def _start(self, sending: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(sending)
@@ -165,10 +192,21 @@ class EventBatchPublisher:
         task.add_done_callback(self._sending.discard)
 
     async def _send_one(self, item: _Item) -> None:
+        """As EventPublisher sends it: a JobQueued's offer at once (dispatch waits on it, and
+        a claim is checked against the store), the event once `after` is stored."""
+        offer = None
+        if isinstance(item.event, JobQueued) and not item.done.cancelled():
+            try:
+                offer = await self._single.submit_offer(item.event)
+            except BusError as exc:
+                _fail(item, exc)
+                return
         if item.after is not None:
             await asyncio.wait([item.after])
         if _may_go(item):
-            await _settling([item], self._single.publish_event(item.event), self._ack_timeout_s)
+            await _settling([item], self._single.publish_event(item.event, offer))
+        elif offer is not None:
+            offer.cancel()  # its ack is nobody's concern now
 
     async def _send_batch(self, items: list[_Item]) -> None:
         own = {id(item.done) for item in items}
@@ -177,45 +215,44 @@ class EventBatchPublisher:
             await asyncio.wait(before)  # stored or failed: what follows them waits no longer
         items = [item for item in items if _may_go(item)]
         if items:
-            await _settling(items, self._publish(items), self._ack_timeout_s)
+            await _settling(items, self._publish(items))
 
     async def _publish(self, items: list[_Item]) -> list[Published]:
-        """Store the items' events in order, as one batch (or one by one, see above)."""
+        """Store the items' events (and offers) in order, as one batch (or one by one, see
+        above)."""
         events = [item.event for item in items]
+        messages = [m for event in events for m in _messages(event)]
         try:
-            last = await self._atomic(events)
+            last = await self._atomic(messages)
         except NoAtomicBatches as exc:
             # Send them again one by one (any a server before 2.12 stored unacked is dropped
             # by its id), and batch no more.
             log.warning("event_batches.unsupported reason=%s: publishing one by one", exc)
             self._min_batch = math.inf
-            return [await self._single.publish_event(event) for event in events]
+            return [await self._single.publish(event) for event in events]
         except BusError as exc:
             if getattr(exc, "err_code", None) != BATCH_HAS_DUPLICATE:
                 raise
-            return [await self._single.publish_event(event) for event in events]
-        return [
-            Published(seq=seq, duplicate=False) for seq in range(last - len(events) + 1, last + 1)
-        ]
+            return [await self._single.publish(event) for event in events]
+        return _stored(items, first_seq=last - len(messages) + 1)
 
-    async def _atomic(self, events: list[Event]) -> int:
+    async def _atomic(self, messages: list[_Message]) -> int:
         batch_id = uuid.uuid4().hex
-        *rest, final = events
+        *rest, (subject, payload, headers) = messages
         with translated():
-            for n, event in enumerate(rest, start=1):
-                subject, payload, headers = _message(event, batch_id, n)
-                await self._nc.publish(subject, payload, headers=headers)
-            subject, payload, headers = _message(final, batch_id, len(events))
+            for n, (each, data, their) in enumerate(rest, start=1):
+                their.update({names.BATCH_ID: batch_id, names.BATCH_SEQUENCE: str(n)})
+                await self._nc.publish(each, data, headers=their)
+            headers[names.BATCH_ID] = batch_id
+            headers[names.BATCH_SEQUENCE] = str(len(messages))
             headers[names.BATCH_COMMIT] = "1"
             reply = await self._nc.request(
                 subject, payload, timeout=self._ack_timeout_s, headers=headers
             )
-        return committed_seq(reply.data, batch_id, len(events))
+        return committed_seq(reply.data, batch_id, len(messages))
 
 
-async def _settling(
-    items: list[_Item], publishing: Awaitable[Published | list[Published]], timeout_s: float
-) -> None:
+async def _settling(items: list[_Item], publishing: Awaitable[Published | list[Published]]) -> None:
     """Resolve each item's future with how its event was stored, or fail them all."""
     try:
         stored = await publishing
@@ -230,7 +267,8 @@ async def _settling(
         raise
     published = stored if isinstance(stored, list) else [stored]
     for item, one in zip(items, published, strict=True):
-        _settle(item, one.seq, timeout_s)
+        if not item.done.done():
+            item.done.set_result(one)
 
 
 def committed_seq(reply: bytes, batch_id: str, count: int) -> int:
@@ -251,11 +289,33 @@ def committed_seq(reply: bytes, batch_id: str, count: int) -> int:
     return ack.seq
 
 
-def _message(event: Event, batch_id: str, n: int) -> tuple[str, bytes, dict[str, str]]:
-    headers = event_headers(event)
-    headers[names.BATCH_ID] = batch_id
-    headers[names.BATCH_SEQUENCE] = str(n)
-    return names.event_subject(event.job_id, type_name(type(event))), codec.encode(event), headers
+_Message = tuple[str, bytes, dict[str, str]]  # subject, payload, headers
+
+
+def _messages(event: Event) -> list[_Message]:
+    """The event's message, then (for a JobQueued) its work offer's."""
+    subject = names.event_subject(event.job_id, type_name(type(event)))
+    message = (subject, codec.encode(event), event_headers(event))
+    if not isinstance(event, JobQueued):
+        return [message]
+    offer = work_offer_for(event)
+    offered = (
+        names.offer_subject(offer.queue),
+        encode_work_offer(offer),
+        work_offer_headers(offer, event),
+    )
+    return [message, offered]
+
+
+def _stored(items: list[_Item], first_seq: int) -> list[Published]:
+    """Each item's Published, its messages stored in order from `first_seq`."""
+    published = []
+    seq = first_seq
+    for item in items:
+        offered = False if item.size == 2 else None
+        published.append(Published(seq=seq, duplicate=False, offer_duplicate=offered))
+        seq += item.size
+    return published
 
 
 def _may_go(item: _Item) -> bool:
@@ -273,29 +333,5 @@ def _may_go(item: _Item) -> bool:
 
 
 def _fail(item: _Item, error: BaseException) -> None:
-    if item.offer is not None and not item.offer.done():
-        item.offer.cancel()
     if not item.done.done():
         item.done.set_exception(error)
-
-
-def _settle(item: _Item, seq: int, timeout_s: float) -> None:
-    if item.offer is None:
-        if not item.done.done():
-            item.done.set_result(Published(seq=seq, duplicate=False))
-        return
-    task = asyncio.ensure_future(EventPublisher.wait_offer(item.offer, seq, timeout_s))
-    task.add_done_callback(lambda t: _chain(t, item.done))
-
-
-def _chain(task: asyncio.Future[Published], done: asyncio.Future[Published]) -> None:
-    if done.done():
-        if not task.cancelled():
-            task.exception()  # retrieved: nobody waits for an item the relay gave up
-        return
-    if task.cancelled():
-        done.cancel()
-    elif (exc := task.exception()) is not None:
-        done.set_exception(exc)
-    else:
-        done.set_result(task.result())

@@ -81,7 +81,7 @@ def work_offer_headers(offer: WorkOffer, event: Event) -> dict[str, str]:
     Its trace context is the dispatch's: a span from the JobQueued's commit to this publish,
     in the job's trace (with tracing off, the event's own context is passed on unchanged).
     """
-    headers = {names.MSG_ID: names.work_msg_id(offer.job_id, offer.attempt)}
+    headers = {names.MSG_ID: names.offer_msg_id(offer.job_id, offer.attempt)}
     meta = event.meta
     if meta.traceparent is not None and tracing.enabled():
         meta = tracing.record_span(

@@ -11,9 +11,15 @@ from typing import Final
 EVENTS_STREAM: Final = "DOCKYARD_EVENTS"
 EVENTS_SUBJECTS: Final = "dockyard.events.>"
 
-# Work offers: one message per queued attempt, consumed by the orchestrators of that queue.
-WORK_STREAM: Final = "DOCKYARD_WORK"
-WORK_SUBJECTS: Final = "dockyard.work.*"
+# Work offers: one message per queued attempt, on its queue's subject, consumed by that queue's
+# orchestrators. They travel in EVENTS: the outbox relay stores a JobQueued and its offer in
+# one atomic batch (one fsync for both), and on a limits-retention stream an ack writes
+# nothing, where a work-queue stream wrote and fsynced a tombstone per ack.
+OFFERS_STREAM: Final = EVENTS_STREAM
+OFFERS_SUBJECTS: Final = "dockyard.offers.*"
+# Where earlier versions kept offers (a work-queue stream of its own); `ensure_topology`
+# moves what still waits there to OFFERS_SUBJECTS and deletes it.
+LEGACY_WORK_STREAM: Final = "DOCKYARD_WORK"
 
 # Reports to the scheduler: orchestrators' and the janitor's commands (started, exit, ledger...).
 REPORTS_STREAM: Final = "DOCKYARD_REPORTS"
@@ -70,12 +76,12 @@ def events_of_type(event_type: str) -> str:
     return f"dockyard.events.*.{event_type}"
 
 
-def work_subject(queue: str) -> str:
-    return f"dockyard.work.{queue}"
+def offer_subject(queue: str) -> str:
+    return f"dockyard.offers.{queue}"
 
 
-def work_durable(queue: str) -> str:
-    return f"work-{queue}"
+def offer_durable(queue: str) -> str:
+    return f"offers-{queue}"
 
 
 def report_subject(job_id: str) -> str:
@@ -94,7 +100,7 @@ def log_subject(job_id: str) -> str:
     return f"dockyard.logs.{job_id}"
 
 
-def work_msg_id(job_id: str, attempt: int) -> str:
+def offer_msg_id(job_id: str, attempt: int) -> str:
     """One work offer per attempt: JetStream drops a republished one inside the window."""
     return f"{job_id}:{attempt}"
 

@@ -41,7 +41,7 @@ class Published(Struct, frozen=True):
 
 
 class EventPublisher:
-    """Publishes events to the EVENTS stream, and each JobQueued's work offer to WORK."""
+    """Publishes events to the EVENTS stream, and each JobQueued's work offer beside it."""
 
     def __init__(self, js: JetStreamContext, *, ack_timeout_s: float = ACK_TIMEOUT_S) -> None:
         self._js = js
@@ -88,17 +88,16 @@ class EventPublisher:
         acks = [event_ack] if offer_ack is None else [event_ack, offer_ack]
         return await _wait_acks(acks, self._ack_timeout_s)
 
-    async def publish_event(self, event: Event) -> Published:
-        """Publish the event alone (not its offer) and wait for the ack."""
-        return await self._acked(await self._submit_event(event), None)
-
-    @staticmethod
-    async def wait_offer(
-        offer: asyncio.Future[PubAck], event_seq: int, timeout_s: float
+    async def publish_event(
+        self, event: Event, offer: asyncio.Future[PubAck] | None = None
     ) -> Published:
-        """The Published of an event stored at `event_seq` once its offer is acked too."""
-        ack = (await _wait_acks([offer], timeout_s)).duplicate
-        return Published(seq=event_seq, duplicate=False, offer_duplicate=ack)
+        """Publish the event alone (its offer, if sent, is `offer`) and wait for the acks."""
+        try:
+            sent = await self._submit_event(event)
+        except BaseException:
+            _cancel([offer] if offer is not None else [])
+            raise
+        return await self._acked(sent, offer)
 
     async def _submit_event(self, event: Event) -> asyncio.Future[PubAck]:
         subject = names.event_subject(event.job_id, type_name(type(event)))
@@ -115,10 +114,10 @@ class EventPublisher:
         offer = work_offer_for(event)
         with translated():
             return await self._js.publish_async(
-                names.work_subject(event.queue),
+                names.offer_subject(event.queue),
                 encode_work_offer(offer),
                 headers=work_offer_headers(offer, event),
-                stream=names.WORK_STREAM,
+                stream=names.OFFERS_STREAM,
             )
 
 

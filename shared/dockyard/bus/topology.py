@@ -38,6 +38,7 @@ from nats.js.errors import APIError
 from dockyard.bus import names
 from dockyard.bus.deployment import deployment_id
 from dockyard.bus.errors import TopologyError, translated
+from dockyard.bus.legacy_offers import move_legacy_offers
 
 # The duplicate window must outlast the longest gap between the first publish of an event and
 # its republication after an outbox relay crash: the relay's restart (a supervisor restarts a
@@ -83,8 +84,11 @@ class RedeliveryPolicy:
 
 # Offers: claiming is one request/reply, so 30 s without an ack means the orchestrator died.
 # 50 deliveries at up to 5 minutes apart is over 3 hours of retries; an offer abandoned after
-# that is a job left queued, which the janitor re-offers.
-WORK_POLICY: Final = RedeliveryPolicy(
+# that is a job left queued, which the janitor re-offers (as one that waited past EVENTS'
+# max age for a queue nobody served). Acked offers stay in EVENTS until that age: a queue's
+# durable deleted by hand and made again would deliver them all again, and each claim of an
+# attempt already claimed or over is refused.
+OFFER_POLICY: Final = RedeliveryPolicy(
     backoff=(30.0, 60.0, 120.0, 300.0), max_deliver=50, max_ack_pending=1000
 )
 # Reports: the scheduler appends to PostgreSQL; it naks with a delay while the database is down.
@@ -101,12 +105,14 @@ LOGS_POLICY: Final = RedeliveryPolicy(
 
 
 def stream_configs(replicas: int = 1) -> list[StreamConfig]:
-    """The four streams, on file storage, each with `replicas` copies."""
+    """The three streams, on file storage, each with `replicas` copies."""
 
-    def stream(name: str, subject: str, retention: RetentionPolicy, **kw: object) -> StreamConfig:
+    def stream(
+        name: str, subjects: list[str], retention: RetentionPolicy, **kw: object
+    ) -> StreamConfig:
         return StreamConfig(
             name=name,
-            subjects=[subject],
+            subjects=subjects,
             retention=retention,
             storage=StorageType.FILE,
             num_replicas=replicas,
@@ -117,7 +123,8 @@ def stream_configs(replicas: int = 1) -> list[StreamConfig]:
     return [
         stream(
             names.EVENTS_STREAM,
-            names.EVENTS_SUBJECTS,
+            # Work offers too (names.OFFERS_STREAM): each in the atomic batch of its JobQueued.
+            [names.EVENTS_SUBJECTS, names.OFFERS_SUBJECTS],
             RetentionPolicy.LIMITS,
             max_age=EVENTS_MAX_AGE_S,
             duplicate_window=DUPLICATE_WINDOW_S,
@@ -125,20 +132,14 @@ def stream_configs(replicas: int = 1) -> list[StreamConfig]:
             allow_atomic=True,
         ),
         stream(
-            names.WORK_STREAM,
-            names.WORK_SUBJECTS,
-            RetentionPolicy.WORK_QUEUE,
-            duplicate_window=DUPLICATE_WINDOW_S,
-        ),
-        stream(
             names.REPORTS_STREAM,
-            names.REPORTS_SUBJECTS,
+            [names.REPORTS_SUBJECTS],
             RetentionPolicy.WORK_QUEUE,
             duplicate_window=SHORT_DUPLICATE_WINDOW_S,
         ),
         stream(
             names.LOGS_STREAM,
-            names.LOGS_SUBJECTS,
+            [names.LOGS_SUBJECTS],
             RetentionPolicy.LIMITS,
             max_age=LOGS_MAX_AGE_S,
             duplicate_window=SHORT_DUPLICATE_WINDOW_S,
@@ -175,8 +176,8 @@ def consumer_configs(queues: Iterable[str] = ("default",)) -> list[tuple[str, Co
         (names.LOGS_STREAM, _durable(names.LOGS_DURABLE, names.LOGS_SUBJECTS, LOGS_POLICY)),
     ]
     for queue in dict.fromkeys(queues):  # ordered and without repeats
-        durable = _durable(names.work_durable(queue), names.work_subject(queue), WORK_POLICY)
-        consumers.append((names.WORK_STREAM, durable))
+        durable = _durable(names.offer_durable(queue), names.offer_subject(queue), OFFER_POLICY)
+        consumers.append((names.OFFERS_STREAM, durable))
     return consumers
 
 
@@ -198,8 +199,9 @@ async def ensure_topology(
     lease_s: float = 15.0,
     queues: Sequence[str] = ("default",),
 ) -> str:
-    """Create or update every stream, durable consumer and the heartbeat bucket; return the
-    installation's id (made on first use, see deployment.py).
+    """Create or update every stream, durable consumer and the heartbeat bucket, move offers an
+    earlier version left (legacy_offers.py); return the installation's id (made on first use,
+    see deployment.py).
 
     Raises BusUnavailable when JetStream does not answer and TopologyError when something
     exists with a config that cannot be changed in place (e.g. another retention policy).
@@ -211,6 +213,7 @@ async def ensure_topology(
     with translated():
         for config in stream_configs(replicas):
             await _ensure_stream(js, config)
+        await move_legacy_offers(js)
         for stream, consumer in consumer_configs(queues):
             # A durable create with a differing config updates it (the request's action is
             # "create or update"); an identical one is a no-op, so concurrent starts agree.
