@@ -95,12 +95,8 @@ def test_nats_errors_translate_to_retry_or_refusal(
 
 def test_streams_and_consumers_are_declared_as_the_design_says() -> None:
     streams = {s.name: s for s in stream_configs(replicas=3)}
-    assert set(streams) == {
-        names.EVENTS_STREAM,
-        names.OFFERS_STREAM,
-        names.REPORTS_STREAM,
-        names.LOGS_STREAM,
-    }
+    assert set(streams) == {names.EVENTS_STREAM, names.REPORTS_STREAM, names.LOGS_STREAM}
+    assert names.OFFERS_STREAM == names.EVENTS_STREAM  # offers ride in their events' batches
     assert all(s.num_replicas == 3 and s.storage == "file" for s in streams.values())
     assert streams[names.EVENTS_STREAM].duplicate_window == DUPLICATE_WINDOW_S
     assert streams[names.LOGS_STREAM].max_age

@@ -30,7 +30,7 @@ class Ticket(Protocol):
         ...
 
     async def ack(self) -> None:
-        """The attempt is reported: remove the offer from the work queue (best effort)."""
+        """The attempt is reported: the queue's consumer is done with the offer (best effort)."""
         ...
 
 

@@ -16,7 +16,7 @@ Under load batches are paced: after one goes, what follows is gathered for BATCH
 ~2 ms of CPU whatever its size: it stages the batch in a file store of its own, made and
 deleted per batch. Natural batches under the control-plane benchmark held ~120 events and
 that staging was a third of the server's CPU; the feed, and so dispatch, lags by at most the
-spacing.
+spacing (and behind earlier batches of the same jobs, whose acks it waits for).
 Each job's events stay in order: an event is sent only once its job's previous event (`after`,
 if sent earlier) is stored, and never if that failed (the relay republishes both from its
 checkpoint); a batch goes once all such earlier events of its own are stored, and within it,
@@ -62,7 +62,7 @@ log = logging.getLogger("dockyard.bus.event_batches")
 MAX_BATCH: Final = 1000
 # Fewer messages than this go one publish each: an atomic batch costs the server ~2 ms of CPU
 # however small it is, one publish ~0.1 ms (measured here with `sync_interval: always`), so
-# a batch pays off from about 20 events.
+# a batch pays off from about 20 messages.
 MIN_BATCH: Final = 32
 # Under load, one batch at most this often (see the module's text): ~7,000 events/s makes
 # batches of ~350, a sixth of the per-batch cost they had unpaced.
@@ -198,8 +198,8 @@ class EventBatchPublisher:
         if isinstance(item.event, JobQueued) and not item.done.cancelled():
             try:
                 offer = await self._single.submit_offer(item.event)
-            except BusError as exc:
-                _fail(item, exc)
+            except Exception as exc:
+                _fail(item, translate(exc))
                 return
         if item.after is not None:
             await asyncio.wait([item.after])

@@ -8,8 +8,11 @@ Nats-Msg-Id, so services starting at the same moment, or a start that crashed ha
 runs again, store each offer once. An offer an old orchestrator had fetched and not yet acked
 is copied too: its second claim is refused by the scheduler, so the job still runs once.
 
-Upgrade the scheduler (which publishes offers) together with the rest: one of an earlier
-version, still running, would find no stream for its offers and retry them until replaced.
+Stop every service of the earlier version (the orchestrators on every host and a janitor run
+by cron included) before starting this one. Each service sets the topology up at its start,
+and one of the earlier version would take the offers' subjects out of EVENTS again: offers
+and, behind them, the whole event feed would then wait until a service of this version
+starts again and puts them back.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from dockyard.bus import names
 log = logging.getLogger("dockyard.bus.legacy_offers")
 
 _PREFIX = "dockyard.work."
+_OWN_HEADERS = frozenset({names.MSG_ID, names.TRACEPARENT, names.TRACESTATE})
 
 
 async def move_legacy_offers(js: JetStreamContext) -> int:
@@ -48,7 +52,7 @@ async def move_legacy_offers(js: JetStreamContext) -> int:
                 names.offer_subject(queue),
                 msg.data,
                 stream=names.OFFERS_STREAM,
-                headers=dict(msg.headers or {}),
+                headers=_kept(msg.headers or {}),
             )
             moved += 1
         seq = (msg.seq or seq) + 1
@@ -56,6 +60,12 @@ async def move_legacy_offers(js: JetStreamContext) -> int:
         await js.delete_stream(names.LEGACY_WORK_STREAM)
     log.warning("topology.legacy_offers_moved stream=%s offers=%d", names.LEGACY_WORK_STREAM, moved)
     return moved
+
+
+def _kept(headers: dict[str, str]) -> dict[str, str]:
+    """The offer's own headers: its id and trace context, not what the server stored with it
+    (such as Nats-Expected-Stream, naming the old stream)."""
+    return {k: v for k, v in headers.items() if k in _OWN_HEADERS}
 
 
 async def _next(js: JetStreamContext, seq: int) -> RawStreamMsg | None:
