@@ -15,6 +15,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
 from dockyard.bus import (
+    BusError,
     BusUnavailable,
     EventBatchPublisher,
     Published,
@@ -260,3 +261,25 @@ async def test_an_offer_is_stored_with_its_event_or_not_at_all_in_a_batch(
         await never
     assert await stored(js, [orphan]) == []
     assert await fetch_all(js, names.OFFERS_STREAM, names.offer_subject("default"), WORK) == []
+
+
+@pytest.mark.parametrize("min_batch", [1, 32], ids=["batched", "one_by_one"])
+async def test_offer_subjects_an_earlier_version_took_out_are_put_back(
+    nc: NatsClient, min_batch: int
+) -> None:
+    """A service of an earlier version that starts after this one sets EVENTS up without the
+    offers' subjects: the publish that fails puts them back, and the relay's retry (the same
+    events again) goes through, each event and offer stored once."""
+    js = jetstream(nc)
+    config = (await js.stream_info(names.EVENTS_STREAM)).config
+    await js.update_stream(config.evolve(subjects=[names.EVENTS_SUBJECTS]))
+    sink = EventBatchPublisher(nc, js, min_batch=min_batch)
+    events = interleaved(jobs=3, per_job=1)
+    with pytest.raises(BusError):
+        await asyncio.gather(*await submit_all(sink, events))
+    subjects = (await js.stream_info(names.EVENTS_STREAM)).config.subjects
+    assert subjects == [names.EVENTS_SUBJECTS, names.OFFERS_SUBJECTS]
+    await asyncio.gather(*await submit_all(sink, events))
+    assert by_job(await stored(js, events)) == by_job(events)
+    offers = await fetch_all(js, names.OFFERS_STREAM, names.offer_subject("default"), WORK)
+    assert sorted(decode_work_offer(m.data).job_id for m in offers) == sorted(by_job(events))

@@ -8,9 +8,10 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from dockyard.bus import names
-from dockyard.bus.errors import BusUnavailable
+from dockyard.bus.errors import BusError, BusUnavailable
 from dockyard.bus.messages import WorkOffer, encode_work_offer
 from dockyard.bus.publish import publish
+from dockyard.bus.topology import restore_offer_subjects
 from dockyard.core.commands import Command, MarkOrchestratorLost, ReleaseResource, ReportExit
 from dockyard.core.events import Metadata, ReleaseHow
 from dockyard.handler import execute
@@ -121,13 +122,17 @@ class Executor:
             queue=action.queue,
             event_id=action.event_id,
         )
-        ack = await publish(
-            js,
-            names.offer_subject(action.queue),
-            encode_work_offer(offer),
-            msg_id=names.offer_msg_id(action.job_id, action.attempt),
-            stream=names.OFFERS_STREAM,
-        )
+        try:
+            ack = await publish(
+                js,
+                names.offer_subject(action.queue),
+                encode_work_offer(offer),
+                msg_id=names.offer_msg_id(action.job_id, action.attempt),
+                stream=names.OFFERS_STREAM,
+            )
+        except BusError:
+            await restore_offer_subjects(js)  # a service of an earlier version took them out
+            raise
         return "noop" if ack.duplicate else "done"
 
     async def retention(self, report: SweepReport, *, dry_run: bool) -> None:

@@ -52,6 +52,7 @@ from dockyard.bus.messages import (
     work_offer_headers,
 )
 from dockyard.bus.publish import ACK_TIMEOUT_S, EventPublisher, Published
+from dockyard.bus.topology import restore_offer_subjects
 from dockyard.core import codec
 from dockyard.core.events import Event, JobQueued, type_name
 
@@ -70,6 +71,8 @@ BATCH_SPACING_S: Final = 0.05
 # A spacing timer may fire this much early by the loop's clock (uvloop counts whole
 # milliseconds): it is due then, not to be armed again for a few microseconds, again and again.
 CLOCK_SLACK_S: Final = 0.001
+# A publish holding offers that fails has EVENTS' subjects checked, at most this often.
+OFFER_CHECK_S: Final = 5.0
 # "atomic publish batch contains duplicate message id": part of it is stored already.
 BATCH_HAS_DUPLICATE: Final = 10201
 # "atomic publish is disabled": the stream was made without allow_atomic.
@@ -113,7 +116,10 @@ class EventBatchPublisher:
         batch_spacing_s: float = BATCH_SPACING_S,
     ) -> None:
         self._nc = nc
+        self._js = js
         self._single = EventPublisher(js, ack_timeout_s=ack_timeout_s)
+        self._offers_checked_at = -math.inf
+        self._offer_check: asyncio.Future[None] | None = None
         self._ack_timeout_s = ack_timeout_s
         self._min_batch: float = min_batch
         self._max_batch = max_batch
@@ -204,7 +210,7 @@ class EventBatchPublisher:
         if item.after is not None:
             await asyncio.wait([item.after])
         if _may_go(item):
-            await _settling([item], self._single.publish_event(item.event, offer))
+            await _settling([item], self._offering(self._single.publish_event(item.event, offer)))
         elif offer is not None:
             offer.cancel()  # its ack is nobody's concern now
 
@@ -215,7 +221,34 @@ class EventBatchPublisher:
             await asyncio.wait(before)  # stored or failed: what follows them waits no longer
         items = [item for item in items if _may_go(item)]
         if items:
-            await _settling(items, self._publish(items))
+            publishing = self._publish(items)
+            offered = any(isinstance(item.event, JobQueued) for item in items)
+            await _settling(items, self._offering(publishing) if offered else publishing)
+
+    async def _offering(self, publishing: Awaitable[_Stored]) -> _Stored:
+        """`publishing`, which sends offers: if it fails, see that EVENTS still takes them."""
+        try:
+            return await publishing
+        except Exception:
+            await self._check_offer_subjects()
+            raise
+
+    async def _check_offer_subjects(self) -> None:
+        """At most every OFFER_CHECK_S (failures that come meanwhile wait for the check in
+        progress): a service of an earlier version may have set EVENTS up without the offers'
+        subjects (topology.restore_offer_subjects)."""
+        now = asyncio.get_running_loop().time()
+        checking = self._offer_check
+        if checking is None or (checking.done() and now >= self._offers_checked_at + OFFER_CHECK_S):
+            self._offers_checked_at = now
+            checking = self._offer_check = asyncio.ensure_future(self._restore_offer_subjects())
+        await asyncio.shield(checking)
+
+    async def _restore_offer_subjects(self) -> None:
+        try:
+            await restore_offer_subjects(self._js)
+        except BusError as exc:
+            log.warning("event_batches.offer_subjects_unchecked error=%s", exc)
 
     async def _publish(self, items: list[_Item]) -> list[Published]:
         """Store the items' events (and offers) in order, as one batch (or one by one, see
@@ -252,7 +285,10 @@ class EventBatchPublisher:
         return committed_seq(reply.data, batch_id, len(messages))
 
 
-async def _settling(items: list[_Item], publishing: Awaitable[Published | list[Published]]) -> None:
+_Stored = Published | list[Published]
+
+
+async def _settling(items: list[_Item], publishing: Awaitable[_Stored]) -> None:
     """Resolve each item's future with how its event was stored, or fail them all."""
     try:
         stored = await publishing

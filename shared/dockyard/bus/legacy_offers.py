@@ -8,11 +8,11 @@ Nats-Msg-Id, so services starting at the same moment, or a start that crashed ha
 runs again, store each offer once. An offer an old orchestrator had fetched and not yet acked
 is copied too: its second claim is refused by the scheduler, so the job still runs once.
 
-Stop every service of the earlier version (the orchestrators on every host and a janitor run
-by cron included) before starting this one. Each service sets the topology up at its start,
-and one of the earlier version would take the offers' subjects out of EVENTS again: offers
-and, behind them, the whole event feed would then wait until a service of this version
-starts again and puts them back.
+Best stop every service of the earlier version (the orchestrators on every host and a
+janitor run by cron included) before starting this one. Each service sets the topology up
+at its start, and one of the earlier version takes the offers' subjects out of EVENTS again:
+the scheduler's next offer then fails, and puts them back (topology.restore_offer_subjects)
+before the relay sends it again, so the feed stalls for a retry; offers are not lost.
 """
 
 from __future__ import annotations

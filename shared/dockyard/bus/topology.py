@@ -17,6 +17,7 @@ relay pipelines its publishes for that reason.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -39,6 +40,8 @@ from dockyard.bus import names
 from dockyard.bus.deployment import deployment_id
 from dockyard.bus.errors import TopologyError, translated
 from dockyard.bus.legacy_offers import move_legacy_offers
+
+log = logging.getLogger("dockyard.bus.topology")
 
 # The duplicate window must outlast the longest gap between the first publish of an event and
 # its republication after an outbox relay crash: the relay's restart (a supervisor restarts a
@@ -221,6 +224,27 @@ async def ensure_topology(
             await _refusal_as_topology_error(js.add_consumer(stream, consumer), what)
         await _ensure_bucket(js, heartbeat_bucket_config(lease_s, replicas))
     return await deployment_id(js, replicas=replicas)
+
+
+async def restore_offer_subjects(js: JetStreamContext) -> bool:
+    """Put the offers' subjects back on EVENTS if they are gone; whether they were.
+
+    A service of an earlier version sets EVENTS up with its own subjects only when it starts
+    (legacy_offers.py); every offer, and the event feed behind it, would fail until a
+    service of this version started again. The publishers call this when a publish holding
+    an offer fails. Raises BusUnavailable / BusRejected as `translated` maps them.
+    """
+    with translated():
+        config = (await js.stream_info(names.EVENTS_STREAM)).config
+        subjects = list(config.subjects or [])
+        if names.OFFERS_SUBJECTS in subjects:
+            return False
+        await js.update_stream(config.evolve(subjects=[*subjects, names.OFFERS_SUBJECTS]))
+    log.warning(
+        "topology.offer_subjects_restored stream=%s: a service of an earlier version set it up",
+        names.EVENTS_STREAM,
+    )
+    return True
 
 
 # JetStream's answers that mean "this config cannot be applied" though sent as 500s, not 400s:
