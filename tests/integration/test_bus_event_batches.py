@@ -275,8 +275,8 @@ async def test_offer_subjects_an_earlier_version_took_out_are_put_back(
     await js.update_stream(config.evolve(subjects=[names.EVENTS_SUBJECTS]))
     sink = EventBatchPublisher(nc, js, min_batch=min_batch)
     events = interleaved(jobs=3, per_job=1)
-    with pytest.raises(BusError):
-        await asyncio.gather(*await submit_all(sink, events))
+    failed = await asyncio.gather(*await submit_all(sink, events), return_exceptions=True)
+    assert any(isinstance(f, BusError) for f in failed)
     subjects = (await js.stream_info(names.EVENTS_STREAM)).config.subjects
     assert subjects == [names.EVENTS_SUBJECTS, names.OFFERS_SUBJECTS]
     await asyncio.gather(*await submit_all(sink, events))

@@ -417,6 +417,23 @@ async def test_a_job_left_queued_without_an_offer_is_offered_again_once(
     assert second.actions == []
 
 
+async def test_a_re_offer_puts_back_offer_subjects_an_earlier_version_took_out(
+    nats_url: str, database_url: str, docker: aiodocker.Docker, db: Db
+) -> None:
+    job_id = uuid7()
+    await db.run(job_id, submit(), ago_s=1200)  # no outbox relay runs: its offer never went out
+    async with running_janitor(nats_url, database_url, docker, scoped_orchestrator_id()) as janitor:
+        js = janitor.sources.js
+        assert js is not None
+        config = (await js.stream_info(names.EVENTS_STREAM)).config
+        await js.update_stream(config.evolve(subjects=[names.EVENTS_SUBJECTS]))
+        turn = await janitor.turn(30)
+        info = await js.stream_info(names.OFFERS_STREAM)
+    assert [(a.action, a.outcome) for a in turn.actions] == [("reoffer", "done")]
+    assert info.config.subjects == [names.EVENTS_SUBJECTS, names.OFFERS_SUBJECTS]
+    assert info.state.messages == 1
+
+
 async def test_retention_removes_old_logs_and_job_rows_but_never_events(
     nats_url: str, database_url: str, docker: aiodocker.Docker, db: Db
 ) -> None:

@@ -4,8 +4,12 @@ version (through `execute`) or an idempotent removal, so doing it twice doubles 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
+
+from nats.js import JetStreamContext
+from nats.js.api import PubAck
 
 from dockyard.bus import names
 from dockyard.bus.errors import BusError, BusUnavailable
@@ -32,6 +36,8 @@ from dockyard.janitor.report import Outcome, SweepReport
 from dockyard.log_relay.store import purge_finished_logs
 from dockyard.runtime.ports import ContainerRuntime, NotFound, RuntimeUnavailable
 from dockyard.store.ports import EventStore
+
+log = logging.getLogger("dockyard.janitor.act")
 
 # Events the janitor appends say so, for whoever reads a job's history.
 JANITOR_META = Metadata(producer="janitor")
@@ -122,18 +128,31 @@ class Executor:
             queue=action.queue,
             event_id=action.event_id,
         )
-        try:
-            ack = await publish(
+
+        async def offered() -> PubAck:
+            return await publish(
                 js,
                 names.offer_subject(action.queue),
                 encode_work_offer(offer),
                 msg_id=names.offer_msg_id(action.job_id, action.attempt),
                 stream=names.OFFERS_STREAM,
             )
+
+        try:
+            ack = await offered()
         except BusError:
-            await restore_offer_subjects(js)  # a service of an earlier version took them out
-            raise
+            if not await self._offer_subjects_restored(js):
+                raise
+            ack = await offered()  # a service of an earlier version had taken them out
         return "noop" if ack.duplicate else "done"
+
+    @staticmethod
+    async def _offer_subjects_restored(js: JetStreamContext) -> bool:
+        try:
+            return await restore_offer_subjects(js)
+        except BusError as exc:
+            log.warning("janitor.offer_subjects_unchecked error=%s", exc)
+            return False
 
     async def retention(self, report: SweepReport, *, dry_run: bool) -> None:
         """Past-retention log lines, then read-model rows (found through them) are removed."""

@@ -25,7 +25,8 @@ publisher notices (the ack names no batch), sends those events again one by one 
 no more. A batch the server refuses because it holds a message id it has stored already (the
 relay republishing after a crash) is sent again one event at a time, which JetStream
 deduplicates one by one. An event sent on its own goes as EventPublisher sends it, with its
-offer at once beside it.
+offer at once beside it. A failed publish holding offers has EVENTS checked for their
+subjects, which a service of an earlier version may have taken out (restore_offer_subjects).
 """
 
 from __future__ import annotations
@@ -210,7 +211,8 @@ class EventBatchPublisher:
         if item.after is not None:
             await asyncio.wait([item.after])
         if _may_go(item):
-            await _settling([item], self._offering(self._single.publish_event(item.event, offer)))
+            publishing = self._single.publish_event(item.event, offer)
+            await _settling([item], self._offering(publishing) if offer is not None else publishing)
         elif offer is not None:
             offer.cancel()  # its ack is nobody's concern now
 
@@ -239,16 +241,19 @@ class EventBatchPublisher:
         subjects (topology.restore_offer_subjects)."""
         now = asyncio.get_running_loop().time()
         checking = self._offer_check
-        if checking is None or (checking.done() and now >= self._offers_checked_at + OFFER_CHECK_S):
+        due = now >= self._offers_checked_at + OFFER_CHECK_S
+        if checking is None or checking.cancelled() or (checking.done() and due):
             self._offers_checked_at = now
             checking = self._offer_check = asyncio.ensure_future(self._restore_offer_subjects())
-        await asyncio.shield(checking)
+        await asyncio.wait([checking])  # neither raises its outcome nor cancels it for others
 
     async def _restore_offer_subjects(self) -> None:
         try:
             await restore_offer_subjects(self._js)
         except BusError as exc:
             log.warning("event_batches.offer_subjects_unchecked error=%s", exc)
+        except Exception:
+            log.exception("event_batches.offer_subjects_unchecked")
 
     async def _publish(self, items: list[_Item]) -> list[Published]:
         """Store the items' events (and offers) in order, as one batch (or one by one, see

@@ -12,7 +12,9 @@ Best stop every service of the earlier version (the orchestrators on every host 
 janitor run by cron included) before starting this one. Each service sets the topology up
 at its start, and one of the earlier version takes the offers' subjects out of EVENTS again:
 the scheduler's next offer then fails, and puts them back (topology.restore_offer_subjects)
-before the relay sends it again, so the feed stalls for a retry; offers are not lost.
+before the relay sends it again, so the feed stalls for a few seconds; offers are not lost.
+It also makes DOCKYARD_WORK again: offers an earlier scheduler or janitor publishes there
+wait for the next start of a service of this version, or the janitor's re-offer.
 """
 
 from __future__ import annotations
