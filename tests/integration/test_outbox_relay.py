@@ -30,7 +30,7 @@ from dockyard.embedded import EmbeddedNats, EmbeddedPostgres
 from dockyard.store.pool import Pool, create_pool
 from dockyard.store.ports import START, Position, StoreUnavailable
 from dockyard.store.postgres import PgEventStore
-from tests.support.nats import events_stored
+from tests.support.nats import events_stored, fetch_all
 
 AUDIT = "test-audit"  # a durable consumer over every event (not the offers), as one sees them
 
@@ -65,19 +65,7 @@ async def retrying(call: Callable[..., Awaitable[Any]], *args: Any) -> Any:
 
 async def stream_order(js: JetStreamContext, stream: str, durable: str) -> list[tuple[str, str]]:
     """(subject, Nats-Msg-Id) of every message the durable consumer receives, in order."""
-    sub = await js.pull_subscribe("", durable=durable, stream=stream)
-    try:
-        seen: list[tuple[str, str]] = []
-        while True:
-            try:
-                batch = await sub.fetch(500, timeout=0.5)
-            except TimeoutError:
-                return seen
-            for msg in batch:
-                seen.append((msg.subject, message_id(msg.headers)))
-                await msg.ack()
-    finally:
-        await sub.unsubscribe()
+    return [(m.subject, message_id(m.headers)) for m in await fetch_all(js, stream, "", durable)]
 
 
 async def assert_delivered_exactly_once(
