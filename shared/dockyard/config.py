@@ -31,6 +31,190 @@ class ConfigError(ValueError):
     """Raised when an environment variable holds a value the service cannot use."""
 
 
+class Variable(Struct, frozen=True, kw_only=True):
+    """One environment variable as the configuration reference shows it.
+
+    `scripts/config-reference` writes docs/configuration.md from the VARIABLES of this module,
+    of dockyard.orchestrator.config and of dockyard.janitor.config; a test fails when the page
+    is stale or when the code reads a variable none of them names.
+    """
+
+    name: str
+    default: str  # as a person reads it; "" for none
+    meaning: str
+    read_by: tuple[str, ...]  # services, "CLI", "`dockyard up`"
+    group: str
+
+
+_SERVICES: Final = ("scheduler", "orchestrator", "log-relay", "janitor")
+
+# What this module reads, and the few variables read elsewhere in the shared code (the services'
+# logs and traces, the CLI's target, the Docker engine): every one of them, described once.
+VARIABLES: Final[tuple[Variable, ...]] = (
+    Variable(
+        name="DOCKYARD_NATS_URL",
+        default=DEFAULTS["DOCKYARD_NATS_URL"],
+        meaning="NATS with JetStream, run with `sync_interval: always` and `max_payload: 8MB` "
+        "(`deploy/nats.conf`); the nodes of a cluster comma-separated. `dockyard up` starts "
+        "its own NATS unless this is set.",
+        read_by=(*_SERVICES, "`dockyard up`"),
+        group="servers",
+    ),
+    Variable(
+        name="DOCKYARD_DATABASE_URL",
+        default=DEFAULTS["DOCKYARD_DATABASE_URL"],
+        meaning="PostgreSQL, the source of truth; a password and TLS go in the URL as libpq "
+        "reads them (`password`, `sslmode`, `sslrootcert`). Orchestrators never use it. "
+        "`dockyard up` starts its own PostgreSQL unless this is set.",
+        read_by=("scheduler", "log-relay", "janitor", "`dockyard db`", "`dockyard up`"),
+        group="servers",
+    ),
+    Variable(
+        name="DOCKYARD_NATS_REPLICAS",
+        default=DEFAULTS["DOCKYARD_NATS_REPLICAS"],
+        meaning="copies of every stream and of the heartbeat bucket: `3` on a three-node "
+        "cluster (`deploy/nats/cluster/`). The same value for every service.",
+        read_by=_SERVICES,
+        group="servers",
+    ),
+    Variable(
+        name="DOCKYARD_API_LISTEN",
+        default=DEFAULTS["DOCKYARD_API_LISTEN"],
+        meaning="`host:port` of the scheduler: the API, the web page, `/healthz`, `/readyz`, "
+        "`/metrics`.",
+        read_by=("scheduler", "`dockyard up`"),
+        group="http",
+    ),
+    Variable(
+        name="DOCKYARD_LOGS_LISTEN",
+        default=DEFAULTS["DOCKYARD_LOGS_LISTEN"],
+        meaning="`host:port` of the log relay: log pages, the log WebSocket, `/healthz`, "
+        "`/readyz`, `/metrics`. The web page finds the relay on this port of the host it was "
+        "loaded from, unless `DOCKYARD_LOGS_URL` says otherwise.",
+        read_by=("log-relay", "scheduler", "`dockyard up`"),
+        group="http",
+    ),
+    Variable(
+        name="DOCKYARD_TOKENS",
+        default="none (`dockyard up`: one generated `admin` token)",
+        meaning="`tenant:token,tenant2:token2`: who may call the API and read logs. Tenant "
+        "`admin` sees every tenant's jobs. With none, every request is refused (401).",
+        read_by=("scheduler", "log-relay", "`dockyard up`"),
+        group="http",
+    ),
+    Variable(
+        name="DOCKYARD_ALLOWED_ORIGINS",
+        default="the web page's own origin (from `DOCKYARD_API_LISTEN`; listening on every "
+        "interface: its loopback names only)",
+        meaning="origins (`scheme://host:port`, comma-separated) allowed to open the log "
+        "WebSocket; any other `Origin` is refused with 403 before the upgrade.",
+        read_by=("log-relay",),
+        group="http",
+    ),
+    Variable(
+        name="DOCKYARD_ORCHESTRATOR_ID",
+        default="host name + pid",
+        meaning="the id of one orchestrator. Keep it stable across restarts: after a crash "
+        "recovery finds the orchestrator's containers by it.",
+        read_by=("orchestrator",),
+        group="orchestrator",
+    ),
+    Variable(
+        name="DOCKYARD_QUEUES",
+        default=DEFAULTS["DOCKYARD_QUEUES"],
+        meaning="queues, comma-separated: the ones an orchestrator serves; every service "
+        "creates the work consumers of the queues it names at start.",
+        read_by=_SERVICES,
+        group="orchestrator",
+    ),
+    Variable(
+        name="DOCKYARD_MAX_JOBS",
+        default=DEFAULTS["DOCKYARD_MAX_JOBS"],
+        meaning="jobs one orchestrator runs at once.",
+        read_by=("orchestrator",),
+        group="orchestrator",
+    ),
+    Variable(
+        name="DOCKYARD_LEASE_S",
+        default=DEFAULTS["DOCKYARD_LEASE_S"],
+        meaning="an orchestrator silent this many seconds is lost and its jobs are requeued "
+        "(it heartbeats three times a lease). It is the heartbeat bucket's TTL, which every "
+        "service sets at start: one value everywhere.",
+        read_by=_SERVICES,
+        group="orchestrator",
+    ),
+    Variable(
+        name="DOCKYARD_JANITOR_INTERVAL_S",
+        default=DEFAULTS["DOCKYARD_JANITOR_INTERVAL_S"],
+        meaning="seconds from the start of one sweep to the start of the next.",
+        read_by=("janitor",),
+        group="janitor",
+    ),
+    Variable(
+        name="DOCKYARD_JANITOR_CRON",
+        default="none",
+        meaning="a 5-field cron expression (UTC) for the sweeps, instead of the interval.",
+        read_by=("janitor",),
+        group="janitor",
+    ),
+    Variable(
+        name="DOCKYARD_LOG_FORMAT",
+        default="json",
+        meaning="the services' own log lines on stderr: `json` (one object a line) or `text`. "
+        "`dockyard up` runs its services with `text`.",
+        read_by=_SERVICES,
+        group="telemetry",
+    ),
+    Variable(
+        name="DOCKYARD_LOG_LEVEL",
+        default="INFO",
+        meaning="`DEBUG`, `INFO`, `WARNING` or `ERROR`.",
+        read_by=_SERVICES,
+        group="telemetry",
+    ),
+    Variable(
+        name="OTEL_EXPORTER_OTLP_ENDPOINT",
+        default="none: tracing is off",
+        meaning="export traces by OTLP/HTTP (or set `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`); the "
+        "other standard `OTEL_EXPORTER_OTLP_*` variables apply. One trace per job across the "
+        "services, `service.name` `dockyard-<service>`.",
+        read_by=_SERVICES,
+        group="telemetry",
+    ),
+    Variable(
+        name="DOCKER_HOST",
+        default="`/var/run/docker.sock` or `/run/docker.sock`",
+        meaning="the Docker engine (`unix://...` or `tcp://...`).",
+        read_by=("orchestrator", "janitor", "`dockyard up`"),
+        group="docker",
+    ),
+    Variable(
+        name="DOCKYARD_API_URL",
+        default="http://127.0.0.1:8700",
+        meaning="the scheduler the CLI talks to.",
+        read_by=("CLI",),
+        group="cli",
+    ),
+    Variable(
+        name="DOCKYARD_LOGS_URL",
+        default="`http://127.0.0.1:8701` (the web page: the host it was loaded from, with "
+        "`DOCKYARD_LOGS_LISTEN`'s port)",
+        meaning="the log relay's base URL as clients reach it: the CLI's, and the one the "
+        "scheduler tells the web page (set it when a proxy serves the relay elsewhere).",
+        read_by=("CLI", "scheduler"),
+        group="cli",
+    ),
+    Variable(
+        name="DOCKYARD_TOKEN",
+        default="the dev token `dockyard up` wrote: `~/.config/dockyard/token` (under "
+        "`$XDG_CONFIG_HOME` if set), then `./.dockyard/token`",
+        meaning="the CLI's bearer token, one of `DOCKYARD_TOKENS`.",
+        read_by=("CLI",),
+        group="cli",
+    ),
+)
+
+
 class Settings(Struct, frozen=True, kw_only=True):
     nats_url: str
     database_url: str

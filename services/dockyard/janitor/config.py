@@ -26,9 +26,76 @@ from typing import Final
 from croniter import croniter
 from msgspec import Struct, field
 
-from dockyard.config import ConfigError, Settings
+from dockyard.config import ConfigError, Settings, Variable
 
 DAY_S: Final = 86_400.0
+
+_JANITOR: Final = ("janitor",)
+
+# The janitor's own variables (those above), as the configuration reference shows them.
+VARIABLES: Final = (
+    Variable(
+        name="DOCKYARD_JANITOR_GRACE_S",
+        default="60",
+        meaning="a leftover container or network is removed only this many seconds after its "
+        "attempt ended (for an unknown job, after it was created).",
+        read_by=_JANITOR,
+        group="janitor",
+    ),
+    Variable(
+        name="DOCKYARD_JANITOR_STUCK_MARGIN_S",
+        default="120",
+        meaning="a job `running` past its timeout plus this many seconds is ended as `timed_out`.",
+        read_by=_JANITOR,
+        group="janitor",
+    ),
+    Variable(
+        name="DOCKYARD_JANITOR_STARTING_TIMEOUT_S",
+        default="900",
+        meaning="a job `starting` longer than this (an image pull included) is ended as "
+        "`container_error`.",
+        read_by=_JANITOR,
+        group="janitor",
+    ),
+    Variable(
+        name="DOCKYARD_JANITOR_REOFFER_AFTER_S",
+        default="900",
+        meaning="a job `queued` this long with no offer left in its queue is offered again.",
+        read_by=_JANITOR,
+        group="janitor",
+    ),
+    Variable(
+        name="DOCKYARD_LOG_RETENTION_DAYS",
+        default="7",
+        meaning="finished jobs' log lines are removed after this many days; 0 keeps them.",
+        read_by=_JANITOR,
+        group="janitor",
+    ),
+    Variable(
+        name="DOCKYARD_JOB_RETENTION_DAYS",
+        default="30",
+        meaning="finished jobs' read-model rows likewise, once none of their log lines is "
+        "left; 0 keeps them. Events are never removed, and a purged job stays out of "
+        "`dockyard db rebuild`.",
+        read_by=_JANITOR,
+        group="janitor",
+    ),
+    Variable(
+        name="DOCKYARD_JANITOR_SELECT",
+        default="none",
+        meaning="`label=value,...` (a bare `label`: any value): the janitor touches only "
+        "Docker resources also carrying these.",
+        read_by=_JANITOR,
+        group="janitor",
+    ),
+    Variable(
+        name="DOCKYARD_JANITOR_METRICS_LISTEN",
+        default="none",
+        meaning="`host:port` for the janitor's `/metrics` and `/healthz`.",
+        read_by=_JANITOR,
+        group="janitor",
+    ),
+)
 
 
 class JanitorConfig(Struct, frozen=True, kw_only=True):

@@ -10,7 +10,7 @@ from msgspec import Struct
 from msgspec.structs import replace
 
 from dockyard.bus.topology import OFFER_POLICY
-from dockyard.config import ConfigError, Settings, parse_listen
+from dockyard.config import ConfigError, Settings, Variable, parse_listen
 from dockyard.runtime.output import DEFAULT_CAP_BYTES
 
 # The contract: SIGTERM, then SIGKILL 10 s later.
@@ -19,6 +19,27 @@ STOP_GRACE_S: Final = 10.0
 # With the 10 s stop grace and the reports, an orchestrator is gone within ~35 s, inside the
 # 40 s a supervisor such as systemd or Kubernetes (30 s + margin) is usually told to wait.
 DRAIN_S: Final = 20.0
+
+# The orchestrator's own variables, as the configuration reference shows them.
+VARIABLES: Final = (
+    Variable(
+        name="DOCKYARD_DRAIN_S",
+        default=f"{DRAIN_S:g}",
+        meaning="on SIGTERM the orchestrator stops claiming and lets running jobs finish this "
+        "many seconds, then stops them (SIGTERM, 10 s, SIGKILL) and reports them "
+        "`orchestrator_lost`, so their retry policy reruns them.",
+        read_by=("orchestrator",),
+        group="orchestrator",
+    ),
+    Variable(
+        name="DOCKYARD_METRICS_LISTEN",
+        default="none (`dockyard up`: `127.0.0.1:8702` when free)",
+        meaning="`host:port` for the orchestrator's `/metrics`, `/healthz` and `/readyz`; off "
+        "by default, since orchestrators sharing a host would each need a port.",
+        read_by=("orchestrator",),
+        group="orchestrator",
+    ),
+)
 
 
 class OrchestratorConfig(Struct, frozen=True, kw_only=True):
