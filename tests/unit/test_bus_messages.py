@@ -20,7 +20,7 @@ from dockyard.bus import (
     names,
 )
 from dockyard.bus.connection import RECONNECT_CAP_S, reconnect_delay, redact, server_urls
-from dockyard.bus.errors import translate
+from dockyard.bus.errors import MessageRejected, translate
 from dockyard.bus.messages import event_headers, work_offer_for, work_offer_headers
 from dockyard.bus.topology import (
     DUPLICATE_WINDOW_S,
@@ -84,7 +84,13 @@ def test_decoding_is_tolerant_of_new_fields_and_rejects_garbage() -> None:
         (ConnectionRefusedError(), BusUnavailable),
         (nats.js.errors.ServiceUnavailableError(code=503, description="x"), BusUnavailable),
         (nats.js.errors.BadRequestError(code=400, err_code=10060, description="x"), BusRejected),
-        (nats.errors.MaxPayloadError(), BusRejected),
+        (nats.errors.MaxPayloadError(), MessageRejected),
+        (nats.errors.BadSubjectError(), MessageRejected),
+        (names.InvalidSubjectToken("x"), MessageRejected),
+        (
+            nats.js.errors.BadRequestError(code=400, err_code=10054, description="x"),
+            MessageRejected,
+        ),
     ],
 )
 def test_nats_errors_translate_to_retry_or_refusal(

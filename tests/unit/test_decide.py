@@ -10,6 +10,7 @@ from dockyard.core import (
     AlreadyFinished,
     ClaimJob,
     EnqueueDue,
+    FailUndeliverable,
     IllegalTransition,
     MarkOrchestratorLost,
     PlannedResource,
@@ -255,3 +256,22 @@ def test_started_after_the_exit_report_is_ignored() -> None:
 def test_commands_on_an_unknown_job_are_refused() -> None:
     with pytest.raises(UnknownJob):
         Scenario().when(CLAIM)
+
+
+@pytest.mark.parametrize("status", ["scheduled", "queued", "running"])
+def test_an_undeliverable_job_fails_once_and_is_never_retried(status: str) -> None:
+    later = T0 + timedelta(hours=1) if status == "scheduled" else None
+    s = Scenario()
+    s.given(SubmitJob(tenant="acme", spec=spec(retry=RetryPolicy(max_attempts=3), run_at=later)))
+    if status == "running":
+        s.given(ClaimJob(attempt=1, orchestrator="o1"))
+        s.given(ReportStarted(attempt=1, container_id="c", orchestrator="o1"))
+    why = "NATS refused its job_queued message"
+    assert types(s.when(FailUndeliverable(error=why))) == ["job_failed"]
+    job = s.job
+    assert job is not None and (job.status, job.reason, job.error) == (
+        "failed",
+        "container_error",
+        why,
+    )
+    assert s.when(FailUndeliverable(error=why)) == []

@@ -87,6 +87,8 @@ ALLOWED: dict[str, set[str]] = {
         | ({"container_started"} if status == "starting" else set())
         | (TERMINAL_EVENT if status in ACTIVE else set())
         | ({"cancel_requested", "job_cancelled"} if status in LIVE else set())
+        # A job that cannot be delivered fails before it starts (FailUndeliverable).
+        | ({"job_failed"} if status in LIVE else set())
         | ({"resource_released"} if status not in {"scheduled", "queued", "cancelled"} else set())
     )
     for status in STATES

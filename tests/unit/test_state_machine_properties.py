@@ -16,6 +16,7 @@ from dockyard.core import (
     Context,
     EnqueueDue,
     Event,
+    FailUndeliverable,
     Job,
     MarkOrchestratorLost,
     RecordResource,
@@ -40,6 +41,9 @@ LEGAL = {
     ("scheduled", "cancelled"),
     ("queued", "starting"),
     ("queued", "cancelled"),
+    # Undeliverable (FailUndeliverable): ended before it ever started.
+    ("scheduled", "failed"),
+    ("queued", "failed"),
     ("starting", "running"),
     *{
         (a, b)
@@ -62,6 +66,7 @@ commands: st.SearchStrategy[Command] = st.one_of(
         ReportExit, attempt=attempts, exit_code=exit_codes, reason=reasons, error=st.just("boom")
     ),
     st.builds(RequestCancel, requested_by=st.just("acme")),
+    st.builds(FailUndeliverable, error=st.just("NATS refused its job_queued message")),
     st.builds(
         MarkOrchestratorLost, attempt=attempts, orchestrator=orchestrators, silent_s=st.just(20.0)
     ),

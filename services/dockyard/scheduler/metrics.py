@@ -38,6 +38,12 @@ class SchedulerMetrics:
             ["type"],
             registry=self.registry,
         )
+        self.outbox_set_aside = Counter(
+            "dockyard_outbox_set_aside",
+            "Events the outbox relay could not deliver and set aside (alert on any increase)",
+            ["type"],
+            registry=self.registry,
+        )
         self.dispatch_latency = Histogram(
             "dockyard_dispatch_latency_seconds",
             "From queued to claimed",

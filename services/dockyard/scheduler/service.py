@@ -27,12 +27,14 @@ from dockyard.scheduler.gauges import pg_gauges
 from dockyard.scheduler.metrics import CountingStore, SchedulerMetrics
 from dockyard.scheduler.reports import ReportConsumer
 from dockyard.scheduler.schedule_store import PgScheduleStore
+from dockyard.scheduler.undeliverable import FailUndeliverableJobs
 from dockyard.store.log_position import stored_log
 from dockyard.store.migrations import migrate
 from dockyard.store.pool import Pool, create_pool
 from dockyard.store.ports import EventStore
 from dockyard.store.postgres import PgEventStore
 from dockyard.store.read_model import PgJobViews
+from dockyard.store.set_aside import PgSetAsideLog
 from dockyard.telemetry import tracing
 from dockyard.web.auth import Tokens
 
@@ -81,7 +83,10 @@ async def run_scheduler(settings: Settings) -> None:
         )
 
         relay = OutboxRelay(
-            store, EventBatchPublisher(nc, js), leader=PgLeader(settings.database_url)
+            store,
+            EventBatchPublisher(nc, js),
+            leader=PgLeader(settings.database_url),
+            set_aside=FailUndeliverableJobs(PgSetAsideLog(pool), batcher.execute, metrics),
         )
         await supervise(
             {

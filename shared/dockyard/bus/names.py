@@ -5,6 +5,7 @@ Nobody else spells a subject: they call these.
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 # Job events, published by the outbox relay from PostgreSQL (the source of truth).
@@ -64,28 +65,47 @@ LABEL_DEPLOYMENT: Final = "dockyard.deployment"
 LABEL_TIMEOUT: Final = "dockyard.timeout_s"
 
 
+class InvalidSubjectToken(ValueError):
+    """Raised when a subject, durable or key would be built from a token NATS cannot carry.
+
+    Specs are validated before anything is stored, so this is a programming error (or a row an
+    earlier version let in) caught before the publish, not a message NATS refuses later.
+    """
+
+
+# One subject token: printable ASCII without the separator `.` and the wildcards `*` and `>`.
+_TOKEN = re.compile(r"[\x21-\x29\x2b-\x2d\x2f-\x3d\x3f-\x7e]+")  # not * . >
+
+
+def token(text: str) -> str:
+    """`text` itself, if it is one valid subject token; else InvalidSubjectToken."""
+    if _TOKEN.fullmatch(text) is None:
+        raise InvalidSubjectToken(f"not a subject token: {text!r}")
+    return text
+
+
 def event_subject(job_id: str, event_type: str) -> str:
-    return f"dockyard.events.{job_id}.{event_type}"
+    return f"dockyard.events.{token(job_id)}.{token(event_type)}"
 
 
 def job_events_filter(job_id: str) -> str:
-    return f"dockyard.events.{job_id}.*"
+    return f"dockyard.events.{token(job_id)}.*"
 
 
 def events_of_type(event_type: str) -> str:
-    return f"dockyard.events.*.{event_type}"
+    return f"dockyard.events.*.{token(event_type)}"
 
 
 def offer_subject(queue: str) -> str:
-    return f"dockyard.offers.{queue}"
+    return f"dockyard.offers.{token(queue)}"
 
 
 def offer_durable(queue: str) -> str:
-    return f"offers-{queue}"
+    return f"offers-{token(queue)}"
 
 
 def report_subject(job_id: str) -> str:
-    return f"dockyard.reports.{job_id}"
+    return f"dockyard.reports.{token(job_id)}"
 
 
 def report_batch_subject(orchestrator: str) -> str:
@@ -97,7 +117,7 @@ REPORT_BATCH_PREFIX: Final = "dockyard.reports.from."
 
 
 def log_subject(job_id: str) -> str:
-    return f"dockyard.logs.{job_id}"
+    return f"dockyard.logs.{token(job_id)}"
 
 
 def offer_msg_id(job_id: str, attempt: int) -> str:
@@ -112,7 +132,7 @@ def control_subject(orchestrator: str) -> str:
 
 def subject_token(text: str) -> str:
     """One subject token from free text: host names hold dots, which would split it."""
-    return "".join("_" if c in ".*> \t\r\n" else c for c in text) or "_"
+    return "".join(c if _TOKEN.fullmatch(c) else "_" for c in text) or "_"
 
 
 def heartbeat_key(orchestrator: str) -> str:

@@ -9,6 +9,13 @@ repeats by Nats-Msg-Id inside its duplicate window, and consumers tolerate dupli
 Publishes are pipelined (up to `max_in_flight` acks awaited at once) but never two of the same
 job: a job's next event is sent only after the previous one is acked, so a failed publish that
 is retried can never land behind a later event of its job.
+
+No one message stops the relay. When NATS refuses a publish (rather than being unreachable),
+what was in flight is sent again one event at a time; an event refused for itself (its subject,
+its size) is set aside — recorded, its job ended, an alert raised, see SetAside — and the rest
+goes on. Any other refusal (a stream out of space) is retried, loudly, and nothing is skipped.
+At start the relay also sets aside what lies ahead of its checkpoint that the current
+validation would refuse (rows an earlier version let in).
 """
 
 from __future__ import annotations
@@ -22,9 +29,10 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Protocol
 
-from dockyard.bus.errors import BusError, BusRejected
+from dockyard.bus.errors import BusError, BusRejected, MessageRejected
 from dockyard.bus.leader import Leader, LeadershipLost, SoleLeader
 from dockyard.cancelling import raise_if_cancelled, to_completion
+from dockyard.core.deliverable import why_undeliverable
 from dockyard.core.events import Event
 from dockyard.store.ports import START, Position, RecordedEvent, StoreUnavailable
 
@@ -79,6 +87,32 @@ class EventSink(Protocol):
         ...
 
 
+class SetAside(Protocol):
+    """What becomes of an event the relay cannot deliver (the scheduler's: recorded in
+    PostgreSQL, its job failed, a metric and a log line). Both calls may raise
+    StoreUnavailable; setting the same event aside again must be harmless."""
+
+    async def set_aside(self, record: RecordedEvent, why: str) -> None: ...
+
+    async def ahead_of(self, position: Position) -> set[str]:
+        """The ids of events set aside after `position`: the relay skips them."""
+        ...
+
+
+class LogOnlySetAside:
+    """The default SetAside, for tools and tests: an ERROR log line, and memory."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, tuple[RecordedEvent, str]] = {}
+
+    async def set_aside(self, record: RecordedEvent, why: str) -> None:
+        self.records[record.event.event_id] = (record, why)
+        log.error("outbox.set_aside job=%s why=%s", record.event.job_id, why)
+
+    async def ahead_of(self, position: Position) -> set[str]:
+        return {id_ for id_, (r, _) in self.records.items() if r.at > position}
+
+
 def retry_delay(attempt: int) -> float:
     return min(RETRY_CAP_S, RETRY_BASE_S * 2.0 ** min(attempt, 16)) * random.uniform(0.8, 1.2)
 
@@ -97,6 +131,7 @@ class OutboxRelay:
         max_in_flight: int = MAX_IN_FLIGHT,
         poll_interval_s: float = POLL_INTERVAL_S,
         checkpoint_every_s: float = CHECKPOINT_EVERY_S,
+        set_aside: SetAside | None = None,
     ) -> None:
         if page_size < 1 or max_in_flight < 1:
             raise ValueError("page_size and max_in_flight must be at least 1")
@@ -108,6 +143,9 @@ class OutboxRelay:
         self._max_in_flight = max_in_flight
         self._poll_interval_s = poll_interval_s
         self._checkpoint_every_s = checkpoint_every_s
+        self._set_aside_to: SetAside = set_aside if set_aside is not None else LogOnlySetAside()
+        self._skip: set[str] = set()  # ids of events set aside ahead of the position
+        self._checking_backlog = False  # validating what was committed before the start
         self._position: Position | None = None  # end of the acked prefix
         self._saved = START  # the checkpoint as last saved
         self._saved_at = -math.inf  # monotonic time of that save
@@ -188,21 +226,23 @@ class OutboxRelay:
         """
         published_before = self.published
         failures = 0
-        pipeline = _Pipeline(self._sink, self._max_in_flight)
+        pipeline = _Pipeline(self._sink, self._max_in_flight, self._skip)
         try:
             while True:
                 raise_if_cancelled()  # a cancel nats-py lost (Python 3.11)
                 await check()
                 try:
                     if self._position is None:
-                        loaded = await self._store.load_checkpoint(self._checkpoint)
-                        self._position = self._saved = self._read_to = loaded
+                        await self._start_at_checkpoint()
                     records = await self._store.read_all(self._read_to, self._page_size)
+                    if self._checking_backlog:
+                        await self._set_aside_invalid(records)
                     for record in records:
                         await pipeline.send(record)
                     if records:
                         self._read_to = records[-1].at
                     if not self._more_to_read(records):
+                        self._checking_backlog = False
                         # Read to the end: settle the acks, and read again only if a commit
                         # was notified meanwhile (at a trickle, one read per commit instead of
                         # three; busy, reads follow each other with acks still in flight).
@@ -212,6 +252,19 @@ class OutboxRelay:
                             return self.published - published_before
                     await self._save(self._take_acked(pipeline), force=False)
                     failures = 0
+                except BusRejected as exc:
+                    # Refused, not unreachable: find the event refused for itself, if any.
+                    log.warning("outbox.refused error=%s: sending one by one", exc)
+                    suspects_to = self._read_to
+                    await pipeline.abandon()
+                    self._read_to = self._take_acked(pipeline)
+                    pipeline = _Pipeline(self._sink, self._max_in_flight, self._skip)
+                    try:
+                        await self._one_by_one(suspects_to, check)
+                    except (BusError, StoreUnavailable) as again:
+                        self._read_to = self._take_acked(pipeline)
+                        await self._back_off(again, failures)
+                        failures += 1
                 except (BusError, StoreUnavailable) as exc:
                     await pipeline.abandon()
                     if self._position is not None:
@@ -220,6 +273,49 @@ class OutboxRelay:
                     failures += 1
         finally:
             await pipeline.abandon()
+
+    async def _start_at_checkpoint(self) -> None:
+        loaded = await self._store.load_checkpoint(self._checkpoint)
+        self._skip.clear()
+        self._skip.update(await self._set_aside_to.ahead_of(loaded))
+        self._checking_backlog = True
+        self._position = self._saved = self._read_to = loaded
+
+    async def _set_aside_invalid(self, records: list[RecordedEvent]) -> None:
+        """Set aside what the current validation refuses in the backlog found at start (rows
+        an earlier version let in); what is committed later was validated as it came."""
+        for record in records:
+            why = why_undeliverable(record.event)
+            if why is not None and record.event.event_id not in self._skip:
+                await self._put_aside(record, f"not sent: {why}")
+
+    async def _one_by_one(self, until: Position, check: Callable[[], Awaitable[None]]) -> None:
+        """Send each event up to `until` alone, setting aside the one refused for itself."""
+        assert self._position is not None, "the checkpoint is loaded before anything is sent"
+        while self._position < until:
+            await check()
+            records = await self._store.read_all(self._position, self._page_size)
+            if not records:
+                return
+            for record in records:
+                if record.at > until:
+                    return
+                await self._send_alone(record)
+                self._position = self._read_to = record.at
+
+    async def _send_alone(self, record: RecordedEvent) -> None:
+        if record.event.event_id in self._skip:
+            return
+        try:
+            await (await self._sink.submit(record.event))
+        except MessageRejected as exc:
+            await self._put_aside(record, str(exc))
+            return
+        self.published += 1
+
+    async def _put_aside(self, record: RecordedEvent, why: str) -> None:
+        await self._set_aside_to.set_aside(record, why)
+        self._skip.add(record.event.event_id)  # only once it is recorded
 
     def _more_to_read(self, records: list[RecordedEvent]) -> bool:
         return len(records) == self._page_size or self._store.events_pending()
@@ -264,9 +360,10 @@ class _Pipeline:
     is acked, and never if it failed, so a retried event cannot land behind a later one.
     """
 
-    def __init__(self, sink: EventSink, limit: int) -> None:
+    def __init__(self, sink: EventSink, limit: int, skip: set[str]) -> None:
         self._sink = sink
         self._limit = limit
+        self._skip = skip  # events set aside: passed over as if acked
         self.window: deque[tuple[RecordedEvent, asyncio.Future[Any]]] = deque()
         self._latest: dict[str, asyncio.Future[Any]] = {}  # each job's last ack in the window
         self.acked_to: Position | None = None  # the end of the acked prefix
@@ -276,7 +373,11 @@ class _Pipeline:
         while len(self.window) >= self._limit:
             await self._settle_oldest()
         event = record.event
-        ack = await self._sink.submit(event, self._latest.get(event.job_id))
+        if event.event_id in self._skip:
+            ack: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            ack.set_result(None)
+        else:
+            ack = await self._sink.submit(event, self._latest.get(event.job_id))
         self.window.append((record, ack))
         self._latest[event.job_id] = ack
 

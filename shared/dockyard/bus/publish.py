@@ -100,10 +100,9 @@ class EventPublisher:
         return await self._acked(sent, offer)
 
     async def _submit_event(self, event: Event) -> asyncio.Future[PubAck]:
-        subject = names.event_subject(event.job_id, type_name(type(event)))
         with translated():
             return await self._js.publish_async(
-                subject,
+                names.event_subject(event.job_id, type_name(type(event))),
                 codec.encode(event),
                 headers=event_headers(event),
                 stream=names.EVENTS_STREAM,

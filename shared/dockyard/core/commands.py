@@ -88,6 +88,17 @@ class MarkOrchestratorLost(
     silent_s: float
 
 
+class FailUndeliverable(
+    Struct, frozen=True, kw_only=True, tag_field="command", tag="fail_undeliverable"
+):
+    """End a job one of whose messages NATS refused for itself: it can never be delivered.
+
+    `error` says why, in words for the job's owner; never retried, since a retry would make
+    the same message again."""
+
+    error: str
+
+
 Command = (
     SubmitJob
     | EnqueueDue
@@ -98,6 +109,7 @@ Command = (
     | ReportExit
     | RequestCancel
     | MarkOrchestratorLost
+    | FailUndeliverable
 )
 
 

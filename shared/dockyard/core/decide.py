@@ -18,6 +18,7 @@ from dockyard.core.commands import (
     Command,
     Context,
     EnqueueDue,
+    FailUndeliverable,
     MarkOrchestratorLost,
     RecordResource,
     ReleaseResource,
@@ -234,6 +235,13 @@ def _(cmd: MarkOrchestratorLost, job: Job, m: _Maker) -> list[Event]:
         f"while running attempt {cmd.attempt}"
     )
     return [lost, *_end_attempt(job, m, reason, error, None, 0.0, None)]
+
+
+@_decide.register
+def _(cmd: FailUndeliverable, job: Job, m: _Maker) -> list[Event]:
+    if job.finished:
+        return []
+    return [JobFailed(**m.base(), attempt=job.attempt, reason="container_error", error=cmd.error)]
 
 
 def _end_attempt(

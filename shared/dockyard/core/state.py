@@ -199,7 +199,8 @@ def _(event: JobSucceeded, job: Job) -> Job:
 
 @_apply.register
 def _(event: JobFailed, job: Job) -> Job:
-    _require(job, event, ACTIVE, "only a running attempt can fail")
+    # A job that never started fails too when it cannot be delivered (FailUndeliverable).
+    _require(job, event, {"scheduled", "queued", *ACTIVE}, "a finished job cannot fail")
     _fence(job, event.attempt)
     return _finish(
         job, event, "failed", event.reason, event.error, event.exit_code, event.started_at
