@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 import click
+import msgspec
 from rich.console import Console
 
 from dockyard.cli import output
-from dockyard.cli.common import fail, run_async
+from dockyard.cli.common import CommandLine, fail, run_async
 from dockyard.client import ApiClient, Target, exit_code_for, follow_log, load_target
+from dockyard.core.spec import EnvKey
 from dockyard.images import BUSYBOX_TAG
 
 _JSON = click.option("--json", "as_json", is_flag=True, help="Print the API's JSON document.")
@@ -26,6 +30,40 @@ def parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
     return env
 
 
+def parse_secrets(
+    ctx: click.Context, param: click.Parameter, items: tuple[str, ...]
+) -> dict[str, str]:
+    """`--secret K=V`, or `--secret K` for the value of this shell's variable K, by K.
+
+    Its errors name K, never a value (not even part of one).
+    """
+    secrets: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        _check_secret_name(key, param)
+        if not sep:
+            value = _from_environment(key, param)
+        secrets[key] = value
+    return secrets
+
+
+def _check_secret_name(key: str, param: click.Parameter) -> None:
+    if not key:
+        raise click.BadParameter("a secret needs a name: K=V, or K to read $K", param=param)
+    try:
+        msgspec.convert(key, EnvKey)
+    except msgspec.ValidationError:
+        message = f"{key!r} is no environment variable name (letters, digits and _)"
+        raise click.BadParameter(message, param=param) from None
+
+
+def _from_environment(key: str, param: click.Parameter) -> str:
+    value = os.environ.get(key)
+    if value is None:
+        raise click.BadParameter(f"{key} is not set in this shell's environment", param=param)
+    return value
+
+
 def build_spec(
     *,
     image: str,
@@ -36,27 +74,39 @@ def build_spec(
     retries: int | None,
     env: tuple[str, ...],
     queue: str | None,
+    pids: int | None = None,
+    secrets: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The job spec the options describe; options left out keep the API's defaults."""
     spec: dict[str, Any] = {"image": image}
     if command:
         spec["command"] = list(command)
-    if env:
-        spec["env"] = parse_env(env)
+    spec.update(_environment(env, secrets or {}))
     if timeout is not None:
         spec["timeout_s"] = timeout
-    resources: dict[str, Any] = {}
-    if cpus is not None:
-        resources["cpus"] = cpus
-    if memory is not None:
-        resources["memory_mb"] = memory
-    if resources:
+    limits = {"cpus": cpus, "memory_mb": memory, "pids": pids}
+    if resources := {name: value for name, value in limits.items() if value is not None}:
         spec["resources"] = resources
     if retries is not None:
         spec["retry"] = {"max_attempts": retries + 1}
     if queue is not None:
         spec["queue"] = queue
     return spec
+
+
+def _environment(pairs: tuple[str, ...], secrets: Mapping[str, str]) -> dict[str, Any]:
+    """The spec's `env` and `secrets`: a key given both ways is a secret."""
+    env = {**parse_env(pairs), **secrets}
+    fields: dict[str, Any] = {"env": env} if env else {}
+    if secrets:
+        fields["secrets"] = list(secrets)
+    return fields
+
+
+_SECRET_HELP = (
+    "Secret env K=V, masked wherever the job is shown; K alone takes the value of $K here, "
+    "out of shell history and ps (repeat)."
+)
 
 
 def job_options(func: Any) -> Any:
@@ -66,8 +116,17 @@ def job_options(func: Any) -> Any:
         click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds."),
         click.option("--cpus", type=click.FloatRange(min=0, min_open=True), help="CPU limit."),
         click.option("--memory", type=click.IntRange(min=1), help="Memory limit in MB."),
+        click.option("--pids", type=click.IntRange(1, 65536), help="Process limit."),
         click.option("--retries", type=click.IntRange(min=0), help="Retries after a failure."),
         click.option("--env", "env", multiple=True, metavar="K=V", help="Environment (repeat)."),
+        click.option(
+            "--secret",
+            "secrets",
+            multiple=True,
+            metavar="K[=V]",
+            callback=parse_secrets,
+            help=_SECRET_HELP,
+        ),
         click.option("--queue", help="Queue (default: default)."),
     ]
     for option in reversed(options):
@@ -75,7 +134,7 @@ def job_options(func: Any) -> Any:
     return func
 
 
-@click.command("submit", context_settings={"ignore_unknown_options": True})
+@click.command("submit", cls=CommandLine)
 @job_options
 @click.option("--follow", "-f", is_flag=True, help="Stream the log; exit with the job's code.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
@@ -84,16 +143,21 @@ def submit(
     timeout: float | None,
     cpus: float | None,
     memory: int | None,
+    pids: int | None,
     retries: int | None,
     env: tuple[str, ...],
+    secrets: dict[str, str],
     queue: str | None,
     follow: bool,
     command: tuple[str, ...],
 ) -> None:
-    """Submit a job: `dockyard submit [OPTIONS] -- CMD...`; prints its id."""
+    """Submit a job: `dockyard submit [OPTIONS] -- CMD...`; prints its id.
+
+    Options end at `--` (or at CMD's first word); everything after it is CMD.
+    """
     spec = build_spec(
-        image=image, command=command, timeout=timeout, cpus=cpus, memory=memory,
-        retries=retries, env=env, queue=queue,
+        image=image, command=command, timeout=timeout, cpus=cpus, memory=memory, pids=pids,
+        retries=retries, env=env, secrets=secrets, queue=queue,
     )  # fmt: skip
     target = load_target()
 

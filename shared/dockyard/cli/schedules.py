@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from dockyard.cli import output
-from dockyard.cli.common import fail, run_async
+from dockyard.cli.common import CommandLine, fail, run_async
 from dockyard.cli.jobs import build_spec, job_options
 from dockyard.client import ApiClient, load_target
 
@@ -54,7 +54,7 @@ def _list(as_json: bool) -> None:
     output.print_plain_table(["NAME", "WHEN", "COMMAND", "LAST FIRE", "NEXT FIRE"], rows)
 
 
-@schedules.command("create", context_settings={"ignore_unknown_options": True})
+@schedules.command("create", cls=CommandLine)
 @click.argument("name")
 @click.option("--cron", help="5-field cron expression (UTC), e.g. '*/5 * * * *'.")
 @click.option("--interval", type=click.FloatRange(min=0, min_open=True), help="Every N seconds.")
@@ -69,13 +69,18 @@ def create(
     timeout: float | None,
     cpus: float | None,
     memory: int | None,
+    pids: int | None,
     retries: int | None,
     env: tuple[str, ...],
+    secrets: dict[str, str],
     queue: str | None,
     as_json: bool,
     command: tuple[str, ...],
 ) -> None:
-    """Create a schedule: `dockyard schedules create NAME --cron|--interval -- CMD...`."""
+    """Create a schedule: `dockyard schedules create NAME --cron|--interval -- CMD...`.
+
+    Options end at `--` (or at CMD's first word after NAME); everything after it is CMD.
+    """
     if (cron is None) == (interval is None):
         fail("give exactly one of --cron and --interval")
     body: dict[str, Any] = {
@@ -86,8 +91,10 @@ def create(
             timeout=timeout,
             cpus=cpus,
             memory=memory,
+            pids=pids,
             retries=retries,
             env=env,
+            secrets=secrets,
             queue=queue,
         ),
     }
