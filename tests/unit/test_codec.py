@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -10,7 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dockyard.core import codec
-from dockyard.core.events import EVENT_TYPES, Metadata
+from dockyard.core.events import EVENT_TYPES, JobSubmitted, Metadata
+from dockyard.core.spec import JobSpec
 from tests.unit.test_evolve_table import EVENTS
 
 
@@ -63,3 +65,16 @@ def test_register_upcaster_raises_the_current_version() -> None:
         codec.CURRENT_VERSION.update(saved[0])
         codec._UPCASTERS.clear()
         codec._UPCASTERS.update(saved[1])
+
+
+def test_a_row_stored_before_a_pattern_was_tightened_still_decodes() -> None:
+    """F5's `queue: "x\\n"` (and a label key with one): stored by an earlier version, read
+    back as it is, so its job's history, view and set-aside still work."""
+    old = JobSpec("busybox", queue="x\n", labels={"k\n": "v\x00"})
+    event = JobSubmitted(
+        event_id="e-1", job_id="j-1", at=datetime(2026, 1, 1, tzinfo=UTC), tenant="t", spec=old
+    )
+    assert codec.decode(codec.encode(event)) == event
+    wrong_type = codec.encode(event).replace(b'"tenant":"t"', b'"tenant":7')
+    with pytest.raises(msgspec.ValidationError):
+        codec.decode(wrong_type)

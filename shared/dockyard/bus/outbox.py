@@ -146,6 +146,7 @@ class OutboxRelay:
         self._set_aside_to: SetAside = set_aside if set_aside is not None else LogOnlySetAside()
         self._skip: set[str] = set()  # ids of events set aside ahead of the position
         self._checking_backlog = False  # validating what was committed before the start
+        self._set_aside_since_read = False
         self._position: Position | None = None  # end of the acked prefix
         self._saved = START  # the checkpoint as last saved
         self._saved_at = -math.inf  # monotonic time of that save
@@ -316,9 +317,11 @@ class OutboxRelay:
     async def _put_aside(self, record: RecordedEvent, why: str) -> None:
         await self._set_aside_to.set_aside(record, why)
         self._skip.add(record.event.event_id)  # only once it is recorded
+        self._set_aside_since_read = True  # it may have appended (the job's failure)
 
     def _more_to_read(self, records: list[RecordedEvent]) -> bool:
-        return len(records) == self._page_size or self._store.events_pending()
+        appended, self._set_aside_since_read = self._set_aside_since_read, False
+        return len(records) == self._page_size or appended or self._store.events_pending()
 
     async def _save(self, acked: Position, *, force: bool) -> None:
         if acked == self._saved:

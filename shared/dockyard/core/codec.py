@@ -1,7 +1,8 @@
 """Encoding and decoding events, with upcasting of old schema versions on read.
 
 One module-level Decoder serves the fast path; a payload of an older version (or one that no
-longer decodes) goes through the registered upcasters, oldest first, and is then converted.
+longer decodes) goes through the registered upcasters, oldest first, and is then converted,
+without the constraints if it breaks one tightened since it was stored (core.unchecked).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 import msgspec
 
 from dockyard.core.events import EVENT_TYPES, Event, type_name
+from dockyard.core.unchecked import convert_unchecked
 
 Payload = dict[str, Any]
 Upcaster = Callable[[Payload], Payload]
@@ -71,5 +73,11 @@ def upcast(payload: Payload) -> Payload:
 
 
 def _decode_slow(payload: Payload) -> Event:
-    event: Event = msgspec.convert(upcast(payload), Event)
+    upcasted = upcast(payload)
+    try:
+        event: Event = msgspec.convert(upcasted, Event)
+    except msgspec.ValidationError:
+        # Stored before a constraint was tightened (see core.unchecked): read all the same;
+        # what may no longer be sent on is set aside (core.deliverable).
+        event = convert_unchecked(upcasted, Event)
     return event
