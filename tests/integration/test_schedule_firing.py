@@ -95,3 +95,25 @@ async def test_a_crash_between_submit_and_advance_does_not_double(
         await fire_due(store, CrashBeforeAdvance(pools[0]), clock)
     assert await fire_due(store, schedules, clock) == 0  # the job exists: nothing doubled
     assert len(await _jobs(pools[0])) == 1
+
+
+async def test_a_schedule_stored_under_looser_rules_is_listed_but_not_fired(
+    pools: tuple[Pool, Pool],
+) -> None:
+    """A schedule an earlier version stored with `queue: "x\\n"` (F5): its jobs could never
+    be delivered, so it makes none, and it stops neither the listing nor other schedules."""
+    clock = Clock()
+    store, schedules = PgEventStore(pools[0]), PgScheduleStore(pools[0])
+    for name in ("bad", "tick"):
+        body = _schedule({"name": name, "interval_s": 60, "job": {"image": "busybox"}})
+        await schedules.create(parse_schedule(body, "acme", clock()))
+    await pools[0].execute(
+        "UPDATE schedules SET job = jsonb_set(job, '{queue}', to_jsonb(E'x\\n'::text))"
+        " WHERE name = 'bad'"
+    )
+    clock.now = T0 + timedelta(minutes=1, seconds=1)
+    assert await fire_due(store, schedules, clock) == 1  # "tick" only
+    listed = {s.name: s for s in await schedules.listing("acme")}
+    assert listed["bad"].job.queue == "x\n"
+    assert listed["bad"].next_fire > clock.now  # moved on: not retried on every tick
+    assert len(await _jobs(pools[0])) == 1

@@ -11,6 +11,7 @@ import logging
 
 from dockyard.cancelling import raise_if_cancelled
 from dockyard.core import Rejected, SubmitJob, fire_job_id
+from dockyard.core.deliverable import spec_problem
 from dockyard.handler import Clock, execute, utc_now
 from dockyard.scheduler.schedule_store import ScheduleStore
 from dockyard.scheduler.schedules import Schedule, fire_key, latest_fire, next_fire_after
@@ -38,7 +39,17 @@ async def _fire(
     now = clock()
     fire_time = latest_fire(schedule, now)
     made = 0
-    if fire_time is not None and (schedule.last_fire is None or fire_time > schedule.last_fire):
+    due = fire_time is not None and (schedule.last_fire is None or fire_time > schedule.last_fire)
+    if due and (problem := spec_problem(schedule.job)) is not None:
+        # Stored by an earlier version under looser rules: its jobs could not be delivered.
+        log.error(
+            "schedule.not_fired name=%s tenant=%s why=%s",
+            schedule.name,
+            schedule.tenant,
+            problem,
+            extra={"event": "schedule.not_fired", "tenant": schedule.tenant},
+        )
+    elif due and fire_time is not None:
         job_id = fire_job_id(schedule.tenant, schedule.name, fire_key(fire_time))
         command = SubmitJob(
             tenant=schedule.tenant, spec=schedule.job, schedule=schedule.name, fire_time=fire_time

@@ -10,6 +10,7 @@ import asyncpg
 import msgspec
 
 from dockyard.core.spec import JobSpec
+from dockyard.core.unchecked import convert_unchecked
 from dockyard.scheduler.schedules import Schedule
 from dockyard.store.pool import Pool, translated
 
@@ -33,6 +34,16 @@ class ScheduleStore(Protocol):
 
 
 _spec = msgspec.json.Decoder(JobSpec)
+_raw = msgspec.json.Decoder()
+
+
+def _job(data: bytes | str) -> JobSpec:
+    try:
+        return _spec.decode(data)
+    except msgspec.ValidationError:
+        # Stored before a rule was tightened: read as it is; firing checks it (firing.py).
+        spec: JobSpec = convert_unchecked(_raw.decode(data), JobSpec)
+        return spec
 _encoder = msgspec.json.Encoder()
 _COLUMNS = "tenant, name, cron, interval_s, job, created_at, last_fire, next_fire"
 
@@ -43,7 +54,7 @@ def _schedule(row: asyncpg.Record) -> Schedule:
         name=row["name"],
         cron=row["cron"],
         interval_s=row["interval_s"],
-        job=_spec.decode(row["job"]),
+        job=_job(row["job"]),
         created_at=row["created_at"],
         last_fire=row["last_fire"],
         next_fire=row["next_fire"],
