@@ -27,7 +27,8 @@ VARIABLES: Final = (
         default=f"{DRAIN_S:g}",
         meaning="on SIGTERM the orchestrator stops claiming and lets running jobs finish this "
         "many seconds, then stops them (SIGTERM, 10 s, SIGKILL) and reports them "
-        "`orchestrator_lost`, so their retry policy reruns them.",
+        "`orchestrator_lost`, which their retry policy reruns elsewhere if it allows another "
+        "attempt.",
         read_by=("orchestrator",),
         group="orchestrator",
     ),
