@@ -309,6 +309,27 @@ async def test_sidecar_is_reachable_by_name_and_no_network_without_one(
     assert_one_start_per_attempt(await control.events(sidecar_job))
 
 
+async def test_a_sidecar_gets_its_secret_and_the_jobs_log_masks_it(
+    control: ControlPlane, docker: aiodocker.Docker, nats_url: str, busybox_image: str
+) -> None:
+    client = (
+        'for i in $(seq 1 30); do v=$(nc -w 1 db 8080) && [ -n "$v" ] && break; sleep 0.2; done; '
+        '[ "$v" = pg-s3cret ] || exit 3; echo "the password is $v"'
+    )
+    sidecar = {
+        "name": "db",
+        "image": busybox_image,
+        "command": ["nc", "-ll", "-p", "8080", "-e", "sh", "-c", 'echo "$PW"'],
+        "env": {"PW": "pg-s3cret"},
+        "secrets": ["PW"],
+    }
+    job_id, job = await run_one(
+        control, docker, nats_url, spec(busybox_image, "sh", "-c", client, sidecars=[sidecar])
+    )
+    assert (job.status, job.exit_code) == ("succeeded", 0)  # the sidecar had the real value
+    assert [line.text for line in await control.log_lines(job_id)] == ["the password is ***"]
+
+
 async def test_a_sidecar_whose_image_is_missing_fails_the_job_and_leaves_nothing(
     control: ControlPlane, docker: aiodocker.Docker, nats_url: str, busybox_image: str
 ) -> None:

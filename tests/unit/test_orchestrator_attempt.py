@@ -23,7 +23,13 @@ from dockyard.orchestrator.attempt import Attempt, AttemptContext, Claim
 from dockyard.orchestrator.config import OrchestratorConfig
 from dockyard.orchestrator.images import Images
 from dockyard.orchestrator.outcome import StopRequest
-from dockyard.runtime import ContainerError, FakeRuntime, RuntimeUnavailable, Script
+from dockyard.runtime import (
+    ContainerError,
+    ContainerPlan,
+    FakeRuntime,
+    RuntimeUnavailable,
+    Script,
+)
 from dockyard.runtime.hardening import container_name
 from dockyard.runtime.output import LogLine
 
@@ -181,6 +187,20 @@ async def test_lines_continue_after_the_given_seq_and_secrets_are_masked() -> No
         (42, "attempt 2 of 1"),
         (43, "token is ***!"),
     ]
+
+
+async def test_a_sidecar_gets_its_real_secret_and_the_jobs_log_masks_it() -> None:
+    envs: dict[str, list[str]] = {}
+
+    def script(plan: ContainerPlan) -> Script:
+        envs[plan.role] = list(plan.config["Env"])
+        return Script(output=(("stdout", b"db password pg-s3cret\n"),))
+
+    harness = Harness(FakeRuntime(images=(IMAGE,), script=script))
+    sidecar = {"name": "db", "image": IMAGE, "env": {"PW": "pg-s3cret"}, "secrets": ["PW"]}
+    await harness.attempt(job_spec("run", sidecars=[sidecar])).run()
+    assert "PW=pg-s3cret" in envs["sidecar"]
+    assert ("stdout", "db password ***") in harness.texts()
 
 
 async def test_the_log_cap_counts_what_earlier_attempts_wrote() -> None:

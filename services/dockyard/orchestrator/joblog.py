@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 
 from dockyard.core.spec import JobSpec
+from dockyard.core.view import secret_values
 from dockyard.orchestrator.config import OrchestratorConfig
 from dockyard.orchestrator.ports import LogSinkPort
 from dockyard.runtime.output import LogPipeline
@@ -36,7 +37,7 @@ class JobLog:
         self._pipeline = LogPipeline(
             attempt=attempt,
             next_seq=after_seq + 1,
-            secrets=[spec.env[key] for key in spec.secrets if key in spec.env],
+            secrets=secret_values(spec),
             cap_bytes=config.log_cap_bytes,
             used_bytes=used_bytes,
             max_pending_lines=config.log_max_pending_lines,

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from aiohttp import web
+from msgspec import Meta
 
 from dockyard.core import Metadata, RequestCancel, SubmitJob, uuid7
 from dockyard.core.codec import encode
-from dockyard.core.spec import JobSpec, convert_spec
+from dockyard.core.spec import (
+    JobSpec,
+    LabelKey,
+    LabelValue,
+    QueueName,
+    anchored,
+    convert_spec,
+    pattern_hint,
+)
 from dockyard.core.state import STATUSES
+from dockyard.core.view import masked_event
 from dockyard.scheduler.context import Context, ctx_of
 from dockyard.store.ports import DuplicateIdempotencyKey, InvalidCursor, JobView
 from dockyard.store.read_model import job_view
@@ -23,6 +33,10 @@ MAX_BODY = 1024 * 1024
 _STATUSES = frozenset(STATUSES)
 _EVENT_COMMON = {"type", "job_id", "at"}
 _to_builtins = msgspec.to_builtins
+# The list cursor is urlsafe base64 (which, decoding, would skip a newline or a space).
+CURSOR_PATTERN = anchored(r"[A-Za-z0-9_-]*={0,2}")
+Cursor = Annotated[str, Meta(pattern=CURSOR_PATTERN)]
+_BAD_CURSOR = "not a cursor this API gave out"
 
 
 def json_response(
@@ -154,7 +168,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     try:
         page = await ctx.views.list_views(None if tenant == ADMIN else tenant, **filters)
     except InvalidCursor:
-        raise invalid("cursor", "not a cursor this API gave out") from None
+        raise invalid("cursor", _BAD_CURSOR) from None
     return json_response({"jobs": page.jobs, "next_cursor": page.next_cursor})
 
 
@@ -163,24 +177,46 @@ def _job_filter(request: web.Request) -> dict[str, Any]:
     status = q.get("status") or None
     if status is not None and status not in _STATUSES:
         raise invalid("status", f"must be one of {', '.join(sorted(_STATUSES))}")
+    limit_text = q.get("limit", "50")
+    if not limit_text.isdigit() or not 1 <= int(limit_text) <= 500:
+        raise invalid("limit", "must be a whole number from 1 to 500")
+    queue = q.get("queue") or None
+    cursor = q.get("cursor") or None
+    if queue is not None:
+        _checked("queue", queue, QueueName, pattern_hint("queue", "not a queue name"))
+    if cursor is not None:
+        _checked("cursor", cursor, Cursor, _BAD_CURSOR)
+    return {
+        "status": status,
+        "queue": queue,
+        "labels": _label_filter(q.getall("label", [])),
+        "limit": int(limit_text),
+        "cursor": cursor,
+    }
+
+
+def _label_filter(items: list[str]) -> dict[str, str]:
     labels: dict[str, str] = {}
-    for item in q.getall("label", []):
+    for item in items:
         if not item:
             continue  # `label=` filters nothing, as an empty `queue=` does
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise invalid("label", "labels filter as key=value")
+        _checked("label", key, LabelKey, pattern_hint("labels", "not a label key"))
+        _checked("label", value, LabelValue, pattern_hint("labels[...]", "not a label value"))
         labels[key] = value
-    limit_text = q.get("limit", "50")
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= 500:
-        raise invalid("limit", "must be a whole number from 1 to 500")
-    return {
-        "status": status,
-        "queue": q.get("queue") or None,
-        "labels": labels,
-        "limit": int(limit_text),
-        "cursor": q.get("cursor") or None,
-    }
+    return labels
+
+
+def _checked(field: str, value: str, kind: Any, hint: str) -> None:
+    """A 422 naming `field` unless `value` is a `kind` (an annotated str of the spec): a query
+    or path parameter obeys the grammar of what it stands for (`hint`: that, in words)."""
+    try:
+        msgspec.convert(value, kind)
+    except msgspec.ValidationError as error:
+        text = str(error)
+        raise invalid(field, hint if "matching regex" in text else text) from None
 
 
 async def cancel(request: web.Request) -> web.Response:
@@ -198,7 +234,7 @@ async def job_events(request: web.Request) -> web.Response:
     history = await ctx.store.load(view["id"])
     events = []
     for recorded in history:
-        data = msgspec.json.decode(encode(recorded.event))
+        data = msgspec.json.decode(encode(masked_event(recorded.event)))
         events.append(
             {
                 "version": recorded.version,

@@ -10,9 +10,10 @@ from typing import Any, get_args
 import msgspec
 from msgspec import Struct
 
-from dockyard.core.spec import JobSpec
+from dockyard.core.spec import LABEL_KEY, MAX_LABEL_VALUE, QUEUE, TEXT_CHAR, JobSpec, anchored
 from dockyard.core.state import Status
 from dockyard.core.view import JobView
+from dockyard.scheduler.jobs_api import CURSOR_PATTERN
 from dockyard.scheduler.schedules import CronText, IntervalS, ScheduleName, ScheduleView
 
 
@@ -80,6 +81,9 @@ def _answers(ok: dict[str, tuple[str, str]], errors: tuple[str, ...]) -> dict[st
 
 
 _JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+# As the spec's fields, or empty: no filter. `label=key=value` is split at the first `=`.
+_QUEUE_FILTER = anchored(f"(?:{QUEUE})?")
+_LABEL_FILTER = anchored(f"(?:{LABEL_KEY}={TEXT_CHAR}{{0,{MAX_LABEL_VALUE}}})?")
 
 
 def _query(name: str, schema: dict[str, Any], explode: bool = False) -> dict[str, Any]:
@@ -111,14 +115,14 @@ def _paths() -> dict[str, Any]:
                 "operationId": "listJobs",
                 "parameters": [
                     _query("status", {"type": "string", "enum": statuses}),
-                    _query("queue", {"type": "string"}),
+                    _query("queue", {"type": "string", "pattern": _QUEUE_FILTER}),
                     _query(
                         "label",
-                        {"type": "array", "items": {"type": "string", "pattern": "^$|^[^=]+="}},
+                        {"type": "array", "items": {"type": "string", "pattern": _LABEL_FILTER}},
                         True,
                     ),
                     _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}),
-                    _query("cursor", {"type": "string", "pattern": "^[A-Za-z0-9_-]*={0,2}$"}),
+                    _query("cursor", {"type": "string", "pattern": CURSOR_PATTERN}),
                 ],
                 "responses": _answers({"200": ("a page of jobs", "JobList")}, ("401", "422")),
             },
@@ -167,7 +171,12 @@ def _paths() -> dict[str, Any]:
                 "summary": "Delete a schedule",
                 "operationId": "deleteSchedule",
                 "parameters": [
-                    {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+                    {
+                        "name": "name",
+                        "in": "path",
+                        "required": True,
+                        "schema": msgspec.json.schema(ScheduleName),
+                    }
                 ],
                 "responses": {
                     "204": {"description": "deleted"},

@@ -14,11 +14,20 @@ from croniter import croniter
 from msgspec import Meta, Struct
 from msgspec.structs import replace
 
-from dockyard.core.spec import JobSpec, SpecError, Timestamp, convert_spec, validation_error
+from dockyard.core.spec import (
+    JobSpec,
+    SpecError,
+    Timestamp,
+    anchored,
+    convert_spec,
+    validation_error,
+)
 from dockyard.core.view import masked_spec
 
-CronText = Annotated[str, Meta(pattern=r"^\S+(\s+\S+){4}$", max_length=200)]
-ScheduleName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
+# Five fields of printable ASCII separated by spaces: no tab, newline or other control character.
+CronText = Annotated[str, Meta(pattern=anchored(r"[!-~]+(?: +[!-~]+){4}"), max_length=200)]
+# A label of every job it makes (`schedule=<name>`), and in the scheduler's log.
+ScheduleName = Annotated[str, Meta(pattern=anchored(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"))]
 MIN_INTERVAL_S = 1.0
 IntervalS = Annotated[float, Meta(ge=MIN_INTERVAL_S, le=366 * 86_400)]
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import msgspec
 from aiohttp import web
 
 from dockyard.scheduler.context import ctx_of
 from dockyard.scheduler.jobs_api import json_response, parse_json_object, read_body
 from dockyard.scheduler.schedule_store import ScheduleExists
-from dockyard.scheduler.schedules import parse_schedule, view
+from dockyard.scheduler.schedules import ScheduleName, parse_schedule, view
 from dockyard.web.auth import ADMIN
 from dockyard.web.errors import ApiError, not_found
 
@@ -41,9 +42,18 @@ async def delete(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     tenant = ctx.tokens.authenticate(request)
     name = request.match_info["name"]
-    if not await ctx.schedules.delete(tenant, name):
+    # A name no schedule can have is unknown, as a malformed job id is; never looked up.
+    if not _is_schedule_name(name) or not await ctx.schedules.delete(tenant, name):
         raise not_found("schedule", name)
     return web.Response(status=204)
+
+
+def _is_schedule_name(name: str) -> bool:
+    try:
+        msgspec.convert(name, ScheduleName)
+    except msgspec.ValidationError:
+        return False
+    return True
 
 
 def routes() -> list[web.RouteDef]:

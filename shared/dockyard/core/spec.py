@@ -19,17 +19,34 @@ MAX_NAME = 63
 PullPolicy = Literal["if_not_present", "always", "never"]
 NetworkMode = Literal["none", "isolated", "egress"]
 
-EnvKey = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=256)]
-LabelKey = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")]
+
+def anchored(body: str) -> str:
+    r"""`^body$` that also refuses a trailing newline. msgspec searches patterns (`re.search`),
+    and Python's `$` matches before a final `\n` too; `(?!\n)` closes that and means the same
+    to JavaScript, so the JSON Schemas hold the very pattern the code checks."""
+    return f"^(?:{body})$(?!\\n)" if "|" in body else f"^{body}$(?!\\n)"
+
+
+# One character of free text that reaches a label, a log or a file name: no control
+# characters (C0, DEL, C1) and no Unicode line or paragraph separator.
+TEXT_CHAR = r"[^\x00-\x1f\x7f-\x9f\u2028\u2029]"
+ENV_KEY = r"[A-Za-z_][A-Za-z0-9_]*"
+LABEL_KEY = r"[A-Za-z0-9][A-Za-z0-9._/-]{0,127}"
+MAX_LABEL_VALUE = 256
+QUEUE = r"[A-Za-z0-9_-]{1,64}"  # a NATS subject token: never `.`, `*`, `>` or a space
+
+EnvKey = Annotated[str, Meta(pattern=anchored(ENV_KEY), max_length=256)]
+LabelKey = Annotated[str, Meta(pattern=anchored(LABEL_KEY))]
+LabelValue = Annotated[str, Meta(pattern=anchored(f"{TEXT_CHAR}*"), max_length=MAX_LABEL_VALUE)]
 # [domain[:port]/]component[/component...][:tag][@digest], as the engine parses it. Written so
 # that no two quantifiers can match the same text: a backtracking regex engine stays linear, and
 # a hostile 512-character image name costs microseconds, not minutes (schemathesis found one).
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-IMAGE_PATTERN = (
-    r"^(?:[a-zA-Z0-9-]+(?:\.[a-zA-Z0-9-]+)*(?::[0-9]+)?/)?"
+IMAGE_PATTERN = anchored(
+    r"(?:[a-zA-Z0-9-]+(?:\.[a-zA-Z0-9-]+)*(?::[0-9]+)?/)?"
     rf"{_COMPONENT}(?:/{_COMPONENT})*"
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
-    r"(?:@[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-fA-F0-9]{32,})?$"
+    r"(?:@[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-fA-F0-9]{32,})?"
 )
 ImageRef = Annotated[str, Meta(min_length=1, max_length=512, pattern=IMAGE_PATTERN)]
 # An RFC 3339 time; the pattern makes the document checkable (JSON Schema's format is advisory).
@@ -38,12 +55,19 @@ Timestamp = Annotated[
     Meta(
         extra_json_schema={
             "format": "date-time",
-            "pattern": r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$",
+            "pattern": anchored(
+                r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})"
+            ),
         }
     ),
 ]
-SidecarName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9-]{0,62}$")]
-QueueName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+SidecarName = Annotated[str, Meta(pattern=anchored(r"[a-z][a-z0-9-]{0,62}"))]
+QueueName = Annotated[str, Meta(pattern=anchored(QUEUE))]
+Workdir = Annotated[str, Meta(pattern=anchored(f"/{TEXT_CHAR}{{0,1023}}"))]
+User = Annotated[str, Meta(pattern=anchored(r"[A-Za-z0-9_.-]{1,64}(:[A-Za-z0-9_.-]{1,64})?"))]
+IdempotencyKey = Annotated[
+    str, Meta(min_length=1, max_length=256, pattern=anchored(f"{TEXT_CHAR}*"))
+]
 Command = Annotated[list[Annotated[str, Meta(max_length=65536)]], Meta(max_length=4096)]
 
 
@@ -67,6 +91,7 @@ class Sidecar(Struct, frozen=True, forbid_unknown_fields=True):
     image: ImageRef
     command: Command | None = None
     env: dict[EnvKey, str] = {}
+    secrets: tuple[EnvKey, ...] = ()
 
 
 class JobSpec(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=False):
@@ -74,10 +99,8 @@ class JobSpec(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=Fal
     command: Command | None = None
     env: dict[EnvKey, str] = {}
     secrets: tuple[EnvKey, ...] = ()
-    workdir: Annotated[str, Meta(pattern=r"^/[^\x00]{0,1023}$")] = "/work"
-    user: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}(:[A-Za-z0-9_.-]{1,64})?$")] = (
-        "65534:65534"
-    )
+    workdir: Workdir = "/work"
+    user: User = "65534:65534"
     timeout_s: Annotated[float, Meta(gt=0, le=7 * 86_400)] = 3600.0
     resources: Resources = Resources()
     retry: RetryPolicy = RetryPolicy()
@@ -86,8 +109,8 @@ class JobSpec(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=Fal
     read_only: bool = True
     pull: PullPolicy = "if_not_present"
     queue: QueueName = "default"
-    labels: dict[LabelKey, Annotated[str, Meta(max_length=256)]] = {}
-    idempotency_key: Annotated[str, Meta(min_length=1, max_length=256)] | None = None
+    labels: dict[LabelKey, LabelValue] = {}
+    idempotency_key: IdempotencyKey | None = None
     run_at: Timestamp | None = None
 
     @property
@@ -144,9 +167,9 @@ def integral_floats_as_ints(obj: object) -> object:
 
 
 def check_spec(spec: JobSpec) -> None:
-    for key in spec.secrets:
-        if key not in spec.env:
-            raise SpecError("secrets", f"secret {key!r} names no key of env")
+    _check_secrets("", spec.env, spec.secrets)
+    for index, sidecar in enumerate(spec.sidecars):
+        _check_secrets(f"sidecars[{index}].", sidecar.env, sidecar.secrets)
     if len(spec.sidecars) > MAX_SIDECARS:
         raise SpecError("sidecars", f"at most {MAX_SIDECARS} sidecars are allowed")
     names = [s.name for s in spec.sidecars]
@@ -156,6 +179,12 @@ def check_spec(spec: JobSpec) -> None:
         raise SpecError("retry.max_backoff_s", "max_backoff_s must be at least backoff_s")
     if spec.run_at is not None and spec.run_at.tzinfo is None:
         raise SpecError("run_at", "run_at needs a time zone offset (RFC 3339)")
+
+
+def _check_secrets(prefix: str, env: dict[str, str], secrets: tuple[str, ...]) -> None:
+    for key in secrets:
+        if key not in env:
+            raise SpecError(f"{prefix}secrets", f"secret {key!r} names no key of {prefix}env")
 
 
 def validation_error(text: str) -> SpecError:
@@ -173,11 +202,17 @@ def validation_error(text: str) -> SpecError:
             else f"{named['name']!r} is required"
         )
     elif "matching regex" in message:
-        generic = re.sub(r"\[\d+\]", "", field)  # sidecars[0].name -> sidecars.name
-        message = _PATTERN_HINTS.get(generic, _PATTERN_HINTS.get(generic.rsplit(".")[-1], message))
+        message = pattern_hint(field, message)
     return SpecError(field, message)
 
 
+def pattern_hint(field: str, default: str) -> str:
+    """What the pattern of `field` allows, in words (msgspec's own message quotes the regex)."""
+    generic = re.sub(r"\[\d+\]", "", field)  # sidecars[0].name -> sidecars.name
+    return _PATTERN_HINTS.get(generic, _PATTERN_HINTS.get(generic.rsplit(".")[-1], default))
+
+
+_NO_CONTROL = "no control characters (newline, tab, NUL...)"
 _PATTERN_HINTS = {
     "image": "not a valid image reference: name[:tag][@digest], lower-case",
     "env": "environment keys are letters, digits and _, not starting with a digit",
@@ -186,6 +221,9 @@ _PATTERN_HINTS = {
     "name": "names are letters, digits and _ . -, starting with a letter or digit, at most 63",
     "queue": "queue names are letters, digits, _ and -, at most 64",
     "labels": "label keys are letters, digits and . _ / -, at most 128",
+    "labels[...]": f"label values are text with {_NO_CONTROL}",
     "user": "user is NAME or UID[:GID]",
-    "workdir": "workdir must be an absolute path",
+    "workdir": f"workdir must be an absolute path with {_NO_CONTROL}",
+    "idempotency_key": f"idempotency_key is text with {_NO_CONTROL}",
+    "cron": "not a 5-field cron expression (minute hour day month weekday, separated by spaces)",
 }

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from msgspec import Struct
-from msgspec.structs import replace
+from typing import TypeVar
 
+from msgspec import Struct
+from msgspec.structs import fields, replace
+
+from dockyard.core.events import EventBase
 from dockyard.core.reasons import Reason
-from dockyard.core.spec import JobSpec, Timestamp
+from dockyard.core.spec import JobSpec, Sidecar, Timestamp
 from dockyard.core.state import Job, Status
+
+E = TypeVar("E", bound=EventBase)
 
 
 class JobView(Struct, frozen=True, kw_only=True):
@@ -32,12 +37,45 @@ MASK = "***"
 
 
 def masked_spec(spec: JobSpec) -> JobSpec:
-    """The spec as shown to people: secret env values are `***` (only the orchestrator, which
-    reads the events, sees the real ones)."""
-    if not spec.secrets:
+    """The spec as shown to people: the values of the env keys named in `secrets`, the job's
+    and each sidecar's, are `***` (only the orchestrator, which reads the events, sees the
+    real ones). Every answer that carries a spec shows it through here."""
+    if not spec.secrets and not any(sidecar.secrets for sidecar in spec.sidecars):
         return spec
-    secret = set(spec.secrets)
-    return replace(spec, env={k: MASK if k in secret else v for k, v in spec.env.items()})
+    return replace(
+        spec,
+        env=_masked_env(spec.env, spec.secrets),
+        sidecars=tuple(_masked_sidecar(sidecar) for sidecar in spec.sidecars),
+    )
+
+
+def _masked_sidecar(sidecar: Sidecar) -> Sidecar:
+    if not sidecar.secrets:
+        return sidecar
+    return replace(sidecar, env=_masked_env(sidecar.env, sidecar.secrets))
+
+
+def _masked_env(env: dict[str, str], secrets: tuple[str, ...]) -> dict[str, str]:
+    secret = set(secrets)
+    return {key: MASK if key in secret else value for key, value in env.items()}
+
+
+def masked_event(event: E) -> E:
+    """The event as shown to people: a spec it carries (`job_submitted`'s) is masked."""
+    specs = {
+        field.name: masked_spec(value)
+        for field in fields(event)
+        if isinstance(value := getattr(event, field.name), JobSpec)
+    }
+    return replace(event, **specs) if specs else event
+
+
+def secret_values(spec: JobSpec) -> list[str]:
+    """The values to mask in the job's log: the job's secrets and its sidecars'."""
+    values = [spec.env[key] for key in spec.secrets if key in spec.env]
+    for sidecar in spec.sidecars:
+        values += [sidecar.env[key] for key in sidecar.secrets if key in sidecar.env]
+    return values
 
 
 def job_view(job: Job) -> JobView:
