@@ -44,6 +44,8 @@ def _job(data: bytes | str) -> JobSpec:
         # Stored before a rule was tightened: read as it is; firing checks it (firing.py).
         spec: JobSpec = convert_unchecked(_raw.decode(data), JobSpec)
         return spec
+
+
 _encoder = msgspec.json.Encoder()
 _COLUMNS = "tenant, name, cron, interval_s, job, created_at, last_fire, next_fire"
 
