@@ -1,4 +1,5 @@
-"""The documentation stays true: the configuration reference is what the settings code says."""
+"""The documentation stays true: its links resolve, the failure table names tests that exist,
+and the configuration reference is what the settings code says."""
 
 from __future__ import annotations
 
@@ -18,6 +19,58 @@ from dockyard.telemetry.tracing import ENDPOINT_VARIABLES
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
+PAGES = [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
+
+_FENCE = re.compile(r"^\s*(```|~~~)")
+_HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
+_INLINE_CODE = re.compile(r"`[^`]*`")
+# [text](target) and ![alt](target); the target up to a space (a title may follow) or `)`.
+_LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+_TEST_REF = re.compile(r"`(tests/[\w/]+\.py)::([\w:]+)`")
+
+
+def _prose(text: str) -> list[tuple[int, str]]:
+    """(line number, line) outside fenced code blocks."""
+    lines: list[tuple[int, str]] = []
+    fenced = False
+    for number, line in enumerate(text.splitlines(), 1):
+        if _FENCE.match(line):
+            fenced = not fenced
+            continue
+        if not fenced:
+            lines.append((number, line))
+    return lines
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading: its text, lower case, without punctuation, spaces as -."""
+    text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", heading)  # a link's text only
+    text = re.sub(r"<[^>]+>", "", text).replace("`", "").replace("*", "")
+    return re.sub(r"[^\w\- ]", "", text.strip().lower()).replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    """Every heading's anchor in a Markdown file, repeated headings numbered as GitHub does."""
+    seen: dict[str, int] = {}
+    result: set[str] = set()
+    for _, line in _prose(path.read_text()):
+        match = _HEADING.match(line)
+        if match is None:
+            continue
+        base = slug(match[2])
+        count = seen.get(base, 0)
+        seen[base] = count + 1
+        result.add(base if count == 0 else f"{base}-{count}")
+    return result
+
+
+def links(path: Path) -> list[tuple[int, str]]:
+    """(line number, target) of every Markdown link outside code."""
+    found: list[tuple[int, str]] = []
+    for number, line in _prose(path.read_text()):
+        for match in _LINK.finditer(_INLINE_CODE.sub("", line)):
+            found.append((number, match[1]))
+    return found
 
 
 def _generator() -> ModuleType:
@@ -28,6 +81,107 @@ def _generator() -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     loader.exec_module(module)
     return module
+
+
+# -- links -------------------------------------------------------------------------------------
+
+
+def test_the_slug_is_githubs() -> None:
+    assert slug("What happens when things fail") == "what-happens-when-things-fail"
+    assert slug("Logs: every line kept, served live") == "logs-every-line-kept-served-live"
+    assert slug("The design document's list") == "the-design-documents-list"
+    assert slug("`dockyard up` and **NATS**") == "dockyard-up-and-nats"
+    assert slug("Security: what is open") == "security-what-is-open"
+
+
+def test_every_page_is_linked_from_the_readme() -> None:
+    targets = {target.split("#")[0] for _, target in links(ROOT / "README.md")}
+    for page in sorted(DOCS.glob("*.md")):
+        assert f"docs/{page.name}" in targets, f"README.md does not link docs/{page.name}"
+
+
+def test_every_doc_link_resolves_to_a_file_or_heading() -> None:
+    broken: list[str] = []
+    checked = 0
+    for page in PAGES:
+        for number, target in links(page):
+            where = f"{page.relative_to(ROOT)}:{number}: {target}"
+            if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # https:, mailto:
+                continue
+            checked += 1
+            file_part, _, anchor = target.partition("#")
+            resolved = (page.parent / file_part).resolve() if file_part else page
+            if not resolved.is_relative_to(ROOT):
+                broken.append(f"{where} (outside the repository)")
+            elif not resolved.exists():
+                broken.append(f"{where} (no such file)")
+            elif anchor:
+                if resolved.suffix != ".md":
+                    broken.append(f"{where} (an anchor into a file that is not Markdown)")
+                elif anchor not in anchors(resolved):
+                    broken.append(f"{where} (no such heading in {resolved.relative_to(ROOT)})")
+    assert checked > 20, "no links found: is the link pattern broken?"
+    assert not broken, "\n".join(broken)
+
+
+# -- the failure table ---------------------------------------------------------------------------
+
+
+def _defines(path: Path, name: str) -> bool:
+    """Whether the module defines `name`: `func`, `Class`, `Class::method`, or a module-level
+    assignment (a hypothesis state machine's TestCase)."""
+    tree = ast.parse(path.read_text(), str(path))
+    scope: list[ast.stmt] = tree.body
+    *outer, last = name.split("::")
+    for class_name in outer:
+        classes = [n for n in scope if isinstance(n, ast.ClassDef) and n.name == class_name]
+        if not classes:
+            return False
+        scope = classes[0].body
+    for node in scope:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            if node.name == last:
+                return True
+        elif (
+            isinstance(node, ast.Assign)
+            and not outer
+            and any(isinstance(t, ast.Name) and t.id == last for t in node.targets)
+        ):
+            return True
+    return False
+
+
+def failure_rows() -> list[tuple[str, list[tuple[str, str]]]]:
+    """(fault, [(file, test)]) for every row of every table in docs/failures.md whose header
+    has a `proved by` column."""
+    rows: list[tuple[str, list[tuple[str, str]]]] = []
+    column: int | None = None
+    for _, line in _prose((DOCS / "failures.md").read_text()):
+        if not line.startswith("|"):
+            column = None
+            continue
+        cells = [cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+        if column is None:
+            column = cells.index("proved by") if "proved by" in cells else -1
+        elif column >= 0 and not set(line) <= set("|-: "):
+            rows.append((cells[0], _TEST_REF.findall(cells[column])))
+    return rows
+
+
+def test_every_test_the_failure_table_names_exists() -> None:
+    rows = failure_rows()
+    assert len(rows) >= 40, f"only {len(rows)} rows found: is the table's layout changed?"
+    problems: list[str] = []
+    for fault, tests in rows:
+        if not tests:
+            problems.append(f"{fault!r} names no test as `tests/...py::test_name`")
+        for file, name in tests:
+            path = ROOT / file
+            if not path.is_file():
+                problems.append(f"{fault!r}: no file {file}")
+            elif not _defines(path, name):
+                problems.append(f"{fault!r}: {file} defines no {name}")
+    assert not problems, "\n".join(problems)
 
 
 # -- the configuration reference -------------------------------------------------------------
