@@ -12,9 +12,9 @@ import aiodocker
 import pytest
 import pytest_asyncio
 
-from dockyard import event_loop, gc_policy
 from dockyard.embedded import EmbeddedNats, EmbeddedPostgres
-from dockyard.images import ensure_busybox_image, ensure_nats_image
+from dockyard.process import event_loop, gc_policy
+from dockyard.stack.images import ensure_busybox_image, ensure_nats_image
 from tests.support.containers import (
     OFFICIAL_IMAGES,
     OFFICIAL_NATS_IMAGE,

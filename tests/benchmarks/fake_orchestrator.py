@@ -8,10 +8,10 @@ from __future__ import annotations
 import asyncio
 import signal
 
-from dockyard import event_loop, gc_policy
 from dockyard.config import load
 from dockyard.orchestrator.config import OrchestratorConfig
 from dockyard.orchestrator.service import bootstrap
+from dockyard.process import event_loop, gc_policy
 from dockyard.runtime.fake import FakeRuntime
 
 

@@ -18,7 +18,7 @@ from operator import attrgetter
 import aiohttp
 import msgspec
 
-from dockyard import event_loop
+from dockyard.process import event_loop
 
 
 # gc=False: millions of these are made; none can be part of a cycle.

@@ -24,7 +24,7 @@ import nats
 from aiohttp import web
 from nats.js.api import DeliverPolicy
 
-from dockyard import event_loop
+from dockyard.process import event_loop
 
 
 async def relay(nats_url: str, subject: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiodocker
 import nats
 
-from dockyard.images import ensure_busybox_image, ensure_nats_image
+from dockyard.stack.images import ensure_busybox_image, ensure_nats_image
 from tests.support.containers import NatsContainer
 
 

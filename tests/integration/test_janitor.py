@@ -55,12 +55,12 @@ from dockyard.core.events import (
 )
 from dockyard.core.spec import JobSpec
 from dockyard.core.state import resource_key
-from dockyard.handler import execute
+from dockyard.handling.execute import execute
 from dockyard.janitor import queries
 from dockyard.janitor.service import engine_id_of, run_janitor
-from dockyard.log_relay import store as log_store_sql
-from dockyard.log_relay.chunks import Chunk
-from dockyard.log_relay.store import LogStore
+from dockyard.job_logs import retention as log_store_sql
+from dockyard.job_logs.chunks import Chunk
+from dockyard.job_logs.store import LogStore
 from dockyard.runtime.docker import DockerRuntime
 from dockyard.runtime.hardening import container_name
 from dockyard.runtime.ports import ContainerRuntime, Resource

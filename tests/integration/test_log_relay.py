@@ -21,11 +21,11 @@ import pytest
 import pytest_asyncio
 
 from dockyard.bus import connect, ensure_topology, jetstream, names, protocol
-from dockyard.log_relay import last_stored_seq, purge_finished_logs
-from dockyard.log_relay import store as store_sql
-from dockyard.log_relay.chunks import Chunk, chunks_of, with_output_bytes
-from dockyard.log_relay.store import LogStore
-from dockyard.store.log_position import StoredLog, stored_log
+from dockyard.job_logs import last_stored_seq, purge_finished_logs
+from dockyard.job_logs import store as store_sql
+from dockyard.job_logs.chunks import Chunk, chunks_of, with_output_bytes
+from dockyard.job_logs.position import StoredLog, stored_log
+from dockyard.job_logs.store import LogStore
 from dockyard.store.pool import Pool, create_pool
 from dockyard.store.postgres import PgEventStore
 from tests.support.log_relay import (

@@ -14,7 +14,7 @@ import aiodocker
 import pytest
 import pytest_asyncio
 
-from dockyard.job_cache import JobCache
+from dockyard.handling.job_cache import JobCache
 from tests.support.orchestration import (
     TRACKERS,
     ControlPlane,

@@ -18,7 +18,7 @@ from dockyard.bus import names, outbox
 from dockyard.core.events import Event, JobFailed, JobQueued, JobSubmitted
 from dockyard.core.ids import uuid7
 from dockyard.core.spec import JobSpec
-from dockyard.handler import execute
+from dockyard.handling.execute import execute
 from dockyard.scheduler.metrics import SchedulerMetrics
 from dockyard.scheduler.undeliverable import FailUndeliverableJobs
 from dockyard.store.pool import Pool

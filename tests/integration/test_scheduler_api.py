@@ -12,7 +12,7 @@ import pytest_asyncio
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 
-from dockyard.batching import CommandBatcher
+from dockyard.handling.batching import CommandBatcher
 from dockyard.scheduler.app import build_app
 from dockyard.scheduler.context import Context
 from dockyard.store.memory import InMemoryEventStore

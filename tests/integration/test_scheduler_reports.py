@@ -24,7 +24,7 @@ from dockyard.core import (
     uuid7,
 )
 from dockyard.core.spec import JobSpec, RetryPolicy
-from dockyard.handler import execute
+from dockyard.handling.execute import execute
 from dockyard.orchestrator.reporter import Reporter
 from dockyard.scheduler.due import PgDueJobs, enqueue_due
 from dockyard.scheduler.reports import ReportConsumer

@@ -16,8 +16,8 @@ from opentelemetry.sdk.trace import ReadableSpan
 
 from dockyard.core import Job
 from dockyard.core.events import JobClaimed
+from dockyard.job_logs.store import LogStore
 from dockyard.log_relay.persister import LogPersister
-from dockyard.log_relay.store import LogStore
 from dockyard.scheduler.app import build_app
 from dockyard.scheduler.context import Context
 from dockyard.store.pool import create_pool

@@ -35,7 +35,8 @@ from nats.js.api import PubAck
 from dockyard.bus import EventPublisher, connect, ensure_topology, jetstream, names, protocol
 from dockyard.core import ClaimJob, ReportExit, ReportStarted, SubmitJob, uuid7
 from dockyard.core.spec import JobSpec
-from dockyard.handler import execute
+from dockyard.handling.execute import execute
+from dockyard.job_logs.store import LogStore
 from dockyard.log_relay.app import build_app
 from dockyard.log_relay.completion import Completion
 from dockyard.log_relay.context import RelayContext, WsSettings, normal_origins
@@ -43,7 +44,6 @@ from dockyard.log_relay.metrics import RelayMetrics
 from dockyard.log_relay.persister import LogPersister
 from dockyard.log_relay.room import RoomLimits, Sources
 from dockyard.log_relay.rooms import Rooms
-from dockyard.log_relay.store import LogStore
 from dockyard.runtime import DockerRuntime, LogLine, LogPipeline, LogPump, plan_job
 from dockyard.store.pool import Pool, create_pool
 from dockyard.store.postgres import PgEventStore

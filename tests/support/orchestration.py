@@ -30,7 +30,6 @@ import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
-from dockyard.batching import CommandBatcher
 from dockyard.bus import (
     EventBatchPublisher,
     OutboxRelay,
@@ -41,15 +40,16 @@ from dockyard.bus import (
     protocol,
 )
 from dockyard.bus.errors import BusError
-from dockyard.cancelling import cancel_and_wait, raise_if_cancelled
 from dockyard.config import load
 from dockyard.core import Job, RequestCancel, SubmitJob, fold, uuid7
 from dockyard.core.events import ContainerStarted, Event
+from dockyard.core.log_line import LogLine
 from dockyard.core.spec import JobSpec
-from dockyard.handler import execute
-from dockyard.job_cache import JobCache
+from dockyard.handling.batching import CommandBatcher
+from dockyard.handling.execute import execute
+from dockyard.handling.job_cache import JobCache
 from dockyard.orchestrator import Orchestrator, OrchestratorConfig, bootstrap
-from dockyard.runtime.output import LogLine
+from dockyard.process.cancelling import cancel_and_wait, raise_if_cancelled
 from dockyard.scheduler.claims import ClaimResponder
 from dockyard.scheduler.due import PgDueJobs, run_due_ticker
 from dockyard.scheduler.reports import ReportConsumer

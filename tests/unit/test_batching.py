@@ -8,7 +8,6 @@ from collections.abc import Sequence
 
 import pytest
 
-from dockyard.batching import CommandBatcher, Request, execute_many
 from dockyard.core import (
     ClaimJob,
     JobSpec,
@@ -20,8 +19,9 @@ from dockyard.core import (
     uuid7,
 )
 from dockyard.core.errors import UnknownJob
-from dockyard.handler import Outcome, execute
-from dockyard.job_cache import FINISHED_TTL_S, JobCache, Known
+from dockyard.handling.batching import CommandBatcher, Request, execute_many
+from dockyard.handling.execute import Outcome, execute
+from dockyard.handling.job_cache import FINISHED_TTL_S, JobCache, Known
 from dockyard.store.memory import InMemoryEventStore
 from dockyard.store.ports import BatchConflict, PendingAppend, RecordedEvent, StoreUnavailable
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from dockyard.cancelling import cancel_and_wait, raise_if_cancelled, to_completion
+from dockyard.process.cancelling import cancel_and_wait, raise_if_cancelled, to_completion
 
 
 async def _lose_a_cancel(loop_body_checks: bool) -> tuple[asyncio.Task[None], asyncio.Queue[int]]:

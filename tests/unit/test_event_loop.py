@@ -9,7 +9,7 @@ import sys
 import pytest
 import uvloop
 
-from dockyard import event_loop, gc_policy
+from dockyard.process import event_loop, gc_policy
 
 
 def test_run_returns_the_result_on_uvloop() -> None:

@@ -9,7 +9,8 @@ import pytest
 
 from dockyard.bus import protocol
 from dockyard.bus.errors import MessageDecodeError
-from dockyard.log_relay.chunks import (
+from dockyard.core.log_line import LogLine
+from dockyard.job_logs.chunks import (
     Chunk,
     chunks_of,
     encode_lines,
@@ -20,9 +21,8 @@ from dockyard.log_relay.chunks import (
     slice_chunk,
     unpacked,
 )
+from dockyard.job_logs.store import holes_in
 from dockyard.log_relay.ring import Ring
-from dockyard.log_relay.store import holes_in
-from dockyard.runtime.output import LogLine
 
 JOB = "0195f0c8-0000-7000-8000-000000000001"
 AT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

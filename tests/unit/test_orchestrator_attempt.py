@@ -17,6 +17,7 @@ from dockyard.core.commands import (
     ReportExit,
     ReportStarted,
 )
+from dockyard.core.log_line import LogLine
 from dockyard.core.spec import JobSpec
 from dockyard.orchestrator import resources
 from dockyard.orchestrator.attempt import Attempt, AttemptContext, Claim
@@ -31,7 +32,6 @@ from dockyard.runtime import (
     Script,
 )
 from dockyard.runtime.hardening import container_name
-from dockyard.runtime.output import LogLine
 
 IMAGE = "busybox:latest"
 JOB = "job-1"

@@ -9,8 +9,9 @@ from typing import Any
 import nats.errors
 
 from dockyard.bus import names, protocol
+from dockyard.core.log_line import LogLine
 from dockyard.orchestrator.logsink import LogSink
-from dockyard.runtime.output import LineBatch, LogLine
+from dockyard.runtime.output import LineBatch
 
 AT = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -9,11 +9,11 @@ import msgspec
 
 from dockyard.bus.protocol import ReportCommand
 from dockyard.core.commands import ReleaseResource, ReportExit
+from dockyard.core.log_line import LogLine
 from dockyard.core.spec import JobSpec
 from dockyard.orchestrator.recovery import Recovery
 from dockyard.orchestrator.registry import Registry
 from dockyard.runtime import FakeRuntime, Script, plan_job
-from dockyard.runtime.output import LogLine
 
 IMAGE = "busybox:latest"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dockyard import schema_files
+from dockyard.scheduler import schema_files
 
 
 def test_committed_schemas_are_current() -> None:

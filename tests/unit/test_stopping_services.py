@@ -1,7 +1,8 @@
 """A service's stop ends, and does its own cleanup whole, when a cancel is lost or repeated.
 
-Python 3.11's wait_for can swallow a cancel (see dockyard.cancelling); `supervise` then cancels
-again each second. Fakes stand in for NATS and the stores: what is checked is the loops' shape.
+Python 3.11's wait_for can swallow a cancel (see dockyard.process.cancelling); `supervise`
+then cancels again each second. Fakes stand in for NATS and the stores: what is checked is
+the loops' shape.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from nats.aio.msg import Msg
 
 from dockyard.bus import protocol
 from dockyard.bus.outbox import OutboxRelay
-from dockyard.lifecycle import supervise
+from dockyard.core.log_line import LogLine
 from dockyard.log_relay.persister import LogPersister
-from dockyard.runtime.output import LogLine
+from dockyard.process.lifecycle import supervise
 
 JOB = str(uuid.uuid4())
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dockyard import event_loop
 from dockyard.config import ConfigError, load
 from dockyard.janitor.service import run_janitor
+from dockyard.process import event_loop
 from dockyard.telemetry.logs import configure_logging
 
 

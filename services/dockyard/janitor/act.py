@@ -18,7 +18,7 @@ from dockyard.bus.publish import publish
 from dockyard.bus.topology import restore_offer_subjects
 from dockyard.core.commands import Command, MarkOrchestratorLost, ReleaseResource, ReportExit
 from dockyard.core.events import Metadata, ReleaseHow
-from dockyard.handler import execute
+from dockyard.handling.execute import execute
 from dockyard.janitor import queries
 from dockyard.janitor.config import JanitorConfig
 from dockyard.janitor.metrics import JanitorMetrics
@@ -33,7 +33,7 @@ from dockyard.janitor.plan import (
     SettleEntry,
 )
 from dockyard.janitor.report import Outcome, SweepReport
-from dockyard.log_relay.store import purge_finished_logs
+from dockyard.job_logs.retention import purge_finished_logs
 from dockyard.runtime.ports import ContainerRuntime, NotFound, RuntimeUnavailable
 from dockyard.store.ports import EventStore
 

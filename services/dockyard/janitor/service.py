@@ -37,7 +37,7 @@ from dockyard.janitor.observe import EngineId, Sources
 from dockyard.janitor.report import SweepReport
 from dockyard.janitor.schedule import Schedule, schedule_for
 from dockyard.janitor.sweep import Janitor
-from dockyard.lifecycle import supervise, wait_for_stop_signal
+from dockyard.process.lifecycle import supervise, wait_for_stop_signal
 from dockyard.runtime.docker import DockerRuntime, required_engine_id
 from dockyard.runtime.ports import ContainerRuntime
 from dockyard.store.migrations import migrate

@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 from dockyard.bus.errors import BusUnavailable
-from dockyard.cancelling import to_completion
 from dockyard.core.errors import Rejected
 from dockyard.janitor.act import Executor
 from dockyard.janitor.config import JanitorConfig
@@ -26,6 +25,7 @@ from dockyard.janitor.metrics import JanitorMetrics
 from dockyard.janitor.observe import Observer, Sources
 from dockyard.janitor.plan import STEPS, Action, Policy, RemoveResource, Step, plan
 from dockyard.janitor.report import StepFailure, SweepReport, result_of
+from dockyard.process.cancelling import to_completion
 from dockyard.runtime.ports import RuntimeUnavailable
 from dockyard.store.ports import EventStore, StoreUnavailable
 

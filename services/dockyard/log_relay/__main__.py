@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 
-from dockyard import config, event_loop
+from dockyard import config
 from dockyard.log_relay.service import run_log_relay
+from dockyard.process import event_loop
 from dockyard.telemetry.logs import configure_logging
 
 

@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from dockyard.job_logs.store import LogStore
 from dockyard.log_relay.completion import Completion
 from dockyard.log_relay.follow import FollowLimits
 from dockyard.log_relay.metrics import RelayMetrics
 from dockyard.log_relay.room import Views
 from dockyard.log_relay.rooms import Rooms
-from dockyard.log_relay.store import LogStore
 from dockyard.store.ports import JobView
 from dockyard.web.auth import Tokens, can_see
 from dockyard.web.errors import not_found

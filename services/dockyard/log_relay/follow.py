@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
 
-from dockyard.log_relay.chunks import lines_frame
+from dockyard.job_logs.chunks import lines_frame
 from dockyard.log_relay.room import Follower, Room
 
 NORMAL: Final = 1000

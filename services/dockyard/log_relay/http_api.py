@@ -14,7 +14,7 @@ from aiohttp import web
 
 from dockyard.bus.errors import BusError, BusUnavailable
 from dockyard.core.state import TERMINAL
-from dockyard.log_relay.chunks import lines_page
+from dockyard.job_logs.chunks import lines_page
 from dockyard.log_relay.context import ctx_of
 from dockyard.log_relay.ws import logs_ws, seq_param
 from dockyard.store.ports import StoreUnavailable

@@ -27,11 +27,11 @@ from nats.js import JetStreamContext
 from dockyard.bus import names
 from dockyard.bus.errors import BusError, BusRejected, MessageDecodeError, translated
 from dockyard.bus.topology import LOGS_POLICY
-from dockyard.cancelling import cancel_and_wait, raise_if_cancelled
 from dockyard.core.events import Metadata
-from dockyard.log_relay.chunks import Chunk, chunks_of, with_output_bytes
+from dockyard.job_logs.chunks import Chunk, chunks_of, with_output_bytes
+from dockyard.job_logs.store import LogStore
 from dockyard.log_relay.metrics import RelayMetrics
-from dockyard.log_relay.store import LogStore
+from dockyard.process.cancelling import cancel_and_wait, raise_if_cancelled
 from dockyard.store.ports import StoreUnavailable
 from dockyard.telemetry import tracing
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 
-from dockyard.log_relay.chunks import Chunk, slice_chunk
+from dockyard.job_logs.chunks import Chunk, slice_chunk
 
 
 class Ring:

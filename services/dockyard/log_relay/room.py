@@ -30,14 +30,14 @@ from nats.aio.subscription import Subscription
 
 from dockyard.bus import names
 from dockyard.bus.errors import BusError, MessageDecodeError, translated
-from dockyard.cancelling import cancel_and_wait, raise_if_cancelled
 from dockyard.core.state import TERMINAL
-from dockyard.log_relay.chunks import Chunk, chunks_of, end_frame
+from dockyard.job_logs.chunks import Chunk, chunks_of, end_frame
+from dockyard.job_logs.store import LogStore, Page
 from dockyard.log_relay.completion import Completion
 from dockyard.log_relay.metrics import RelayMetrics
 from dockyard.log_relay.ring import Ring
-from dockyard.log_relay.store import LogStore, Page
 from dockyard.log_relay.tail import LiveTail, TailLimits
+from dockyard.process.cancelling import cancel_and_wait, raise_if_cancelled
 from dockyard.store.ports import JobView, StoreUnavailable
 
 log = logging.getLogger("dockyard.log_relay.room")

@@ -11,7 +11,7 @@ from nats.js import JetStreamContext
 from dockyard.bus import connection, names
 from dockyard.bus.topology import ensure_topology
 from dockyard.config import Settings
-from dockyard.lifecycle import supervise, wait_for_stop_signal
+from dockyard.job_logs.store import LogStore
 from dockyard.log_relay.app import build_app
 from dockyard.log_relay.completion import Completion
 from dockyard.log_relay.context import RelayContext, normal_origins
@@ -19,7 +19,7 @@ from dockyard.log_relay.metrics import RelayMetrics
 from dockyard.log_relay.persister import LogPersister
 from dockyard.log_relay.room import Sources
 from dockyard.log_relay.rooms import Rooms
-from dockyard.log_relay.store import LogStore
+from dockyard.process.lifecycle import supervise, wait_for_stop_signal
 from dockyard.store.migrations import migrate
 from dockyard.store.pool import create_pool
 from dockyard.store.read_model import PgJobViews

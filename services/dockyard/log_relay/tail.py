@@ -33,7 +33,7 @@ from nats.js.api import DEFAULT_PREFIX, AckPolicy, ConsumerConfig, DeliverPolicy
 from dockyard.bus import names
 from dockyard.bus.connection import jetstream
 from dockyard.bus.errors import BusError, translated
-from dockyard.cancelling import cancel_and_wait, raise_if_cancelled
+from dockyard.process.cancelling import cancel_and_wait, raise_if_cancelled
 
 log = logging.getLogger("dockyard.log_relay.tail")
 

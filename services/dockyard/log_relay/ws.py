@@ -18,10 +18,10 @@ from typing import Final
 from aiohttp import WSMsgType, web
 
 from dockyard.bus.errors import BusError
-from dockyard.cancelling import cancel_and_wait
 from dockyard.log_relay.context import RelayContext, ctx_of
 from dockyard.log_relay.follow import TRY_AGAIN_LATER, follow
 from dockyard.log_relay.room import Follower, Room
+from dockyard.process.cancelling import cancel_and_wait
 from dockyard.store.ports import StoreUnavailable
 from dockyard.web.errors import ApiError, invalid
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import logging
 import sys
 
-from dockyard import event_loop
 from dockyard.config import ConfigError, load
 from dockyard.orchestrator.service import run_orchestrator
+from dockyard.process import event_loop
 
 
 def main() -> int:

@@ -19,7 +19,6 @@ from typing import Any
 from msgspec import Struct
 from opentelemetry import trace
 
-from dockyard.cancelling import cancel_and_wait, to_completion
 from dockyard.core.commands import PlannedResource, ReportExit, ReportStarted
 from dockyard.core.events import NO_METADATA, Metadata
 from dockyard.core.spec import JobSpec
@@ -39,6 +38,7 @@ from dockyard.orchestrator.ports import LogSinkPort, ReportSink
 from dockyard.orchestrator.reporter import utc_now
 from dockyard.orchestrator.resources import AttemptResources, ContainerKind
 from dockyard.orchestrator.ticket import Ticket
+from dockyard.process.cancelling import cancel_and_wait, to_completion
 from dockyard.runtime.hardening import plan_job
 from dockyard.runtime.ports import (
     ContainerPlan,

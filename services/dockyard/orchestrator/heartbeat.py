@@ -19,8 +19,8 @@ from nats.js.kv import KeyValue
 from dockyard.bus import names
 from dockyard.bus.errors import BusError, translated
 from dockyard.bus.protocol import Heartbeat, RunningJob, encode_heartbeat
-from dockyard.cancelling import raise_if_cancelled
 from dockyard.orchestrator.registry import Registry
+from dockyard.process.cancelling import raise_if_cancelled
 
 log = logging.getLogger("dockyard.orchestrator.heartbeat")
 

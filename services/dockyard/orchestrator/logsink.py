@@ -33,8 +33,9 @@ from dockyard.bus.errors import (
     translated,
 )
 from dockyard.core.events import JobClaimed, type_name
+from dockyard.core.log_line import LogLine
 from dockyard.orchestrator.retrying import backoff, wait_connected
-from dockyard.runtime.output import LineBatch, LogLine
+from dockyard.runtime.output import LineBatch
 
 log = logging.getLogger("dockyard.orchestrator.logs")
 

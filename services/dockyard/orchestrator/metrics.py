@@ -12,8 +12,8 @@ from collections.abc import Callable, Mapping
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from dockyard.core.log_line import LogLine
 from dockyard.orchestrator.ports import LogSinkPort
-from dockyard.runtime.output import LogLine
 from dockyard.web import health
 
 log = logging.getLogger("dockyard.orchestrator.metrics")

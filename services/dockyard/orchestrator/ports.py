@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from dockyard.bus.protocol import ReportCommand
-from dockyard.runtime.output import LogLine
+from dockyard.core.log_line import LogLine
 
 
 class ReportSink(Protocol):

@@ -25,12 +25,12 @@ from datetime import datetime
 from dockyard.bus.names import LABEL_ATTEMPT, LABEL_JOB, LABEL_ORCHESTRATOR, LABEL_TIMEOUT
 from dockyard.core.commands import ReleaseResource
 from dockyard.core.events import ResourceKind
+from dockyard.core.log_line import LogLine
 from dockyard.orchestrator.outcome import recovered_report
 from dockyard.orchestrator.ports import LogSinkPort, ReportSink
 from dockyard.orchestrator.registry import Registry
 from dockyard.orchestrator.reporter import utc_now
 from dockyard.runtime.hardening import container_name
-from dockyard.runtime.output import LogLine
 from dockyard.runtime.ports import ContainerRuntime, ContainerRuntimeError, NotFound, Resource
 
 log = logging.getLogger("dockyard.orchestrator.recovery")

@@ -21,11 +21,9 @@ from aiohttp import web
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
-from dockyard import gc_policy
 from dockyard.bus.connection import close, connect, jetstream
 from dockyard.bus.errors import BusUnavailable
 from dockyard.bus.topology import ensure_topology
-from dockyard.cancelling import cancel_and_wait
 from dockyard.config import Settings
 from dockyard.orchestrator.attempt import Attempt, AttemptContext, Claim
 from dockyard.orchestrator.claimer import Ask, Claimer, claim_asker
@@ -43,6 +41,8 @@ from dockyard.orchestrator.registry import Registry
 from dockyard.orchestrator.reporter import Reporter
 from dockyard.orchestrator.retrying import backoff, until_stored
 from dockyard.orchestrator.ticket import Ticket
+from dockyard.process import gc_policy
+from dockyard.process.cancelling import cancel_and_wait
 from dockyard.runtime.docker import DockerRuntime, required_engine_id
 from dockyard.runtime.ports import ContainerRuntime, RuntimeUnavailable
 from dockyard.telemetry import tracing

@@ -14,7 +14,7 @@ from typing import Protocol
 import nats.errors
 from nats.aio.msg import Msg
 
-from dockyard.cancelling import raise_if_cancelled
+from dockyard.process.cancelling import raise_if_cancelled
 
 log = logging.getLogger("dockyard.orchestrator.ticket")
 

@@ -14,14 +14,14 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from dockyard.batching import CommandBatcher
 from dockyard.bus import names, protocol
 from dockyard.bus.errors import MessageDecodeError
 from dockyard.core import ClaimJob, Rejected
 from dockyard.core.state import resource_key
-from dockyard.handler import utc_now
+from dockyard.handling.batching import CommandBatcher
+from dockyard.handling.execute import utc_now
+from dockyard.job_logs.position import NOTHING, StoredLog
 from dockyard.scheduler.metrics import SchedulerMetrics
-from dockyard.store.log_position import NOTHING, StoredLog
 from dockyard.store.ports import ConcurrencyError, EventStore, StoreUnavailable
 
 log = logging.getLogger("dockyard.scheduler.claims")

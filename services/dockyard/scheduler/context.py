@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from dockyard.batching import CommandBatcher
 from dockyard.core import Command, Metadata
-from dockyard.handler import Clock, Outcome, execute, utc_now
+from dockyard.handling.batching import CommandBatcher
+from dockyard.handling.execute import Clock, Outcome, execute, utc_now
 from dockyard.scheduler.metrics import SchedulerMetrics
 from dockyard.scheduler.schedule_store import InMemoryScheduleStore, ScheduleStore
 from dockyard.store.ports import EventStore, JobViews

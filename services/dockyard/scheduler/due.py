@@ -11,9 +11,9 @@ import logging
 from datetime import datetime
 from typing import Protocol
 
-from dockyard.cancelling import raise_if_cancelled
 from dockyard.core import EnqueueDue, Rejected
-from dockyard.handler import Clock, execute, utc_now
+from dockyard.handling.execute import Clock, execute, utc_now
+from dockyard.process.cancelling import raise_if_cancelled
 from dockyard.store.pool import Pool, translated
 from dockyard.store.ports import ConcurrencyError, EventStore, StoreUnavailable
 

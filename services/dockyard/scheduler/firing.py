@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from dockyard.cancelling import raise_if_cancelled
 from dockyard.core import Rejected, SubmitJob, fire_job_id
 from dockyard.core.deliverable import spec_problem
-from dockyard.handler import Clock, execute, utc_now
+from dockyard.handling.execute import Clock, execute, utc_now
+from dockyard.process.cancelling import raise_if_cancelled
 from dockyard.scheduler.schedule_store import ScheduleStore
 from dockyard.scheduler.schedules import Schedule, fire_key, latest_fire, next_fire_after
 from dockyard.store.ports import ConcurrencyError, EventStore, StoreUnavailable

@@ -16,12 +16,12 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import FetchTimeoutError
 
-from dockyard.batching import CommandBatcher, Request, Result
 from dockyard.bus import names, protocol
 from dockyard.bus.errors import BusUnavailable, MessageDecodeError
-from dockyard.cancelling import raise_if_cancelled
 from dockyard.core import RecordResource, Rejected, ReportStarted, StaleAttempt
-from dockyard.handler import execute
+from dockyard.handling.batching import CommandBatcher, Request, Result
+from dockyard.handling.execute import execute
+from dockyard.process.cancelling import raise_if_cancelled
 from dockyard.store.ports import ConcurrencyError, EventStore, StoreUnavailable
 
 log = logging.getLogger("dockyard.scheduler.reports")

@@ -9,15 +9,16 @@ from functools import partial
 from aiohttp import web
 from nats.aio.client import Client as NatsClient
 
-from dockyard import gc_policy
-from dockyard.batching import CommandBatcher
 from dockyard.bus import connection
 from dockyard.bus.event_batches import EventBatchPublisher
 from dockyard.bus.leader import PgLeader
 from dockyard.bus.outbox import OutboxRelay
 from dockyard.bus.topology import ensure_topology
 from dockyard.config import Settings
-from dockyard.lifecycle import supervise, wait_for_stop_signal
+from dockyard.handling.batching import CommandBatcher
+from dockyard.job_logs.position import stored_log
+from dockyard.process import gc_policy
+from dockyard.process.lifecycle import supervise, wait_for_stop_signal
 from dockyard.scheduler.app import build_app
 from dockyard.scheduler.claims import ClaimResponder
 from dockyard.scheduler.context import Context
@@ -28,7 +29,6 @@ from dockyard.scheduler.metrics import CountingStore, SchedulerMetrics
 from dockyard.scheduler.reports import ReportConsumer
 from dockyard.scheduler.schedule_store import PgScheduleStore
 from dockyard.scheduler.undeliverable import FailUndeliverableJobs
-from dockyard.store.log_position import stored_log
 from dockyard.store.migrations import migrate
 from dockyard.store.pool import Pool, create_pool
 from dockyard.store.ports import EventStore

@@ -16,7 +16,7 @@ from typing import Final, Protocol
 
 import asyncpg
 
-from dockyard.cancelling import raise_if_cancelled
+from dockyard.process.cancelling import raise_if_cancelled
 from dockyard.store.pool import Connection
 from dockyard.store.ports import StoreUnavailable
 

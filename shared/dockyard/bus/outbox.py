@@ -31,9 +31,9 @@ from typing import Any, Final, Protocol
 
 from dockyard.bus.errors import BusError, BusRejected, MessageRejected
 from dockyard.bus.leader import Leader, LeadershipLost, SoleLeader
-from dockyard.cancelling import raise_if_cancelled, to_completion
 from dockyard.core.deliverable import why_undeliverable
 from dockyard.core.events import Event
+from dockyard.process.cancelling import raise_if_cancelled, to_completion
 from dockyard.store.ports import START, Position, RecordedEvent, StoreUnavailable
 
 log = logging.getLogger("dockyard.bus.outbox")

@@ -27,8 +27,8 @@ from dockyard.core.commands import (
     ReportStarted,
 )
 from dockyard.core.events import Metadata
+from dockyard.core.log_line import LogLine
 from dockyard.core.spec import JobSpec
-from dockyard.runtime.output import LogLine
 
 T = TypeVar("T")
 

@@ -9,8 +9,9 @@ from typing import Any, NoReturn
 
 import click
 
-from dockyard import config, event_loop
+from dockyard import config
 from dockyard.client import ClientError
+from dockyard.process import event_loop
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

@@ -15,7 +15,7 @@ from dockyard.cli import output
 from dockyard.cli.common import CommandLine, fail, run_async
 from dockyard.client import ApiClient, Target, exit_code_for, follow_log, load_target
 from dockyard.core.spec import EnvKey
-from dockyard.images import BUSYBOX_TAG
+from dockyard.stack.images import BUSYBOX_TAG
 
 _JSON = click.option("--json", "as_json", is_flag=True, help="Print the API's JSON document.")
 

@@ -51,7 +51,7 @@ def schemas() -> None:
 @schemas.command("write")
 def schemas_write() -> None:
     """Regenerate the documents from the code."""
-    from dockyard import schema_files
+    from dockyard.scheduler import schema_files
 
     changed = schema_files.write()
     click.echo("written: " + ", ".join(changed) if changed else "schemas are current")
@@ -141,7 +141,7 @@ def demo_image_command() -> None:
     Made from this host's static busybox (Debian: `apt-get install busybox-static`);
     `dockyard submit` uses it by default.
     """
-    from dockyard.images import ImageBuildError, ensure_busybox_image
+    from dockyard.stack.images import ImageBuildError, ensure_busybox_image
 
     async def build() -> str:
         try:

@@ -1,6 +1,7 @@
 """Containers for job attempts: the runtime port, its Docker and in-memory adapters, the
 hardened engine requests and the pipeline that turns output into numbered log lines."""
 
+from dockyard.core.log_line import LogLine, LogStream
 from dockyard.runtime.docker import DockerRuntime
 from dockyard.runtime.fake import FakeRuntime, Script
 from dockyard.runtime.hardening import (
@@ -11,7 +12,7 @@ from dockyard.runtime.hardening import (
     plan_job,
 )
 from dockyard.runtime.lines import LineSplitter, SecretMasker
-from dockyard.runtime.output import DEFAULT_CAP_BYTES, LogLine, LogPipeline, LogStream
+from dockyard.runtime.output import DEFAULT_CAP_BYTES, LogPipeline
 from dockyard.runtime.ports import (
     AlreadyExists,
     Chunk,

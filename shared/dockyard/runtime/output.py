@@ -13,14 +13,10 @@ from collections import deque
 from collections.abc import Iterable
 from datetime import datetime
 from itertools import accumulate, repeat
-from typing import Literal
 
-from msgspec import Struct
-
+from dockyard.core.log_line import LogLine, LogStream
 from dockyard.runtime.lines import LineSplitter, SecretMasker
 from dockyard.runtime.ports import OutputStream
-
-LogStream = Literal["stdout", "stderr", "system"]
 
 DEFAULT_CAP_BYTES = 16 * 1024 * 1024
 RING_LINES = 1000
@@ -29,16 +25,6 @@ RING_BYTES = 1024 * 1024
 MAX_PENDING_LINES = 100_000
 # What a line costs in a batch beyond its text: the JSON keys, seq, time and attempt.
 LINE_OVERHEAD = 64
-
-
-class LogLine(Struct, frozen=True, gc=False):
-    """A log line as the contract shows it (gc=False: its fields cannot form cycles)."""
-
-    seq: int
-    stream: LogStream
-    text: str
-    at: datetime
-    attempt: int
 
 
 class LineBatch(list[LogLine]):

@@ -12,8 +12,9 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
-from dockyard.cancelling import cancel_and_wait
-from dockyard.runtime.output import LogLine, LogPipeline
+from dockyard.core.log_line import LogLine
+from dockyard.process.cancelling import cancel_and_wait
+from dockyard.runtime.output import LogPipeline
 from dockyard.runtime.ports import Chunk
 
 MAX_BATCH_LINES = 512

@@ -8,9 +8,9 @@ import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from dockyard.cancelling import cancel_and_wait
+from dockyard.process.cancelling import cancel_and_wait
 
-log = logging.getLogger("dockyard.lifecycle")
+log = logging.getLogger("dockyard.process.lifecycle")
 
 
 async def wait_for_stop_signal() -> None:

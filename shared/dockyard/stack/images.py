@@ -212,7 +212,7 @@ def _image_archive(tag: str, layer: bytes, config: dict[str, Any], created: str)
         "created": created,
         "config": config,
         "rootfs": {"type": "layers", "diff_ids": [f"sha256:{diff_id}"]},
-        "history": [{"created": created, "created_by": "dockyard.images"}],
+        "history": [{"created": created, "created_by": "dockyard.stack.images"}],
     }
     config_bytes = json.dumps(image_config, sort_keys=True).encode()
     config_name = f"{_sha256(config_bytes)}.json"

@@ -21,13 +21,13 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import NamedTuple
 
-from dockyard.cancelling import cancel_and_wait
 from dockyard.core import Command, Context, Event, Job, Metadata, SubmitJob, decide, fold, uuid7
-from dockyard.handler import Clock, Outcome, execute, utc_now
-from dockyard.job_cache import JobCache, Known
+from dockyard.handling.execute import Clock, Outcome, execute, utc_now
+from dockyard.handling.job_cache import JobCache, Known
+from dockyard.process.cancelling import cancel_and_wait
 from dockyard.store.ports import EventStore, PendingAppend, StoreUnavailable
 
-log = logging.getLogger("dockyard.batching")
+log = logging.getLogger("dockyard.handling.batching")
 
 MAX_BATCH = 256
 

@@ -19,7 +19,7 @@ from msgspec import Raw, Struct
 
 from dockyard.bus import names
 from dockyard.bus.errors import MessageDecodeError
-from dockyard.runtime.output import LogLine
+from dockyard.core.log_line import LogLine
 
 
 class Chunk(Struct, frozen=True, gc=False):

@@ -14,7 +14,7 @@ from dockyard.core.spec import JobSpec
 
 
 def repo_schemas_dir() -> Path:
-    return Path(__file__).resolve().parents[2] / "schemas"
+    return Path(__file__).resolve().parents[3] / "schemas"
 
 
 def _dump(doc: object) -> str:
