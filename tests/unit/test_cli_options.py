@@ -299,3 +299,13 @@ def test_help_shows_the_new_options() -> None:
     assert "--secret K[=V]" in result.output
     assert "--pids" in result.output
     assert "Options end at `--`" in result.output
+
+
+@pytest.mark.parametrize("service", ["scheduler", "orchestrator", "janitor", "log-relay"])
+def test_a_service_with_a_malformed_variable_says_which_in_one_line(service: str) -> None:
+    result = CliRunner().invoke(
+        cli, [service], env={"DOCKYARD_LEASE_S": "soon"}, prog_name="dockyard"
+    )
+    assert result.exit_code == 1
+    assert result.output.strip() == "dockyard: DOCKYARD_LEASE_S: 'soon' is not a number"
+    assert "Traceback" not in result.output

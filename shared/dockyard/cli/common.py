@@ -20,6 +20,14 @@ def fail(message: str, code: int = 1) -> NoReturn:
     sys.exit(code)
 
 
+def settings() -> config.Settings:
+    """The environment's settings, or one line naming the variable that is wrong."""
+    try:
+        return config.load()
+    except config.ConfigError as error:
+        fail(str(error))
+
+
 def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
     try:
         return event_loop.run(coro)

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import click
 
-from dockyard import config
 from dockyard.cli import jobs, schedules
-from dockyard.cli.common import fail, run_async
+from dockyard.cli.common import fail, run_async, settings
 
 __all__ = ["cli", "fail", "main", "run_async"]
 
@@ -30,7 +29,7 @@ def db_migrate() -> None:
     """Apply the schema migrations not yet applied."""
     from dockyard.store.migrations import migrate
 
-    applied = run_async(migrate(config.load().database_url))
+    applied = run_async(migrate(settings().database_url))
     click.echo("applied: " + ", ".join(applied) if applied else "the schema is up to date")
 
 
@@ -39,7 +38,7 @@ def db_rebuild() -> None:
     """Rebuild the jobs read model from the events, from scratch."""
     from dockyard.store.admin import db_rebuild as rebuild
 
-    folded = run_async(rebuild(config.load().database_url))
+    folded = run_async(rebuild(settings().database_url))
     click.echo(f"rebuilt the read model from {folded} events")
 
 
@@ -64,7 +63,7 @@ def scheduler_command() -> None:
     from dockyard.telemetry.logs import configure_logging
 
     configure_logging("scheduler")
-    run_async(run_scheduler(config.load()))
+    run_async(run_scheduler(settings()))
 
 
 @cli.command("orchestrator")
@@ -74,7 +73,7 @@ def orchestrator_command() -> None:
     from dockyard.telemetry.logs import configure_logging
 
     configure_logging("orchestrator")
-    run_async(run_orchestrator(config.load()))
+    run_async(run_orchestrator(settings()))
 
 
 @cli.command("janitor")
@@ -86,7 +85,7 @@ def janitor_command(dry_run: bool, once: bool) -> None:
     from dockyard.telemetry.logs import configure_logging
 
     configure_logging("janitor")
-    run_async(run_janitor(config.load(), dry_run=dry_run, once=once))
+    run_async(run_janitor(settings(), dry_run=dry_run, once=once))
 
 
 @cli.command("log-relay")
@@ -96,7 +95,7 @@ def log_relay_command() -> None:
     from dockyard.telemetry.logs import configure_logging
 
     configure_logging("log-relay")
-    run_async(run_log_relay(config.load()))
+    run_async(run_log_relay(settings()))
 
 
 @cli.command("up")
