@@ -2,7 +2,7 @@
 -- invalid subject, a payload over max_payload), or that no current validation accepts: set
 -- aside so that one message never stops the relay for everyone, and kept for the operator.
 CREATE TABLE outbox_set_aside (
-    event_id     uuid        PRIMARY KEY REFERENCES events (event_id),
+    event_id     uuid        PRIMARY KEY,  -- of an event in `events` (never deleted)
     job_id       uuid        NOT NULL,
     type         text        NOT NULL,
     position     bigint      NOT NULL,

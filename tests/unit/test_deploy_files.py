@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import nats
+import nats.errors
 import pytest
 import yaml
 from nats.js.api import StorageType, StreamConfig
@@ -833,8 +834,21 @@ async def test_nats_cluster_forms_and_keeps_a_stream_at_three_replicas(
             )
             await first.jetstream(timeout=5).add_stream(config)
             ack = await first.jetstream(timeout=5).publish("deploy.check", b"hello")
-            message = await last.jetstream(timeout=5).get_msg("DEPLOY_CHECK", ack.seq)
-            assert message.data == b"hello"
+            # Under load (the whole suite on two cores) the first answer through another node
+            # can take longer than one request's timeout: ask again, within a bound.
+            read: list[bytes] = []
+
+            async def replicated() -> bool:
+                try:
+                    read.append(
+                        (await last.jetstream(timeout=5).get_msg("DEPLOY_CHECK", ack.seq)).data
+                    )
+                except nats.errors.TimeoutError:
+                    return False
+                return True
+
+            await until(replicated, "the message was not readable through another node", 60.0)
+            assert read == [b"hello"]
             info = await last.jetstream(timeout=5).stream_info("DEPLOY_CHECK")
             assert info.cluster is not None and info.cluster.leader is not None
             replicas = {replica.name for replica in info.cluster.replicas or []}
