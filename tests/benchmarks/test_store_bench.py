@@ -31,6 +31,7 @@ from dockyard.core import (
     uuid7,
 )
 from dockyard.core.events import type_name
+from dockyard.core.resource_names import container_name, network_name
 from dockyard.store.pool import Connection, Pool, create_pool
 from dockyard.store.postgres import PgEventStore
 from dockyard.store.rebuild import rebuild
@@ -57,13 +58,14 @@ def ten_event_life(job_id: str | None = None) -> History:
     life.now += timedelta(days=1)
     life.run(EnqueueDue())
     life.run(ClaimJob(attempt=1, orchestrator="orch-1"))
-    life.run(RecordResource(attempt=1, kind="network", name="net", orchestrator="orch-1"))
-    life.run(RecordResource(attempt=1, kind="container", name="ctr", orchestrator="orch-1"))
+    net, ctr = network_name(life.job_id, 1), container_name(life.job_id, 1)
+    life.run(RecordResource(attempt=1, kind="network", name=net, orchestrator="orch-1"))
+    life.run(RecordResource(attempt=1, kind="container", name=ctr, orchestrator="orch-1"))
     life.run(ReportStarted(attempt=1, container_id="abc", orchestrator="orch-1"))
     life.run(ReportExit(attempt=1, exit_code=0, duration_s=1.5))
-    life.run(ReleaseResource(attempt=1, kind="container", name="ctr"))
+    life.run(ReleaseResource(attempt=1, kind="container", name=ctr))
     assert len(life.events) == 9
-    life.run(ReleaseResource(attempt=1, kind="network", name="net"))
+    life.run(ReleaseResource(attempt=1, kind="network", name=net))
     assert len(life.events) == 10
     return life
 

@@ -36,6 +36,7 @@ from dockyard.runtime import (
     Script,
     plan_job,
 )
+from dockyard.runtime.ports import ResourceKind
 
 _TAG = "dockyard-behaviour"
 FOREVER = 3600.0
@@ -270,6 +271,60 @@ class RuntimeContract:
         await self.rt.remove(container)
         assert await self.rt.remove_network(plan.network.name) == "removed"
         assert await self.rt.remove_network(plan.network.name) == "gone"
+
+    async def test_inspect_named_finds_a_container_or_network_by_its_exact_name_only(
+        self,
+    ) -> None:
+        plan = self.job_plan(Behaviour(sleep_s=FOREVER), network="isolated")
+        assert plan.network is not None
+        network = await self.rt.create_network(plan.network)
+        container = await self._started_plan(plan.job)
+
+        found = await self.rt.inspect_named("container", plan.job.name)
+        net = await self.rt.inspect_named("network", plan.network.name)
+
+        assert found is not None and net is not None
+        assert (found.kind, found.id, found.name, found.running) == (
+            "container",
+            container,
+            plan.job.name,
+            True,
+        )
+        assert plan.job.config["Labels"].items() <= found.labels.items()
+        assert (net.kind, net.id, net.name) == ("network", network, plan.network.name)
+        assert plan.network.config["Labels"].items() <= net.labels.items()
+        # The engine also resolves ids and their prefixes: none of these is a name.
+        not_names: list[tuple[ResourceKind, str]] = [
+            ("container", container),
+            ("container", container[:12]),
+            ("network", network),
+            ("network", network[:12]),
+            ("container", plan.network.name),  # a network is not a container
+            ("network", plan.job.name),
+            ("container", "dockyard-no-such-container"),
+            ("container", f"/{plan.job.name}"),
+            ("container", f"../../networks/{plan.network.name}"),  # never in a request path
+            ("network", ""),
+        ]
+        for kind, name in not_names:
+            assert await self.rt.inspect_named(kind, name) is None, (kind, name)
+
+    async def test_removing_by_id_never_removes_a_newer_one_that_took_the_name(self) -> None:
+        plan = self.job_plan(Behaviour(), network="isolated")
+        assert plan.network is not None
+        old_network = await self.rt.create_network(plan.network)
+        old = await self.rt.create_container(plan.job)
+        assert await self.rt.remove(old) == "removed"
+        assert await self.rt.remove_network(old_network) == "removed"
+        new_network = await self.rt.create_network(plan.network)
+        new = await self.rt.create_container(plan.job)
+
+        assert await self.rt.remove(old) == "gone"
+        assert await self.rt.remove_network(old_network) == "gone"
+        found = await self.rt.inspect_named("container", plan.job.name)
+        net = await self.rt.inspect_named("network", plan.network.name)
+        assert found is not None and found.id == new
+        assert net is not None and net.id == new_network
 
     def _sidecar(self) -> Sidecar:
         command = Behaviour(sleep_s=FOREVER).command()

@@ -35,6 +35,7 @@ from dockyard.core import (
     ClaimJob,
     Command,
     EnqueueDue,
+    ForeignResource,
     Job,
     MarkOrchestratorLost,
     RecordResource,
@@ -50,6 +51,8 @@ from dockyard.core.events import (
     JobTimedOut,
     OrchestratorLost,
     ReleaseHow,
+    ResourceIntended,
+    ResourceKind,
     ResourceReleased,
     RetryScheduled,
 )
@@ -64,6 +67,7 @@ from dockyard.job_logs.store import LogStore
 from dockyard.runtime.docker import DockerRuntime
 from dockyard.runtime.hardening import container_name
 from dockyard.runtime.ports import ContainerRuntime, Resource
+from dockyard.runtime.ports import ResourceKind as EngineKind
 from dockyard.store.pool import Pool, create_pool
 from dockyard.store.postgres import PgEventStore
 from dockyard.store.rebuild import rebuild
@@ -93,6 +97,18 @@ class Db:
 
     async def events(self, job_id: str) -> list[Event]:
         return [r.event for r in await self.store.load(job_id)]
+
+    async def plant(self, job_id: str, kind: ResourceKind, name: str, **fields: Any) -> None:
+        """A ledger entry written past decide, which refuses names the attempt cannot have:
+        what a forged claim left before names were checked (or a forger with the database)."""
+        history = await self.store.load(job_id)
+        job = fold(r.event for r in history)
+        assert job is not None
+        entry = ResourceIntended(
+            event_id=uuid7(), job_id=job_id, at=NOW(), attempt=job.attempt, kind=kind,
+            name=name, **fields,
+        )  # fmt: skip
+        await self.store.append(job_id, len(history), [entry], view=fold([entry], job))
 
     async def job(self, job_id: str) -> Job:
         job = fold(await self.events(job_id))
@@ -292,7 +308,7 @@ async def test_ledger_entries_the_engine_does_not_have_are_recorded_gone(
     unknown_engine = container_name(job_id, 1, "unknown")
     await db.run(
         job_id,
-        submit(),
+        submit(sidecars=[{"name": n, "image": "busybox"} for n in ("elsewhere", "unknown")]),
         ClaimJob(attempt=1, orchestrator=orch),
         record(job_id, 1, orch, engine),
         record(job_id, 1, orch, "SOME:OTHER:ENGINE", kind="sidecar", name=elsewhere),
@@ -313,6 +329,79 @@ async def test_ledger_entries_the_engine_does_not_have_are_recorded_gone(
         resource_key("sidecar", elsewhere, 1),
         resource_key("sidecar", unknown_engine, 1),
     }
+
+
+async def test_janitor_never_removes_a_container_planted_in_the_ledger(
+    nats_url: str,
+    database_url: str,
+    docker: aiodocker.Docker,
+    busybox_image: str,
+    leftovers: Leftovers,
+    db: Db,
+    engine: str,
+) -> None:
+    """Security review F3: ledger names come over NATS. A finished job's ledger names a
+    container without Dockyard's labels (say the installation's own PostgreSQL), another
+    job's running container, one under the job's own name from another installation, and a
+    bare network: the janitor inspects each, finds its labels do not prove it the attempt's,
+    and leaves it alone, settling the entry as gone."""
+    orch = scoped_orchestrator_id()
+    job_id, other_job = uuid7(), uuid7()
+    anyones = Leftovers(docker, busybox_image)  # no installation labels: not Dockyard's at all
+    try:
+        plain = await anyones.container(f"planted-{orch}", {"test.owner": orch})
+        bare_network = await anyones.network(f"planted-net-{orch}", {"test.owner": orch})
+        # Another tenant's running job, which the engine lists as Dockyard's.
+        await db.run(other_job, submit(), ClaimJob(attempt=1, orchestrator=orch), started(1, orch))
+        await put_heartbeat(nats_url, orch, [(other_job, 1)])
+        others = await leftovers.container(container_name(other_job, 1), labels(other_job, 1, orch))
+        # The job's own name and labels, but another installation's.
+        elsewhere = await leftovers.container(
+            container_name(job_id, 1),
+            {**labels(job_id, 1, orch), names.LABEL_DEPLOYMENT: "another-installation"},
+        )
+        await db.run(
+            job_id,
+            submit(),
+            ClaimJob(attempt=1, orchestrator=orch),
+            record(job_id, 1, orch, engine),
+            started(1, orch),
+        )
+        planted = {"orchestrator": orch, "engine": engine}
+        for name in (f"planted-{orch}", container_name(other_job, 1)):
+            with pytest.raises(ForeignResource):  # decide refuses it now ...
+                await db.run(job_id, record(job_id, 1, orch, engine, name=name))
+            await db.plant(job_id, "container", name, **planted)  # ... so past decide
+        await db.plant(job_id, "network", f"planted-net-{orch}", **planted)
+        await db.run(job_id, ReportExit(attempt=1, exit_code=0))
+
+        async with running_janitor(
+            nats_url, database_url, docker, orch, own_deployment_only=True
+        ) as janitor:
+            report = await janitor.turn(30)
+            again = await janitor.turn(30)
+            metrics = janitor.metrics.render().decode()
+
+        assert report.ok and again.ok, report.lines() + again.lines()
+        assert sorted(a.action for a in report.actions) == ["settle_entry"] * 4
+        assert again.actions == []  # settled once
+        for container in (plain, others, elsewhere):
+            assert (await docker.containers.container(container).show())["State"]["Running"]
+        assert await anyones.network_exists(bare_network)
+        released = {e.name: e.how for e in of_type(await db.events(job_id), ResourceReleased)}
+        assert released == {
+            f"planted-{orch}": "gone",
+            container_name(other_job, 1): "gone",
+            container_name(job_id, 1): "gone",
+            f"planted-net-{orch}": "gone",
+        }
+        assert (await db.job(job_id)).resources == frozenset()
+        assert (await db.job(other_job)).status == "running"
+        assert 'dockyard_janitor_foreign_total{kind="container"} 3.0' in metrics
+        assert 'dockyard_janitor_foreign_total{kind="network"} 1.0' in metrics
+        assert 'dockyard_janitor_removed_total{kind="container"}' not in metrics
+    finally:
+        await anyones.cleanup()
 
 
 # -- lost orchestrators and stuck jobs -------------------------------------------------------
@@ -551,7 +640,7 @@ async def test_janitor_sigkilled_mid_sweep_is_finished_by_the_next_one(
     sidecars = [container_name(job_id, 1, f"s{i}") for i in range(24)]
     await db.run(
         job_id,
-        submit(),
+        submit(sidecars=[{"name": f"s{i}", "image": "busybox"} for i in range(24)]),
         ClaimJob(attempt=1, orchestrator=orch),
         *(record(job_id, 1, orch, engine, kind="sidecar", name=name) for name in sidecars),
         started(1, orch),
@@ -614,6 +703,9 @@ class Switchable:
 
     async def list_labelled(self, labels: Mapping[str, str | None]) -> list[Resource]:
         return await self.runtimes[self.reachable].list_labelled(labels)
+
+    async def inspect_named(self, kind: EngineKind, name: str) -> Resource | None:
+        return await self.runtimes[self.reachable].inspect_named(kind, name)
 
     async def remove(self, container_id: str) -> ReleaseHow:
         return await self.runtimes[self.reachable].remove(container_id)

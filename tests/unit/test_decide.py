@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -11,10 +12,12 @@ from dockyard.core import (
     ClaimJob,
     EnqueueDue,
     FailUndeliverable,
+    ForeignResource,
     IllegalTransition,
     MarkOrchestratorLost,
     PlannedResource,
     RecordResource,
+    Rejected,
     ReleaseResource,
     ReportExit,
     ReportStarted,
@@ -23,9 +26,11 @@ from dockyard.core import (
     SubmitJob,
     UnknownJob,
 )
-from dockyard.core.spec import RetryPolicy
+from dockyard.core.events import ResourceKind
+from dockyard.core.resource_names import container_name, network_name
+from dockyard.core.spec import RetryPolicy, Sidecar
 from dockyard.core.state import resource_key
-from tests.unit.builders import T0, Scenario, spec, types
+from tests.unit.builders import JOB, T0, Scenario, spec, types
 
 SUBMIT = SubmitJob(tenant="acme", spec=spec(command=["true"]))
 CLAIM = ClaimJob(attempt=1, orchestrator="o1")
@@ -89,11 +94,12 @@ def test_the_same_orchestrator_claiming_again_changes_nothing() -> None:
 
 
 def test_a_claim_records_the_resources_it_will_create_first() -> None:
-    planned = [PlannedResource(kind="container", name="dockyard-j-1", engine="E")]
+    name = container_name(JOB, 1)
+    planned = [PlannedResource(kind="container", name=name, engine="E")]
     claim = ClaimJob(attempt=1, orchestrator="o1", resources=planned)
     s = Scenario().given(SUBMIT)
     assert types(s.when(claim)) == ["job_claimed", "resource_intended"]
-    assert s.job is not None and resource_key("container", "dockyard-j-1", 1) in s.job.resources
+    assert s.job is not None and resource_key("container", name, 1) in s.job.resources
     assert s.when(claim) == []  # asked again: the claim and its ledger entry stand
     with pytest.raises(IllegalTransition):  # another's claim records nothing
         s.when(ClaimJob(attempt=1, orchestrator="o2", resources=planned))
@@ -231,14 +237,93 @@ def test_a_late_report_from_the_lost_attempt_is_stale() -> None:
 
 def test_the_ledger_records_intent_and_release() -> None:
     s = running()
-    record = RecordResource(attempt=1, kind="container", name="c1", orchestrator="o1")
+    name = container_name(JOB, 1)
+    record = RecordResource(attempt=1, kind="container", name=name, orchestrator="o1")
     assert types(s.when(record)) == ["resource_intended"]
     assert s.when(record) == []
     s.when(ReportExit(attempt=1, exit_code=0))
-    release = ReleaseResource(attempt=1, kind="container", name="c1")
+    release = ReleaseResource(attempt=1, kind="container", name=name)
     assert types(s.when(release)) == ["resource_released"]
     assert s.when(release) == []
     assert s.job is not None and s.job.resources == frozenset()
+
+
+# The ledger holds only names the attempt can have: the janitor removes what it holds, and
+# claims and reports arrive over NATS with any name (security review F3).
+OTHER_JOB = "0190f0c2-0000-7000-8000-000000000002"
+WITH_SIDECAR = SubmitJob(tenant="acme", spec=spec(sidecars=(Sidecar(name="db", image="pg"),)))
+FOREIGN: list[tuple[ResourceKind, str]] = [
+    ("container", "dockyard-postgres-1"),  # anyone's container
+    ("container", container_name(OTHER_JOB, 1)),  # another job's
+    ("container", container_name(JOB, 2)),  # another attempt's
+    ("container", f"/{container_name(JOB, 1)}"),  # as the engine lists it, not as it names it
+    ("container", container_name(JOB.upper(), 1)),
+    ("container", container_name(JOB, 1, "db")),  # a sidecar's name, as the job container
+    ("sidecar", container_name(JOB, 1, "cache")),  # a sidecar the spec does not have
+    ("sidecar", container_name(JOB, 1)),
+    ("network", "bridge"),
+    ("network", network_name(OTHER_JOB, 1)),
+    ("container", network_name(JOB, 1)),
+]
+
+
+@pytest.mark.parametrize(("kind", "name"), FOREIGN)
+def test_a_claim_planning_a_foreign_resource_name_is_refused_whole(
+    kind: ResourceKind, name: str
+) -> None:
+    s = Scenario().given(WITH_SIDECAR)
+    own = PlannedResource(kind="container", name=container_name(JOB, 1), engine="E")
+    foreign = PlannedResource(kind=kind, name=name, engine="E")
+
+    with pytest.raises(ForeignResource, match="is not a name Dockyard gives attempt 1") as refused:
+        s.when(ClaimJob(attempt=1, orchestrator="o1", resources=[own, foreign]))
+
+    assert isinstance(refused.value, Rejected) and refused.value.code == "foreign_resource"
+    assert s.job is not None and (s.job.status, s.job.resources) == ("queued", frozenset())
+    assert types(s.events) == ["job_submitted", "job_queued"]  # nothing stored
+
+
+@pytest.mark.parametrize(("kind", "name"), FOREIGN)
+def test_a_record_resource_with_a_foreign_name_is_refused(kind: ResourceKind, name: str) -> None:
+    s = Scenario().given(WITH_SIDECAR, CLAIM)
+
+    with pytest.raises(ForeignResource, match=f"{kind} '{re.escape(name)}' is not a name"):
+        s.when(RecordResource(attempt=1, kind=kind, name=name, orchestrator="o1"))
+
+    assert s.job is not None and s.job.resources == frozenset()
+
+
+def test_a_foreign_name_is_refused_even_from_the_orchestrator_holding_the_claim() -> None:
+    """Asked again by the claim's holder (which changes nothing) or already in the ledger
+    from before the names were checked: never accepted."""
+    s = Scenario().given(WITH_SIDECAR, CLAIM)
+    planted = [PlannedResource(kind="container", name="dockyard-postgres-1")]
+    with pytest.raises(ForeignResource):
+        s.when(ClaimJob(attempt=1, orchestrator="o1", resources=planted))
+    assert s.job is not None and s.job.resources == frozenset()
+
+
+def test_every_name_the_attempt_can_have_is_recorded() -> None:
+    s = Scenario().given(WITH_SIDECAR)
+    planned = [
+        PlannedResource(kind="network", name=network_name(JOB, 1)),
+        PlannedResource(kind="sidecar", name=container_name(JOB, 1, "db")),
+        PlannedResource(kind="container", name=container_name(JOB, 1)),
+    ]
+
+    assert types(s.when(ClaimJob(attempt=1, orchestrator="o1", resources=planned))) == [
+        "job_claimed",
+        *["resource_intended"] * 3,
+    ]
+    assert s.job is not None and len(s.job.resources) == 3
+
+
+def test_a_long_foreign_name_is_cut_short_in_the_refusal() -> None:
+    s = Scenario().given(SUBMIT, CLAIM)
+    name = "x" * 100_000
+    with pytest.raises(ForeignResource) as refused:
+        s.when(RecordResource(attempt=1, kind="container", name=name, orchestrator="o1"))
+    assert len(refused.value.message) < 400 and refused.value.name == name
 
 
 def test_a_resource_cannot_be_recorded_for_a_stale_attempt() -> None:

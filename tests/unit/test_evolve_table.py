@@ -21,13 +21,14 @@ from dockyard.core import (
     evolve,
 )
 from dockyard.core import events as ev
+from dockyard.core.resource_names import container_name
 from tests.unit.builders import JOB, T0, Scenario, spec
 
 SUBMIT = SubmitJob(tenant="acme", spec=spec())
 DELAYED = SubmitJob(tenant="acme", spec=spec(run_at=T0 + timedelta(hours=1)))
 CLAIM = ClaimJob(attempt=1, orchestrator="o1")
 STARTED = ReportStarted(attempt=1, container_id="c", orchestrator="o1")
-RECORD = RecordResource(attempt=1, kind="container", name="c", orchestrator="o1")
+RECORD = RecordResource(attempt=1, kind="container", name=container_name(JOB, 1), orchestrator="o1")
 
 STATES: dict[str, list[Any]] = {
     "scheduled": [DELAYED],
@@ -56,7 +57,9 @@ EVENTS: dict[str, Any] = {
     "resource_intended": ev.ResourceIntended(
         **B, attempt=1, kind="network", name="n", orchestrator="o1"
     ),
-    "resource_released": ev.ResourceReleased(**B, attempt=1, kind="container", name="c"),
+    "resource_released": ev.ResourceReleased(
+        **B, attempt=1, kind="container", name=container_name(JOB, 1)
+    ),
     "container_started": ev.ContainerStarted(**B, attempt=1, container_id="c", orchestrator="o1"),
     "job_succeeded": ev.JobSucceeded(**B, attempt=1),
     "job_failed": ev.JobFailed(**B, attempt=1, reason="exit_code", error="e", exit_code=1),

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from msgspec.structs import replace
 
-from dockyard.bus.names import LABEL_ATTEMPT, LABEL_JOB, LABEL_ORCHESTRATOR
+from dockyard.bus.names import LABEL_ATTEMPT, LABEL_DEPLOYMENT, LABEL_JOB, LABEL_ORCHESTRATOR
 from dockyard.core import (
     ClaimJob,
     EnqueueDue,
@@ -20,7 +20,9 @@ from dockyard.core import (
     ReportStarted,
     SubmitJob,
 )
-from dockyard.core.spec import RetryPolicy
+from dockyard.core.events import ResourceIntended
+from dockyard.core.resource_names import container_name, network_name
+from dockyard.core.spec import RetryPolicy, Sidecar
 from dockyard.core.state import ACTIVE
 from dockyard.janitor.facts import JobFacts, Orchestrator, World, job_facts
 from dockyard.janitor.plan import (
@@ -37,9 +39,9 @@ from dockyard.janitor.plan import (
     plan_lost,
     plan_reoffers,
     plan_stuck,
+    proves_ours,
     verdict_candidates,
 )
-from dockyard.runtime.hardening import container_name, network_name
 from dockyard.runtime.ports import Resource
 from tests.unit.builders import JOB, T0, Scenario, spec
 
@@ -271,7 +273,7 @@ def test_a_container_for_an_attempt_never_claimed_goes() -> None:
 def test_containers_go_before_networks_and_sidecars_release_as_sidecars() -> None:
     sidecar_name = container_name(JOB, 1, "db")
     facts = history(
-        (0, submit()),
+        (0, submit(sidecars=(Sidecar(name="db", image="busybox"),))),
         (1, claim()),
         (2, intend(kind="network")),
         (2, intend(kind="sidecar", name=sidecar_name)),
@@ -337,6 +339,55 @@ def test_a_stale_attempts_entry_is_settled_while_the_live_ones_is_not() -> None:
     facts = second_attempt_running()
     [action] = plan_ledger(world(1000, docker=(), jobs={JOB: facts}), POLICY)
     assert action.entry.attempt == 1
+
+
+def planted(name: str, kind: str = "container") -> JobFacts:
+    """A finished job whose ledger names `name`: written past decide (which refuses it now),
+    as a forged claim did before names were checked."""
+    s = Scenario()
+    for seconds, command in [(0, submit()), (1, claim()), (3, started())]:
+        s.at(seconds).when(command)  # type: ignore[arg-type]
+    s.events.append(
+        ResourceIntended(
+            event_id="planted", job_id=JOB, at=at(2), attempt=1, kind=kind,  # type: ignore[arg-type]
+            name=name, orchestrator="o1", engine=ENGINE,
+        )
+    )  # fmt: skip
+    s.at(10).when(ReportExit(attempt=1, exit_code=0))
+    facts = job_facts(s.events)
+    assert facts is not None
+    return facts
+
+
+def test_a_listed_container_of_another_job_does_not_hide_a_planted_ledger_entry() -> None:
+    """The entry is settled (the executor then finds it is not the attempt's, and leaves it
+    alone) instead of staying open for ever behind another job's container."""
+    theirs = container(UNKNOWN, 1)
+    facts = planted(theirs.name)
+    [action] = plan_ledger(world(1000, docker=(theirs,), jobs={JOB: facts}), POLICY)
+    assert action.entry == Release(kind="container", name=theirs.name, attempt=1)
+
+
+OURS = {LABEL_JOB: JOB, LABEL_ATTEMPT: "1", LABEL_DEPLOYMENT: "D", LABEL_ORCHESTRATOR: "o1"}
+SCOPE: dict[str, str | None] = {LABEL_DEPLOYMENT: "D", LABEL_ORCHESTRATOR: None}
+
+
+@pytest.mark.parametrize(
+    ("labels", "ours"),
+    [
+        (OURS, True),
+        ({}, False),  # anyone's container (no Dockyard labels)
+        ({**OURS, LABEL_JOB: UNKNOWN}, False),  # another job's
+        ({**OURS, LABEL_ATTEMPT: "2"}, False),  # another attempt's
+        ({**OURS, LABEL_DEPLOYMENT: "E"}, False),  # another installation's
+        ({k: v for k, v in OURS.items() if k != LABEL_DEPLOYMENT}, False),
+        ({k: v for k, v in OURS.items() if k != LABEL_ORCHESTRATOR}, False),  # out of `select`
+        ({**OURS, LABEL_JOB: JOB.upper()}, False),
+    ],
+    ids=["ours", "unlabelled", "job", "attempt", "deployment", "no-deployment", "select", "case"],
+)
+def test_only_labels_prove_a_named_object_the_attempts(labels: dict[str, str], ours: bool) -> None:
+    assert proves_ours(labels, JOB, 1, SCOPE) is ours
 
 
 def test_released_entries_are_not_in_the_ledger_any_more() -> None:

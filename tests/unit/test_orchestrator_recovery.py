@@ -7,6 +7,7 @@ import math
 
 import msgspec
 
+from dockyard.bus.names import LABEL_JOB
 from dockyard.bus.protocol import ReportCommand
 from dockyard.core.commands import ReleaseResource, ReportExit
 from dockyard.core.log_line import LogLine
@@ -41,13 +42,20 @@ class Logs:
 
 
 async def leave_behind(
-    runtime: FakeRuntime, job_id: str, *, start: bool, sidecar: bool, timeout_s: float = 3600
+    runtime: FakeRuntime,
+    job_id: str,
+    *,
+    start: bool,
+    sidecar: bool,
+    timeout_s: float = 3600,
+    deployment: str | None = None,
 ) -> None:
     """What a dead orchestrator `o-1` left: created (and maybe started) containers."""
     body: dict[str, object] = {"image": IMAGE, "command": [job_id], "timeout_s": timeout_s}
     if sidecar:
         body["sidecars"] = [{"name": "db", "image": IMAGE}]
-    plan = plan_job(msgspec.convert(body, JobSpec), job_id=job_id, attempt=1, orchestrator="o-1")
+    spec = msgspec.convert(body, JobSpec)
+    plan = plan_job(spec, job_id=job_id, attempt=1, orchestrator="o-1", deployment=deployment)
     if plan.network is not None:
         await runtime.create_network(plan.network)
     for sidecar_plan in plan.sidecars:
@@ -135,3 +143,34 @@ async def test_a_container_that_ran_to_its_timeout_is_reported_timed_out() -> No
     assert exits["stopped"].error.startswith("timed out after 0.05 s (found after orchestrator")
     assert exits["overdue"].reason == "timed_out"
     assert (exits["quick"].reason, exits["quick"].exit_code) == ("exit_code", 3)
+
+
+async def test_recovery_never_removes_another_installations_containers_under_its_id() -> None:
+    """Two installations on one engine whose orchestrators share an id: the one restarting
+    recovers only what carries its own installation's id, by the engine's labels."""
+    runtime = FakeRuntime(images=[IMAGE])
+    runtime.program(["ours"], Script(runs_for_s=math.inf))
+    runtime.program(["theirs"], Script(runs_for_s=math.inf))
+    await leave_behind(runtime, "ours", start=True, sidecar=True, deployment="ours")
+    await leave_behind(runtime, "theirs", start=True, sidecar=True, deployment="theirs")
+    reports = Reports()
+
+    async def last_seq(job_id: str) -> int:
+        return 0
+
+    found = await Recovery(
+        runtime=runtime,
+        reports=reports,
+        registry=Registry(),
+        orchestrator="o-1",
+        stop_grace_s=0.01,
+        log_sink=lambda job_id, attempt: Logs(),
+        last_log_seq=last_seq,
+        deployment="ours",
+    ).run()
+
+    assert found == [("ours", 1)]
+    assert {job for job, _ in reports.sent} == {"ours"}
+    left = await runtime.list_labelled({})
+    assert {r.labels[LABEL_JOB] for r in left} == {"theirs"} and len(left) == 3
+    assert [r.name for r in left if r.running] == ["dockyard-theirs-1"]  # never stopped

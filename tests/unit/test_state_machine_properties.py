@@ -30,7 +30,9 @@ from dockyard.core import (
     evolve,
     fold,
 )
+from dockyard.core.events import ResourceKind
 from dockyard.core.reasons import ALL_REASONS
+from dockyard.core.resource_names import container_name, network_name
 from dockyard.core.spec import RetryPolicy
 from tests.unit.builders import JOB, T0, Ids, spec
 
@@ -56,6 +58,17 @@ attempts = st.integers(1, 4)
 orchestrators = st.sampled_from(["o1", "o2"])
 exit_codes = st.one_of(st.none(), st.integers(0, 3), st.just(137))
 reasons = st.one_of(st.none(), st.sampled_from(ALL_REASONS))
+
+
+def _resource(attempt: int, kind: ResourceKind, foreign: bool) -> tuple[int, ResourceKind, str]:
+    """(attempt, kind, name): the attempt's own name for the kind, or one decide refuses."""
+    if foreign:
+        return attempt, kind, "dockyard-postgres-1"
+    name = network_name(JOB, attempt) if kind == "network" else container_name(JOB, attempt)
+    return attempt, kind, name
+
+
+resources = st.builds(_resource, attempts, st.sampled_from(["container", "network"]), st.booleans())
 commands: st.SearchStrategy[Command] = st.one_of(
     st.builds(EnqueueDue),
     st.builds(ClaimJob, attempt=attempts, orchestrator=orchestrators),
@@ -71,18 +84,13 @@ commands: st.SearchStrategy[Command] = st.one_of(
         MarkOrchestratorLost, attempt=attempts, orchestrator=orchestrators, silent_s=st.just(20.0)
     ),
     st.builds(
-        RecordResource,
-        attempt=attempts,
-        kind=st.sampled_from(["container", "network"]),
-        name=st.sampled_from(["a", "b"]),
-        orchestrator=orchestrators,
+        lambda r, orchestrator: RecordResource(
+            attempt=r[0], kind=r[1], name=r[2], orchestrator=orchestrator
+        ),
+        resources,
+        orchestrators,
     ),
-    st.builds(
-        ReleaseResource,
-        attempt=attempts,
-        kind=st.sampled_from(["container", "network"]),
-        name=st.sampled_from(["a", "b"]),
-    ),
+    st.builds(lambda r: ReleaseResource(attempt=r[0], kind=r[1], name=r[2]), resources),
 )
 
 

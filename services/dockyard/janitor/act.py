@@ -22,7 +22,7 @@ from dockyard.handling.execute import execute
 from dockyard.janitor import queries
 from dockyard.janitor.config import JanitorConfig
 from dockyard.janitor.metrics import JanitorMetrics
-from dockyard.janitor.observe import Sources
+from dockyard.janitor.observe import Sources, engine_scope
 from dockyard.janitor.plan import (
     Action,
     EndStuck,
@@ -31,10 +31,12 @@ from dockyard.janitor.plan import (
     RemoveResource,
     Reoffer,
     SettleEntry,
+    proves_ours,
 )
 from dockyard.janitor.report import Outcome, SweepReport
 from dockyard.job_logs.retention import purge_finished_logs
-from dockyard.runtime.ports import ContainerRuntime, NotFound, RuntimeUnavailable
+from dockyard.runtime.ports import ContainerRuntime, NotFound, Resource, RuntimeUnavailable
+from dockyard.runtime.ports import ResourceKind as EngineKind
 from dockyard.store.ports import EventStore
 
 log = logging.getLogger("dockyard.janitor.act")
@@ -57,6 +59,8 @@ class Executor:
         self.config = config
         self.metrics = metrics
         self.clock = clock
+        # What an object must carry besides its job and attempt to be removed for the ledger.
+        self.scope = engine_scope(config, sources.deployment)
 
     async def do(self, action: Action) -> Outcome:
         if isinstance(action, MarkLost):
@@ -101,18 +105,59 @@ class Executor:
         return "done" if how == "removed" else "noop"
 
     async def _settle(self, action: SettleEntry) -> Outcome:
+        """What carries the entry's name is removed, by its id, only if its labels prove it
+        the attempt's: the name came over NATS, and may be anyone's."""
         runtime = self._runtime()
         entry = action.entry
-        if entry.kind == "network":
-            how = await runtime.remove_network(entry.name)
-        else:
-            how = await runtime.remove(entry.name)
-        if how == "removed":  # it was there after all (the listing missed it): removed now
-            self.metrics.removed.labels("network" if entry.kind == "network" else "container").inc()
+        kind: EngineKind = "network" if entry.kind == "network" else "container"
+        found = await runtime.inspect_named(kind, entry.name)
+        how: ReleaseHow = "gone"
+        if found is not None and proves_ours(
+            found.labels, action.job_id, entry.attempt, self.scope
+        ):
+            how = await self._remove_found(runtime, found)
+            if how == "removed":  # it was there after all (the listing missed it): removed now
+                self.metrics.removed.labels(kind).inc()
+        elif found is not None:
+            self._not_ours(action, found)
         recorded = await self._release(action.job_id, entry, how)
         if recorded:
             self.metrics.removed.labels("ledger_entry").inc()
         return "done" if recorded else "noop"
+
+    async def _remove_found(self, runtime: ContainerRuntime, found: Resource) -> ReleaseHow:
+        """By id: if the name was taken again since it was inspected, the newcomer stays."""
+        if found.kind == "network":
+            return await runtime.remove_network(found.id)
+        if found.running:
+            with contextlib.suppress(NotFound):  # exited and removed meanwhile
+                await runtime.stop(found.id, self.config.stop_grace_s)
+        return await runtime.remove(found.id)
+
+    def _not_ours(self, action: SettleEntry, found: Resource) -> None:
+        """Left alone: the entry is settled as gone (nothing of the attempt's is there)."""
+        entry = action.entry
+        self.metrics.foreign.labels(found.kind).inc()
+        log.warning(
+            "janitor.ledger_not_ours the ledger of job %s names %s %r for attempt %d, but the "
+            "%s of that name is not that attempt's (labels job=%r attempt=%r deployment=%r): "
+            "left alone, the entry settled as gone",
+            action.job_id,
+            entry.kind,
+            entry.name,
+            entry.attempt,
+            found.kind,
+            found.labels.get(names.LABEL_JOB),
+            found.labels.get(names.LABEL_ATTEMPT),
+            found.labels.get(names.LABEL_DEPLOYMENT),
+            extra={
+                "event": "janitor.ledger_not_ours",
+                "job": action.job_id,
+                "resource": entry.name,
+                "kind": entry.kind,
+                "attempt": entry.attempt,
+            },
+        )
 
     async def _release(self, job_id: str, entry: Release, how: ReleaseHow) -> bool:
         command = ReleaseResource(attempt=entry.attempt, kind=entry.kind, name=entry.name, how=how)

@@ -15,6 +15,14 @@ class JanitorMetrics:
             ["kind"],
             registry=self.registry,
         )
+        self.foreign = Counter(
+            "dockyard_janitor_foreign",
+            "Ledger entries whose name the engine gave to something not theirs (other labels, "
+            "or none): left alone, the entry settled as gone. Someone forged them, or reused "
+            "a name",
+            ["kind"],
+            registry=self.registry,
+        )
         self.actions = Counter(
             "dockyard_janitor_actions",
             "Planned actions by outcome (done, noop: someone else got there first, failed)",

@@ -60,6 +60,15 @@ class Sources(Struct, frozen=True, kw_only=True):
     deployment: str | None = None
 
 
+def engine_scope(config: JanitorConfig, deployment: str | None) -> dict[str, str | None]:
+    """The labels every container and network this janitor judges carries (any value if
+    None): its `select`, and its installation's id when it has one."""
+    scope: dict[str, str | None] = dict(config.select)
+    if deployment is not None:
+        scope[LABEL_DEPLOYMENT] = deployment
+    return scope
+
+
 class Observer:
     def __init__(self, sources: Sources, config: JanitorConfig, policy: Policy) -> None:
         self._sources = sources
@@ -118,9 +127,7 @@ class Observer:
             raise RuntimeUnavailable("this janitor has no Docker engine")
         if self._engine is None:
             self._engine = await engine_id()
-        labels: dict[str, str | None] = {**self._config.select, LABEL_JOB: None}
-        if self._sources.deployment is not None:
-            labels[LABEL_DEPLOYMENT] = self._sources.deployment
+        labels = {**engine_scope(self._config, self._sources.deployment), LABEL_JOB: None}
         return tuple(await runtime.list_labelled(labels))
 
     async def _jobs(

@@ -10,8 +10,11 @@ The rules, each its own function:
   or at another attempt, is removed once the grace period has passed since its attempt ended
   (or, for an unknown job, since it was created). A live attempt's resources are never touched.
 - **ledger**: an open ledger entry of an attempt that is over, on this janitor's engine, that
-  the engine did not list, is removed by name (which finds it gone, or removes a straggler the
-  listing missed) and released in the ledger.
+  the engine did not list as that attempt's, is settled: the engine is asked what carries its
+  name, and that is removed, by its id, only if its labels prove it the attempt's (job,
+  attempt, and this janitor's installation and `select`): a straggler the listing missed.
+  Not there, or not ours, the entry is released as gone, and a foreign one is left alone:
+  the ledger's names come over NATS, so a name alone never makes the janitor remove anything.
 - **reoffer**: a job `queued` for long, on a queue whose consumer holds no undelivered offer,
   is offered again (its offer was dropped after its consumer's max deliveries, or aged out).
 
@@ -22,6 +25,7 @@ scheduler was away, is not lost; the report says what happened once it is record
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import ClassVar, Literal
 
@@ -31,10 +35,11 @@ from msgspec.structs import replace
 from dockyard.bus.names import LABEL_ATTEMPT, LABEL_JOB
 from dockyard.core.events import ResourceKind
 from dockyard.core.reasons import Reason
+from dockyard.core.resource_names import container_name
 from dockyard.core.state import ACTIVE, resource_key
 from dockyard.janitor.facts import JobFacts, LedgerEntry, World
-from dockyard.runtime.hardening import container_name
 from dockyard.runtime.ports import Resource
+from dockyard.runtime.ports import ResourceKind as EngineKind
 
 Step = Literal["lost", "stuck", "docker", "ledger", "reoffer"]
 
@@ -294,15 +299,16 @@ def _held(facts: JobFacts | None, r: Resource, job_id: str, attempt: int | None)
 def plan_ledger(world: World, policy: Policy) -> list[SettleEntry]:
     if world.docker is None or world.engine is None:
         return []  # without the engine's own listing, "not there" cannot be told
-    listed = {(r.kind, r.name) for r in world.docker}
+    listed = {(r.kind, r.name): r for r in world.docker}
     actions: list[SettleEntry] = []
     for job_id, facts in sorted(world.jobs.items()):
         for entry in facts.ledger:
             if entry.engine != world.engine:
                 continue  # another engine's (or unknown): its own janitor judges it
-            engine_kind = "network" if entry.kind == "network" else "container"
-            if (engine_kind, entry.name) in listed:
-                continue  # the docker rule judges what the engine shows
+            engine_kind: EngineKind = "network" if entry.kind == "network" else "container"
+            shown = listed.get((engine_kind, entry.name))
+            if shown is not None and proves_ours(shown.labels, job_id, entry.attempt):
+                continue  # the docker rule judges what the engine shows as this attempt's
             why = _entry_over(facts, entry)
             if why is None:
                 continue
@@ -313,6 +319,19 @@ def plan_ledger(world: World, policy: Policy) -> list[SettleEntry]:
             release = Release(kind=entry.kind, name=entry.name, attempt=entry.attempt)
             actions.append(SettleEntry(job_id=job_id, entry=release, why=why))
     return actions
+
+
+def proves_ours(
+    labels: Mapping[str, str],
+    job_id: str,
+    attempt: int,
+    scope: Mapping[str, str | None] | None = None,
+) -> bool:
+    """Whether an engine object's labels say it is this job attempt's and in this janitor's
+    scope (each of `scope`'s labels, with its value unless None): only then is it removed
+    for a ledger entry. The name it was found by proves nothing."""
+    wanted = {**(scope or {}), LABEL_JOB: job_id, LABEL_ATTEMPT: str(attempt)}
+    return all(k in labels and (v is None or labels[k] == v) for k, v in wanted.items())
 
 
 def _entry_over(facts: JobFacts, entry: LedgerEntry) -> str | None:

@@ -22,15 +22,21 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 
-from dockyard.bus.names import LABEL_ATTEMPT, LABEL_JOB, LABEL_ORCHESTRATOR, LABEL_TIMEOUT
+from dockyard.bus.names import (
+    LABEL_ATTEMPT,
+    LABEL_DEPLOYMENT,
+    LABEL_JOB,
+    LABEL_ORCHESTRATOR,
+    LABEL_TIMEOUT,
+)
 from dockyard.core.commands import ReleaseResource
 from dockyard.core.events import ResourceKind
 from dockyard.core.log_line import LogLine
+from dockyard.core.resource_names import container_name
 from dockyard.orchestrator.outcome import recovered_report
 from dockyard.orchestrator.ports import LogSinkPort, ReportSink
 from dockyard.orchestrator.registry import Registry
 from dockyard.orchestrator.reporter import utc_now
-from dockyard.runtime.hardening import container_name
 from dockyard.runtime.ports import ContainerRuntime, ContainerRuntimeError, NotFound, Resource
 
 log = logging.getLogger("dockyard.orchestrator.recovery")
@@ -48,8 +54,12 @@ class Recovery:
         log_sink: Callable[[str, int], LogSinkPort],
         last_log_seq: Callable[[str], Awaitable[int]],
         clock: Callable[[], datetime] = utc_now,
+        deployment: str | None = None,
     ) -> None:
         self._runtime = runtime
+        # The installation's id: another installation's orchestrator of the same id, on the
+        # same engine, keeps its containers (None: any, as before installations had ids).
+        self._deployment = deployment
         self._reports = reports
         self._registry = registry
         self._orchestrator = orchestrator
@@ -59,8 +69,13 @@ class Recovery:
         self._clock = clock
 
     async def run(self) -> list[tuple[str, int]]:
-        """Recover everything labelled with this orchestrator; returns the (job, attempt)s."""
-        found = await self._runtime.list_labelled({LABEL_ORCHESTRATOR: self._orchestrator})
+        """Recover everything labelled with this orchestrator (and installation); returns the
+        (job, attempt)s. Only what the engine lists with these labels is removed, by its id:
+        never anything named in a message."""
+        mine: dict[str, str | None] = {LABEL_ORCHESTRATOR: self._orchestrator}
+        if self._deployment is not None:
+            mine[LABEL_DEPLOYMENT] = self._deployment
+        found = await self._runtime.list_labelled(mine)
         attempts: dict[tuple[str, int], list[Resource]] = defaultdict(list)
         for resource in found:
             try:

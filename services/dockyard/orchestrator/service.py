@@ -251,6 +251,7 @@ class Orchestrator:
             stop_grace_s=self.config.stop_grace_s,
             log_sink=self._log_sink,
             last_log_seq=last_seq,
+            deployment=self._context.deployment,
         )
 
     def _log_sink(self, job_id: str, attempt: int) -> LogSinkPort:

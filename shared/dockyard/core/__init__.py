@@ -19,6 +19,7 @@ from dockyard.core.commands import (
 from dockyard.core.decide import decide
 from dockyard.core.errors import (
     AlreadyFinished,
+    ForeignResource,
     IllegalTransition,
     Rejected,
     StaleAttempt,
@@ -39,6 +40,7 @@ __all__ = [
     "EnqueueDue",
     "Event",
     "FailUndeliverable",
+    "ForeignResource",
     "IllegalTransition",
     "Job",
     "JobSpec",

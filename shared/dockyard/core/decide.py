@@ -27,7 +27,13 @@ from dockyard.core.commands import (
     RequestCancel,
     SubmitJob,
 )
-from dockyard.core.errors import AlreadyFinished, IllegalTransition, StaleAttempt, UnknownJob
+from dockyard.core.errors import (
+    AlreadyFinished,
+    ForeignResource,
+    IllegalTransition,
+    StaleAttempt,
+    UnknownJob,
+)
 from dockyard.core.events import (
     CancelRequested,
     ContainerStarted,
@@ -43,11 +49,13 @@ from dockyard.core.events import (
     Metadata,
     OrchestratorLost,
     ResourceIntended,
+    ResourceKind,
     ResourceReleased,
     RetryScheduled,
     ScheduleFired,
 )
 from dockyard.core.reasons import Reason
+from dockyard.core.resource_names import is_attempt_name
 from dockyard.core.retry import backoff_s, should_retry
 from dockyard.core.state import ACTIVE, Job, resource_key
 
@@ -120,6 +128,8 @@ def _(cmd: EnqueueDue, job: Job, m: _Maker) -> list[Event]:
 @_decide.register
 def _(cmd: ClaimJob, job: Job, m: _Maker) -> list[Event]:
     _fence(job, cmd.attempt)
+    for r in cmd.resources:  # the claim as a whole, or nothing of it
+        _require_own_name(job, cmd.attempt, r.kind, r.name)
     claimed: list[Event] = []
     if not (job.status in ACTIVE and job.orchestrator == cmd.orchestrator):
         # (otherwise the same orchestrator asks again: its claim stands)
@@ -144,6 +154,7 @@ def _(cmd: ClaimJob, job: Job, m: _Maker) -> list[Event]:
 @_decide.register
 def _(cmd: RecordResource, job: Job, m: _Maker) -> list[Event]:
     _fence(job, cmd.attempt)
+    _require_own_name(job, cmd.attempt, cmd.kind, cmd.name)
     if resource_key(cmd.kind, cmd.name, cmd.attempt) in job.resources:
         return []
     _require_active(job, "resource_intended")
@@ -296,6 +307,14 @@ def _end_attempt(
             started_at=started_at,
         )
     ]
+
+
+def _require_own_name(job: Job, attempt: int, kind: ResourceKind, name: str) -> None:
+    """The ledger holds only names Dockyard gives this attempt: the janitor removes what it
+    holds, so a forged claim or report must not put anything else there."""
+    sidecars = (s.name for s in job.spec.sidecars)
+    if not is_attempt_name(kind, name, job.id, attempt, sidecars):
+        raise ForeignResource(job.id, attempt, kind, name)
 
 
 def _fence(job: Job, attempt: int) -> None:

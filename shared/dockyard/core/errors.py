@@ -56,3 +56,22 @@ class UnknownJob(Rejected):
 
     def __init__(self, job_id: str) -> None:
         super().__init__(job_id, f"job {job_id} does not exist")
+
+
+class ForeignResource(Rejected):
+    """Raised when a claim or report names a resource the attempt cannot have made: the ledger
+    holds only the names Dockyard gives an attempt (`dockyard.core.resource_names`), since the
+    janitor removes what the ledger holds."""
+
+    code = "foreign_resource"
+
+    def __init__(self, job_id: str, attempt: int, kind: str, name: str) -> None:
+        shown = name if len(name) <= 100 else f"{name[:100]}..."
+        super().__init__(
+            job_id,
+            f"job {job_id}: {kind} {shown!r} is not a name Dockyard gives attempt {attempt} "
+            "of this job: refused, nothing recorded",
+        )
+        self.attempt = attempt
+        self.kind = kind
+        self.name = name

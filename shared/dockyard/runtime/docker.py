@@ -38,7 +38,9 @@ from dockyard.runtime.ports import (
     NetworkPlan,
     NotFound,
     Resource,
+    ResourceKind,
     RuntimeUnavailable,
+    is_engine_name,
 )
 
 CALL_TIMEOUT_S = 60.0
@@ -181,6 +183,21 @@ class DockerRuntime:
         found = [_container_resource(container) for container in containers]
         return found + [_network_resource(n) for n in networks]
 
+    async def inspect_named(self, kind: ResourceKind, name: str) -> Resource | None:
+        if not is_engine_name(name):
+            return None
+        try:
+            async with self._call(f"inspect {kind} {name}"):
+                if kind == "network":
+                    data = await (await self._docker.networks.get(name)).show()
+                else:
+                    data = await self._docker.containers.container(name).show()
+        except NotFound:
+            return None
+        found = _named_resource(kind, data)
+        # The engine resolves an id, and an id's prefix, before (and besides) a name.
+        return found if found.name == name else None
+
     async def _chunks(self, stream: Stream, container_id: str) -> AsyncIterator[Chunk]:
         while True:
             try:
@@ -240,6 +257,20 @@ def _network_resource(data: dict[str, Any]) -> Resource:
         labels=data.get("Labels") or {},
         created_at=_parse_time(data["Created"]),
         running=False,
+    )
+
+
+def _named_resource(kind: ResourceKind, data: dict[str, Any]) -> Resource:
+    """A container's or network's inspect answer as a `Resource`."""
+    if kind == "network":
+        return _network_resource(data)
+    return Resource(
+        kind="container",
+        id=data["Id"],
+        name=data["Name"].lstrip("/"),
+        labels=(data.get("Config") or {}).get("Labels") or {},
+        created_at=_parse_time(data["Created"]),
+        running=bool((data.get("State") or {}).get("Running")),
     )
 
 

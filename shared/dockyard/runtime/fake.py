@@ -32,6 +32,7 @@ from dockyard.runtime.ports import (
     NotFound,
     Resource,
     ResourceKind,
+    is_engine_name,
 )
 
 SIGTERM_EXIT = 128 + 15
@@ -242,6 +243,18 @@ class FakeRuntime:
         ]
         found += [_resource("network", n.id, n.plan, n.created_at) for n in self._networks.values()]
         return [r for r in found if _matches(r.labels, labels)]
+
+    async def inspect_named(self, kind: ResourceKind, name: str) -> Resource | None:
+        self._enter("inspect_named", name)
+        if not is_engine_name(name):
+            return None
+        if kind == "network":
+            net = next((n for n in self._networks.values() if n.plan.name == name), None)
+            return None if net is None else _resource("network", net.id, net.plan, net.created_at)
+        c = next((c for c in self._all() if c.plan.name == name), None)
+        if c is None:
+            return None
+        return _resource("container", c.id, c.plan, c.created_at, c.status == "running")
 
     async def _run(self, container: _Container) -> None:
         script = container.script

@@ -17,6 +17,10 @@ from dockyard.bus.names import (
     LABEL_ORCHESTRATOR,
     LABEL_TIMEOUT,
 )
+
+# The names live in the core, which refuses a ledger entry under any other name.
+from dockyard.core.resource_names import container_name as container_name
+from dockyard.core.resource_names import network_name as network_name
 from dockyard.core.spec import JobSpec, Sidecar
 from dockyard.runtime.ports import ContainerPlan, JobPlan, NetworkPlan
 
@@ -47,16 +51,6 @@ def labels_for(
     if deployment is not None:
         labels[LABEL_DEPLOYMENT] = deployment
     return labels
-
-
-def container_name(job_id: str, attempt: int, sidecar: str | None = None) -> str:
-    """Deterministic, so a second create for the same attempt fails instead of running twice."""
-    base = f"dockyard-{job_id}-{attempt}"
-    return base if sidecar is None else f"{base}-{sidecar}"
-
-
-def network_name(job_id: str, attempt: int) -> str:
-    return f"dockyard-{job_id}-{attempt}-net"
 
 
 def plan_job(

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
@@ -20,6 +21,13 @@ from dockyard.core.spec import PullPolicy
 OutputStream = Literal["stdout", "stderr"]
 Chunk = tuple[OutputStream, bytes]
 ResourceKind = Literal["container", "network"]
+# The engine's rule for container names (ours for networks too): a name outside it can name
+# nothing of ours, and is never put in a request path.
+_ENGINE_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")
+
+
+def is_engine_name(name: str) -> bool:
+    return _ENGINE_NAME.fullmatch(name) is not None
 
 
 class ContainerPlan(Struct, frozen=True):
@@ -127,7 +135,8 @@ class ContainerRuntime(Protocol):
         ...
 
     async def remove_network(self, name_or_id: str) -> ReleaseHow:
-        """Remove the network (its containers first); "gone" if it did not exist."""
+        """Remove the network (its containers first); "gone" if it did not exist. Given an
+        id, only that network: never a newer one that took its name."""
         ...
 
     async def create_container(self, plan: ContainerPlan) -> str:
@@ -153,11 +162,20 @@ class ContainerRuntime(Protocol):
         ...
 
     async def remove(self, container_id: str) -> ReleaseHow:
-        """Remove by force, with its anonymous volumes; "gone" if it did not exist."""
+        """Remove by force, with its anonymous volumes; "gone" if it did not exist. Given an
+        id, only that container: never a newer one that took its name."""
         ...
 
     async def inspect(self, container_id: str) -> ContainerState: ...
 
     async def list_labelled(self, labels: Mapping[str, str | None]) -> list[Resource]:
         """Containers (running or not) and networks carrying every label (any value if None)."""
+        ...
+
+    async def inspect_named(self, kind: ResourceKind, name: str) -> Resource | None:
+        """The container (running or not) or network named exactly `name`, with its id and
+        labels; None if there is none. Never one whose id is, or starts with, `name` (the
+        engine resolves those too), and never looked up for a name outside the engine's
+        rule. To act on what was found, pass its `id`: the name may be taken again meanwhile.
+        """
         ...
