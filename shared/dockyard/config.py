@@ -144,6 +144,27 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         group="orchestrator",
     ),
     Variable(
+        name="DOCKYARD_CLAIM_KEY",
+        default="none (`dockyard up`: generated, `<data-dir>/credentials/claim.seed`)",
+        meaning="file holding the ed25519 nkey seed (`S...`, any role; `nk -gen server` makes "
+        "one) the scheduler signs every claim answer with. Without it answers go unsigned "
+        "and the scheduler logs a warning at start: any client that can answer on NATS could "
+        "then make orchestrators run its commands.",
+        read_by=("scheduler", "`dockyard up`"),
+        group="claims",
+    ),
+    Variable(
+        name="DOCKYARD_CLAIM_PUBLIC_KEY",
+        default="none (`dockyard up`: generated, `<data-dir>/credentials/claim.pub`)",
+        meaning="the public nkey of `DOCKYARD_CLAIM_KEY` (`N...`), or a file holding it. An "
+        "orchestrator runs only claim answers signed by it, for the claim it asked, whose "
+        "spec passes validation; any other answer is not run (`dockyard_orchestrator_claim_"
+        "answers_rejected_total`). Without it every answer is run and the orchestrator logs a "
+        "warning at start.",
+        read_by=("orchestrator", "`dockyard up`"),
+        group="claims",
+    ),
+    Variable(
         name="DOCKYARD_JANITOR_INTERVAL_S",
         default=DEFAULTS["DOCKYARD_JANITOR_INTERVAL_S"],
         meaning="seconds from the start of one sweep to the start of the next.",
@@ -230,6 +251,9 @@ class Settings(Struct, frozen=True, kw_only=True):
     nats_replicas: int = 1
     janitor_interval_s: float
     janitor_cron: str | None
+    # The claim key's file (scheduler) and its public half, or a file holding it (orchestrator).
+    claim_key: str | None = None
+    claim_public_key: str | None = None
 
 
 def load(env: Mapping[str, str] | None = None) -> Settings:
@@ -257,6 +281,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
             "DOCKYARD_JANITOR_INTERVAL_S", get("DOCKYARD_JANITOR_INTERVAL_S"), float, minimum=1
         ),
         janitor_cron=env.get("DOCKYARD_JANITOR_CRON") or None,
+        claim_key=env.get("DOCKYARD_CLAIM_KEY") or None,
+        claim_public_key=env.get("DOCKYARD_CLAIM_PUBLIC_KEY") or None,
     )
 
 

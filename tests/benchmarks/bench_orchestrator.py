@@ -516,7 +516,7 @@ async def test_output_lines_per_second(
             job_id = await control.submit(spec(busybox_image, "seq", "1", str(LINES)))
             job = await control.wait_finished(job_id, timeout_s=300)
             assert job.status == "succeeded"
-            last = await control.js.get_last_msg(names.LOGS_STREAM, names.log_subject(job_id))
+            last = await control.js.get_last_msg(names.LOGS_STREAM, names.job_logs_filter(job_id))
             final = protocol.decode_log_batch(last.data or b"").lines[-1]
             # Every line stored, none dropped for a slow bus (there would be a system line).
             assert (final.seq, final.text) == (LINES, str(LINES))

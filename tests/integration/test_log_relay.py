@@ -19,6 +19,7 @@ import aiohttp
 import asyncpg
 import pytest
 import pytest_asyncio
+from msgspec.structs import replace
 
 from dockyard.bus import connect, ensure_topology, jetstream, names, protocol
 from dockyard.job_logs import last_stored_seq, purge_finished_logs
@@ -29,6 +30,7 @@ from dockyard.job_logs.store import LogStore
 from dockyard.store.pool import Pool, create_pool
 from dockyard.store.postgres import PgEventStore
 from tests.support.log_relay import (
+    ORCHESTRATOR,
     PAGE_ORIGIN,
     BatchPublisher,
     Jobs,
@@ -127,7 +129,7 @@ async def test_redelivered_and_overlapping_batches_store_nothing_twice(
     relay: Relay, jobs: Jobs, bus: Any, pool: Pool
 ) -> None:
     job_id = await jobs.running()
-    subject = names.log_subject(job_id)
+    subject = names.log_subject(ORCHESTRATOR, job_id)
 
     async def publish(seqs: range, msg_id: str) -> None:
         batch = protocol.LogBatch(job_id=job_id, attempt=1, lines=lines_of(seqs))
@@ -147,6 +149,66 @@ async def test_redelivered_and_overlapping_batches_store_nothing_twice(
     assert await stored_seqs(pool, job_id) == list(range(1, 201))
     assert await pool.fetchval("SELECT lines FROM log_jobs WHERE job_id = $1", job_id) == 200
     assert relay.ctx.metrics.duplicate_lines._value.get() == 100 + 51 + 50
+
+
+async def test_a_log_batch_on_another_orchestrators_subject_is_dropped_and_never_stored(
+    relay: Relay, jobs: Jobs, bus: Any, pool: Pool
+) -> None:
+    """An intruder (an orchestrator with publish rights on its own log subjects) sends lines
+    for a job it does not run: one batch under its own nonce, one under the id anyone can
+    derive from the job. Neither is stored, and the holder's own batches still all are."""
+    job_id = await jobs.running()  # attempt 1 claimed by ORCHESTRATOR
+    intruder = BatchPublisher(bus, job_id, orchestrator="intruder")
+    await intruder.publish([replace(line, text="forged") for line in lines_of(range(1, 6))])
+    await intruder.flush()
+    derivable = protocol.log_batch_id(job_id, 6)
+    forged = protocol.LogBatch(job_id=job_id, attempt=1, lines=lines_of(range(6, 11)))
+    await bus.publish(
+        names.log_subject("intruder", job_id),
+        protocol.encode(forged),
+        headers={names.MSG_ID: derivable},
+        stream=names.LOGS_STREAM,
+    )
+    holder = BatchPublisher(bus, job_id)
+    await holder.publish(lines_of(range(1, 6)))
+    await holder.publish(lines_of(range(6, 11)))
+    await holder.flush()
+    await eventually(lambda: _stored_through(pool, job_id, 10))
+    page = await LogStore(pool).read(job_id, 0, 100)
+    texts = [json.loads(b"[" + c.body + b"]") for c in page.chunks]
+    assert [line["text"] for chunk in texts for line in chunk] == [
+        f"line {n}" for n in range(1, 11)
+    ]
+    assert dropped(relay) == 2
+    await jobs.finish(job_id)
+    assert [x["text"] for x in await wait_complete(relay, job_id)] == [
+        f"line {n}" for n in range(1, 11)
+    ]
+
+
+async def test_a_log_batch_for_an_attempt_nobody_claimed_is_dropped(
+    relay: Relay, jobs: Jobs, bus: Any, pool: Pool
+) -> None:
+    job_id = await jobs.running()
+    ahead = BatchPublisher(bus, job_id, attempt=2)  # the holder of attempt 1, for attempt 2
+    await ahead.publish(lines_of(range(1, 4), attempt=2))
+    await ahead.flush()
+    holder = BatchPublisher(bus, job_id)
+    await holder.publish(lines_of(range(1, 3)))
+    await holder.flush()
+    await eventually(lambda: _stored_through(pool, job_id, 2))
+    await asyncio.sleep(0.3)  # the persister is idle: nothing else is coming
+    assert await stored_seqs(pool, job_id) == [1, 2]
+    assert dropped(relay) == 1
+
+
+async def _stored_through(pool: Pool, job_id: str, seq: int) -> bool:
+    return await last_stored_seq(pool, job_id) >= seq
+
+
+def dropped(relay: Relay) -> float:
+    registry = relay.ctx.metrics.registry
+    return registry.get_sample_value("dockyard_log_batches_dropped_total") or 0.0
 
 
 async def test_the_store_skips_repeats_within_one_write_and_across_writers(

@@ -27,7 +27,7 @@ async def nc(nats_url: str) -> AsyncIterator[Any]:
 
 
 async def publish(js: Any, job_id: str, first: int, count: int, size: int = 100) -> None:
-    subject = names.log_subject(job_id)
+    subject = names.log_subject("test-tail", job_id)
     for n in range(first, first + count):
         payload = str(n).encode().ljust(size, b" ")
         await js.publish(subject, payload, headers={names.MSG_ID: f"{job_id}:{n}"})

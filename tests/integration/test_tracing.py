@@ -17,6 +17,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from dockyard.core import Job
 from dockyard.core.events import JobClaimed
 from dockyard.job_logs.store import LogStore
+from dockyard.log_relay.holders import AttemptHolders
 from dockyard.log_relay.persister import LogPersister
 from dockyard.scheduler.app import build_app
 from dockyard.scheduler.context import Context
@@ -65,7 +66,8 @@ async def run_traced_job(nats_url: str, database_url: str, image: str) -> tuple[
                 job_id = str((await response.json())["id"])
                 job = await control.wait_for(job_id, settled, 60.0, "settled")
                 assert job.status == "succeeded", job.error
-            assert await LogPersister(control.js, LogStore(pool)).run_until_idle() == 2
+            persister = LogPersister(control.js, LogStore(pool), holders=AttemptHolders(pool))
+            assert await persister.run_until_idle() == 2
             return job_id, await control.events(job_id)
     finally:
         await pool.close()

@@ -3,7 +3,7 @@ jobs in PostgreSQL, the relay in-process or as a process to SIGKILL, and a clien
 a log over WebSocket like the web page (reconnecting, resuming with `after=`).
 
 The publisher is the tests' own (not the orchestrator's LogSink), so these tests depend only
-on the LogBatch message: numbered lines, in order, `Nats-Msg-Id` = `log_batch_id`.
+on the LogBatch message: numbered lines, in order, `Nats-Msg-Id` from `log_batch_id`.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from dockyard.job_logs.store import LogStore
 from dockyard.log_relay.app import build_app
 from dockyard.log_relay.completion import Completion
 from dockyard.log_relay.context import RelayContext, WsSettings, normal_origins
+from dockyard.log_relay.holders import AttemptHolders
 from dockyard.log_relay.metrics import RelayMetrics
 from dockyard.log_relay.persister import LogPersister
 from dockyard.log_relay.room import RoomLimits, Sources
@@ -88,13 +89,21 @@ class BatchPublisher:
     """
 
     def __init__(
-        self, js: JetStreamContext, job_id: str, attempt: int = 1, *, window: int = 16
+        self,
+        js: JetStreamContext,
+        job_id: str,
+        attempt: int = 1,
+        *,
+        window: int = 16,
+        orchestrator: str = ORCHESTRATOR,
     ) -> None:
+        """As `orchestrator` sends them (the one `Jobs` claims every attempt for)."""
         self._js = js
         self.job_id = job_id
         self.attempt = attempt
         self._window = window
-        self._subject = names.log_subject(job_id)
+        self._subject = names.log_subject(orchestrator, job_id)
+        self._nonce = protocol.new_nonce()
         self._in_flight: deque[tuple[str, bytes, asyncio.Future[PubAck]]] = deque()
         self.lines = 0
 
@@ -102,7 +111,7 @@ class BatchPublisher:
         if not lines:
             return
         batch = protocol.LogBatch(job_id=self.job_id, attempt=self.attempt, lines=lines)
-        msg_id = protocol.log_batch_id(self.job_id, lines[0].seq)
+        msg_id = protocol.msg_id_of(self._nonce, protocol.log_batch_id(self.job_id, lines[0].seq))
         payload = protocol.encode(batch)
         self._in_flight.append((msg_id, payload, await self._send(msg_id, payload)))
         self.lines += len(lines)
@@ -256,7 +265,7 @@ async def relay_in_process(
         allowed_origins=normal_origins([PAGE_ORIGIN]),
         ws=ws or WsSettings(),
     )
-    persister = LogPersister(js, store, metrics)
+    persister = LogPersister(js, store, metrics, holders=AttemptHolders(pool))
     runner = web.AppRunner(build_app(ctx), access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()

@@ -40,6 +40,7 @@ from dockyard.bus import (
     protocol,
 )
 from dockyard.bus.errors import BusError
+from dockyard.bus.signing import ClaimSigner
 from dockyard.config import load
 from dockyard.core import Job, RequestCancel, SubmitJob, fold, uuid7
 from dockyard.core.events import ContainerStarted, Event
@@ -48,6 +49,10 @@ from dockyard.core.spec import JobSpec
 from dockyard.handling.batching import CommandBatcher
 from dockyard.handling.execute import execute
 from dockyard.handling.job_cache import JobCache
+from dockyard.job_logs.chunks import split_body
+from dockyard.job_logs.store import LogStore
+from dockyard.log_relay.holders import AttemptHolders
+from dockyard.log_relay.persister import LogPersister
 from dockyard.orchestrator import Orchestrator, OrchestratorConfig, bootstrap
 from dockyard.process.cancelling import cancel_and_wait, raise_if_cancelled
 from dockyard.scheduler.claims import ClaimResponder
@@ -86,9 +91,14 @@ class ControlPlane:
         due_tick_s: float = 0.05,
         relay_poll_s: float = 0.2,
         job_cache: JobCache | None = None,
+        claim_signer: ClaimSigner | None = None,
+        answer_claims: bool = True,
     ) -> None:
         """`due_tick_s`, `relay_poll_s`: short for tests that wait on retries or on events no
-        notification announces; benchmarks pass the service's."""
+        notification announces; benchmarks pass the service's. `claim_signer` signs the claim
+        answers; `answer_claims=False` leaves claims to someone else (a forger, in tests)."""
+        self.claim_signer = claim_signer
+        self.answer_claims = answer_claims
         self.nats_url = nats_url
         self.due_tick_s = due_tick_s
         self.relay_poll_s = relay_poll_s
@@ -126,8 +136,11 @@ class ControlPlane:
         self._deployment = await ensure_topology(self._js, queues=self.queues, lease_s=TEST_LEASE_S)
         # Shared, as the scheduler's service shares it.
         self.batcher = CommandBatcher(self._store, cache=self.job_cache)
-        self._responder = ClaimResponder(self._nc, self._store, batcher=self.batcher)
-        await self._responder.start()
+        if self.answer_claims:
+            self._responder = ClaimResponder(
+                self._nc, self._store, batcher=self.batcher, signer=self.claim_signer
+            )
+            await self._responder.start()
         reports = ReportConsumer(self._nc, self._js, self._store, self.batcher)
         relay = OutboxRelay(
             self._store,
@@ -149,7 +162,7 @@ class ControlPlane:
         if self._responder is not None:
             with contextlib.suppress(Exception):
                 await self._responder.stop()
-            await self.batcher.close()
+        await self.batcher.close()
         if self._nc is not None:
             await self._nc.close()  # no drain: what the loops left unread does not matter
         if self._store is not None:
@@ -211,8 +224,8 @@ class ControlPlane:
         return {str(row["status"]): int(row["n"]) for row in rows}
 
     async def log_lines(self, job_id: str) -> list[LogLine]:
-        """Every line the LOGS stream holds for the job, in stream order."""
-        subject = names.log_subject(job_id)
+        """Every line the LOGS stream holds for the job, in stream order (whoever sent it)."""
+        subject = names.job_logs_filter(job_id)
         lines: list[LogLine] = []
         seq = 0
         while True:
@@ -225,6 +238,17 @@ class ControlPlane:
             lines.extend(protocol.decode_log_batch(msg.data or b"").lines)
             assert msg.seq is not None
             seq = msg.seq
+
+    async def stored_log_lines(self, job_id: str) -> list[LogLine]:
+        """The job's log as the log relay stores it (and readers see it): what the LOGS
+        stream holds is persisted first, as the relay does, sender checks included."""
+        store = LogStore(self.pool)
+        await LogPersister(self.js, store, holders=AttemptHolders(self.pool)).run_until_idle()
+        page = await store.read(job_id, 0, 1_000_000, contiguous=False, exact=False)
+        return [_line(raw) for chunk in page.chunks for raw in split_body(chunk.body)]
+
+
+_line = msgspec.json.Decoder(LogLine).decode
 
 
 async def _forever(what: str, run: Callable[[], Any]) -> None:

@@ -203,7 +203,7 @@ async def test_a_refusal_from_a_cached_state_is_checked_against_the_store() -> N
     store, cache = CountingLoads(), JobCache()
     job_id = uuid7()
     await execute_many(store, [Request(job_id, submit())], cache=cache)
-    await execute(store, job_id, claim(orchestrator="x"))  # the cache still says "queued"
+    await execute(store, job_id, claim(orchestrator="o"))  # the cache still says "queued"
     # On the cached state this start is refused (no claim); on the store's it is right.
     results = await execute_many(store, [Request(job_id, started())], cache=cache)
     job = outcome(results[0]).job

@@ -56,7 +56,15 @@ def lines(first: int, count: int = 2) -> list[LogLine]:
 
 
 def sink(nc: FakeNats, js: FakeJetStream, window: int = 4) -> LogSink:
-    return LogSink(nc, js, "job", 1, window=window, ack_timeout_s=0.5)  # type: ignore[arg-type]
+    return LogSink(
+        nc,  # type: ignore[arg-type]
+        js,  # type: ignore[arg-type]
+        "job",
+        1,
+        orchestrator="o",
+        window=window,
+        ack_timeout_s=0.5,
+    )
 
 
 async def test_batches_are_pipelined_up_to_the_window() -> None:
@@ -156,7 +164,16 @@ class Claims:
 
 
 def fenced_sink(nc: FakeNats, js: FakeJetStream, claims: Claims) -> LogSink:
-    return LogSink(nc, js, "job", 1, window=4, ack_timeout_s=0.5, superseded=claims.superseded)  # type: ignore[arg-type]
+    return LogSink(
+        nc,  # type: ignore[arg-type]
+        js,  # type: ignore[arg-type]
+        "job",
+        1,
+        orchestrator="o",
+        window=4,
+        ack_timeout_s=0.5,
+        superseded=claims.superseded,
+    )
 
 
 async def test_after_an_outage_a_superseded_attempt_sends_nothing_more() -> None:

@@ -63,7 +63,12 @@ class _StuckStore:
 
 async def test_the_log_relay_stops_though_its_gatherer_lost_the_cancel() -> None:
     sub = _LosingFetch()
-    persister = LogPersister(_Js(sub), _StuckStore(), flush_delay_s=0.05)  # type: ignore[arg-type]
+    persister = LogPersister(
+        _Js(sub),  # type: ignore[arg-type]
+        _StuckStore(),  # type: ignore[arg-type]
+        flush_delay_s=0.05,
+        holders=None,
+    )
 
     async def stop_soon() -> None:
         await asyncio.sleep(0.15)  # the writer is stuck, a flush waits in the queue

@@ -8,11 +8,12 @@ relay does not guess (no "wait a little"); it checks that its durable consumer h
 every message up to the job's last one. The consumer acks only after the commit, and its ack
 floor is the stream sequence below which every message is acked, so
 
-    all stored  <=>  ack floor >= stream sequence of the last message on `log_subject(job)`
+    all stored  <=>  ack floor >= stream sequence of the last message on `job_logs_filter(job)`
 
 (or the stream holds nothing for the job). The last message, not the highest seq: a batch
 resent after a NATS outage can land in the stream after later ones, and this test still
-waits for it.
+waits for it. (Batches an earlier version left on `dockyard.logs.<job>` are stored, but not
+looked at here: a job that ended across an upgrade may say `complete` a moment before they are.)
 """
 
 from __future__ import annotations
@@ -81,7 +82,9 @@ class Completion:
     async def _last_message_seq(self, job_id: str) -> int:
         with translated():
             try:
-                message = await self._js.get_last_msg(names.LOGS_STREAM, names.log_subject(job_id))
+                message = await self._js.get_last_msg(
+                    names.LOGS_STREAM, names.job_logs_filter(job_id)
+                )
             except nats.js.errors.NotFoundError:
                 return 0
         return message.seq or 0

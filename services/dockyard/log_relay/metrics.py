@@ -23,6 +23,12 @@ class RelayMetrics:
         self.poison = Counter(
             "dockyard_log_poison_messages", "Log messages that could not be read", registry=r
         )
+        self.foreign_batches = Counter(
+            "dockyard_log_batches_dropped",
+            "Log batches dropped because they came on the subject of an orchestrator that "
+            "does not hold their attempt (a forgery, or a bug)",
+            registry=r,
+        )
         self.flush_seconds = Histogram(
             "dockyard_log_flush_seconds",
             "Time to write one flush of log chunks",

@@ -7,6 +7,12 @@ behind stops the fetching, so memory holds at most a few flushes. A batch delive
 after a crash between commit and ack, or a NATS restart - writes nothing twice (see store.py).
 The database being down only delays: a flush is retried until it is stored, and its messages
 are kept from redelivery meanwhile with in-progress acks.
+
+A batch is kept only from the orchestrator holding its attempt (holders.py): one that came on
+another orchestrator's subject is dropped before it can take any seq (acked, counted in
+`dockyard_log_batches_dropped_total`, logged once per job, attempt and sender). Batches an
+earlier version published on `dockyard.logs.<job>`, which names no sender and which the LOGS
+stream no longer takes, are still stored as they come.
 """
 
 from __future__ import annotations
@@ -26,10 +32,12 @@ from nats.js import JetStreamContext
 
 from dockyard.bus import names
 from dockyard.bus.errors import BusError, BusRejected, MessageDecodeError, translated
+from dockyard.bus.names import log_sender, subject_token
 from dockyard.bus.topology import LOGS_POLICY
 from dockyard.core.events import Metadata
 from dockyard.job_logs.chunks import Chunk, chunks_of, with_output_bytes
 from dockyard.job_logs.store import LogStore
+from dockyard.log_relay.holders import Attempt, AttemptHolders
 from dockyard.log_relay.metrics import RelayMetrics
 from dockyard.process.cancelling import cancel_and_wait, raise_if_cancelled
 from dockyard.store.ports import StoreUnavailable
@@ -51,6 +59,8 @@ RETRY_CAP_S: Final = 5.0
 # Three times per ack wait: a flush waiting for the database keeps its messages from being
 # redelivered (to this relay or another) meanwhile, even if an in-progress ack is lost.
 IN_PROGRESS_EVERY_S: Final = LOGS_POLICY.ack_wait / 3
+# Dropped batches are logged once per (job, attempt, sender), for this many of them.
+DROPS_LOGGED: Final = 10_000
 
 
 @dataclass
@@ -61,8 +71,8 @@ class _Flush:
     bytes: int = 0
     repeated_lines: int = 0  # the same batch twice in one flush (a redelivery)
 
-    def take(self, msg: Msg) -> None:
-        self.add(msg, with_output_bytes(chunks_of(msg.data), msg.headers))
+    def take(self, msg: Msg, chunks: list[Chunk]) -> None:
+        self.add(msg, chunks)
         # The chunks hold the lines now; the payload is not needed again (only the message,
         # to ack it), so it is let go at once: a flush weighs its lines once, not twice.
         self.bytes += len(msg.data)
@@ -90,9 +100,14 @@ class LogPersister:
         fetch_batch: int = FETCH_BATCH,
         flush_bytes: int = FLUSH_BYTES,
         flush_delay_s: float = FLUSH_DELAY_S,
+        holders: AttemptHolders | None,
     ) -> None:
+        """`holders`: who claimed each attempt, the only sender whose batches are kept; None
+        keeps every batch (for tests of the relay's other parts only)."""
         self._js = js
         self._store = store
+        self._holders = holders
+        self._drops_logged: set[tuple[str, int, str]] = set()
         self._metrics = metrics or RelayMetrics()
         self._fetch_batch = fetch_batch
         self._message_bytes = 256 * 1024.0  # what a message may weigh (LogPump's batch size)
@@ -141,14 +156,80 @@ class LogPersister:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
+            fetched: list[tuple[Msg, list[Chunk]]] = []
             for msg in await self._fetch(max(remaining, MIN_FETCH_S)):
-                if not flush.msgs:
-                    deadline = min(deadline, loop.time() + self._flush_delay)
                 try:
-                    flush.take(msg)
+                    fetched.append((msg, with_output_bytes(chunks_of(msg.data), msg.headers)))
                 except MessageDecodeError as error:
                     await self._poison(msg, error)
+            for msg, chunks in await self._from_holders(fetched):
+                if not flush.msgs:
+                    deadline = min(deadline, loop.time() + self._flush_delay)
+                flush.take(msg, chunks)
         return flush
+
+    async def _from_holders(
+        self, fetched: list[tuple[Msg, list[Chunk]]]
+    ) -> list[tuple[Msg, list[Chunk]]]:
+        """The batches sent by the orchestrator holding their attempt; the others are acked
+        and dropped. (Before they join a flush, whose duplicates check would let a forged
+        batch stand in for the real one with the same first seq.)"""
+        if self._holders is None or not fetched:
+            return fetched
+        wanted = {
+            (chunks[0].job_id, chunks[0].attempt)
+            for msg, chunks in fetched
+            if chunks and log_sender(msg.subject) is not None
+        }
+        holders = await self._holders_of(wanted, [msg for msg, _ in fetched]) if wanted else {}
+        kept: list[tuple[Msg, list[Chunk]]] = []
+        for msg, chunks in fetched:
+            sender = log_sender(msg.subject)
+            if sender is None or not chunks:
+                kept.append((msg, chunks))  # an earlier version's subject, or no lines
+                continue
+            key = (chunks[0].job_id, chunks[0].attempt)
+            holder = holders.get(key)
+            if holder is not None and subject_token(holder) == sender:
+                kept.append((msg, chunks))
+            else:
+                await self._drop_foreign(msg, key, sender, holder)
+        return kept
+
+    async def _holders_of(self, wanted: set[Attempt], msgs: list[Msg]) -> dict[Attempt, str]:
+        """The holders, waiting for the database as a write does (keeping `msgs` alive)."""
+        assert self._holders is not None
+        loop = asyncio.get_running_loop()
+        kept_at = loop.time()
+        failures = 0
+        while True:
+            try:
+                return await self._holders.of(wanted)
+            except StoreUnavailable as error:
+                failures += 1
+                log.warning("log_persister.holders_unknown failures=%d error=%s", failures, error)
+                await asyncio.sleep(_backoff(failures))
+                if loop.time() - kept_at >= IN_PROGRESS_EVERY_S:
+                    kept_at = loop.time()
+                    await _each(msgs, Msg.in_progress)
+
+    async def _drop_foreign(self, msg: Msg, key: Attempt, sender: str, holder: str | None) -> None:
+        self._metrics.foreign_batches.inc()
+        job_id, attempt = key
+        if len(self._drops_logged) < DROPS_LOGGED and (job_id, attempt, sender) not in (
+            self._drops_logged
+        ):
+            self._drops_logged.add((job_id, attempt, sender))
+            log.warning(
+                "log_persister.foreign_batch job=%s attempt=%d sender=%s holder=%s: dropped, "
+                "its sender does not hold the attempt (logged once)",
+                job_id,
+                attempt,
+                sender,
+                holder,
+                extra={"event": "log_persister.foreign_batch", "job": job_id},
+            )
+        await _each([msg], Msg.ack)
 
     async def _fetch(self, wait_s: float) -> list[Msg]:
         """Up to a fetch batch of messages; none after `wait_s`, or while NATS is away."""

@@ -15,6 +15,7 @@ from dockyard.job_logs.store import LogStore
 from dockyard.log_relay.app import build_app
 from dockyard.log_relay.completion import Completion
 from dockyard.log_relay.context import RelayContext, normal_origins
+from dockyard.log_relay.holders import AttemptHolders
 from dockyard.log_relay.metrics import RelayMetrics
 from dockyard.log_relay.persister import LogPersister
 from dockyard.log_relay.room import Sources
@@ -85,7 +86,7 @@ async def run_log_relay(settings: Settings) -> None:
             extra={"event": "log_relay.listening"},
         )
         await supervise(
-            {"persister": LogPersister(js, store, metrics).run()},
+            {"persister": LogPersister(js, store, metrics, holders=AttemptHolders(pool)).run()},
             until=wait_for_stop_signal(),
         )
         log.info("log_relay.stopping", extra={"event": "log_relay.stopping"})

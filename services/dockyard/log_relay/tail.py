@@ -81,7 +81,7 @@ class LiveTail:
     ) -> None:
         self._nc = nc
         self._js = jetstream(nc)
-        self._subject = names.log_subject(job_id)
+        self._subject = names.job_logs_filter(job_id)
         self._on_batch = on_batch
         self._limits = limits
         self._inbox = ""

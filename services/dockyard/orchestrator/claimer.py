@@ -5,6 +5,11 @@ takes more than it can run; the slot passes to the launched attempt, or comes ba
 A claim is a request to the scheduler, answered once JobClaimed is appended with the expected
 version: only a granted claim starts anything. The offer itself stays unacked (kept alive by
 the attempt) until the attempt is reported, so a crash before then means a redelivery.
+
+An answer is run only if it is the scheduler's (its signature verifies against the claim
+public key, before anything of it is decoded), for this very claim, with a spec that passes
+`check_spec`: whoever else can publish on NATS cannot make this orchestrator run a command no
+tenant submitted. An answer that fails is not run and the offer is kept for another try.
 """
 
 from __future__ import annotations
@@ -21,12 +26,13 @@ from nats.js import JetStreamContext
 from dockyard.bus import names, protocol
 from dockyard.bus.errors import BusError, MessageDecodeError, translated
 from dockyard.bus.messages import decode_work_offer
+from dockyard.bus.signing import ClaimVerifier
 from dockyard.core.commands import PlannedResource
+from dockyard.core.spec import SpecError, check_spec
 from dockyard.orchestrator.attempt import Claim
 from dockyard.orchestrator.config import OrchestratorConfig
-from dockyard.orchestrator.logsink import last_log_seq
 from dockyard.orchestrator.registry import Registry, RunningAttempt
-from dockyard.orchestrator.retrying import backoff, until_stored
+from dockyard.orchestrator.retrying import backoff
 from dockyard.orchestrator.ticket import Ticket, WorkTicket
 from dockyard.runtime.hardening import container_name
 from dockyard.telemetry import tracing
@@ -40,15 +46,32 @@ Launch = Callable[[Claim, Ticket], None]
 MAX_FETCH = 32
 
 
-def claim_asker(nc: NatsClient, timeout_s: float) -> Ask:
-    """The claim request over NATS; None when no scheduler answered (ask again later)."""
+Rejected = Callable[[str], None]
+
+
+def claim_asker(
+    nc: NatsClient,
+    timeout_s: float,
+    *,
+    verifier: ClaimVerifier | None = None,
+    rejected: Rejected | None = None,
+) -> Ask:
+    """The claim request over NATS, on the orchestrator's own claim subject; None when no
+    scheduler answered, or the answer is not one to run (ask again later).
+
+    `verifier`: the scheduler's public claim key; None accepts unsigned answers (development).
+    `rejected(why)` counts each answer refused, by why.
+    """
 
     async def ask(request: protocol.ClaimRequest) -> protocol.ClaimAnswer | None:
         try:
             reply = await nc.request(
-                names.CLAIMS_SUBJECT, protocol.encode(request), timeout=timeout_s
+                names.claim_subject(request.orchestrator),
+                protocol.encode(request),
+                timeout=timeout_s,
             )
-            return protocol.decode_answer(reply.data)
+            problem = verifier.problem(reply.data, reply.headers) if verifier else None
+            answer = None if problem else protocol.decode_answer(reply.data)
         except (nats.errors.Error, OSError, MessageDecodeError) as exc:
             log.warning(
                 "orchestrator.claim_unanswered job=%s error=%s",
@@ -57,8 +80,57 @@ def claim_asker(nc: NatsClient, timeout_s: float) -> Ask:
                 extra={"event": "orchestrator.claim_unanswered", "job": request.job_id},
             )
             return None
+        if answer is not None:
+            problem = _not_for(request, answer, signed=verifier is not None)
+        if problem is not None or answer is None:
+            _reject(request, problem or "unreadable", rejected)
+            return None
+        return _spec_checked(request, answer, rejected)
 
     return ask
+
+
+def _not_for(
+    request: protocol.ClaimRequest, answer: protocol.ClaimAnswer, *, signed: bool
+) -> str | None:
+    """`mismatch` if the answer names another claim (a signed answer replayed); a signed one
+    must name its claim, an unsigned one (development, an earlier scheduler) may name none."""
+    answered = (answer.job_id, answer.attempt, answer.orchestrator)
+    if answered == (request.job_id, request.attempt, request.orchestrator):
+        return None
+    return "mismatch" if signed or answer.job_id else None
+
+
+def _spec_checked(
+    request: protocol.ClaimRequest, answer: protocol.ClaimAnswer, rejected: Rejected | None
+) -> protocol.ClaimAnswer:
+    """A granted answer whose spec breaks the spec's rules is refused here: never run.
+
+    Its claim stands, so the offer is dropped and the job, claimed but never started, is
+    ended by the janitor (`DOCKYARD_JANITOR_STARTING_TIMEOUT_S`)."""
+    if not answer.granted or answer.spec is None:
+        return answer
+    try:
+        check_spec(answer.spec)
+    except SpecError as exc:
+        _reject(request, "invalid_spec", rejected, detail=str(exc))
+        return protocol.ClaimAnswer(granted=False, reason=f"the spec is not valid: {exc}")
+    return answer
+
+
+def _reject(
+    request: protocol.ClaimRequest, why: str, rejected: Rejected | None, detail: str = ""
+) -> None:
+    log.warning(
+        "orchestrator.claim_answer_rejected job=%s attempt=%d why=%s%s: not run",
+        request.job_id,
+        request.attempt,
+        why,
+        f" ({detail})" if detail else "",
+        extra={"event": "orchestrator.claim_answer_rejected", "job": request.job_id, "why": why},
+    )
+    if rejected is not None:
+        rejected(why)
 
 
 class Claimer:
@@ -143,10 +215,6 @@ class Claimer:
             return False
         return await self._offer(msg)
 
-    async def _stream_seq(self, job_id: str) -> int:
-        """The job's last seq on the LOGS stream, asked alongside a later attempt's claim."""
-        return await until_stored(self._nc, lambda: last_log_seq(self._js, job_id), "last log seq")
-
     async def _offer(self, msg: Msg) -> bool:
         """Claim and launch one offer; True if an attempt now owns the slot."""
         try:
@@ -175,12 +243,7 @@ class Claimer:
             ],
             meta=tracing.message_metadata(msg.headers),
         )
-        if offer.attempt == 1:  # it follows no other: there is no stored seq to ask for
-            answer, stored_seq = await self._ask(request), 0
-        else:
-            answer, stored_seq = await asyncio.gather(
-                self._ask(request), self._stream_seq(offer.job_id)
-            )
+        answer = await self._ask(request)
         if answer is None or (not answer.granted and answer.retry):
             await _quietly(msg.nak(delay=self._config.claim_retry_s))
             return False
@@ -213,7 +276,7 @@ class Claimer:
             attempt=offer.attempt,
             spec=answer.spec,
             tenant=answer.tenant,
-            log_seq=max(answer.log_seq, stored_seq),
+            log_seq=answer.log_seq,
             log_bytes=answer.log_bytes,
             recorded=[r for r in request.resources if r.name in answer.recorded],
             meta=answer.meta,

@@ -9,6 +9,7 @@ from typing import Final
 from msgspec import Struct
 from msgspec.structs import replace
 
+from dockyard.bus.signing import ClaimKeyError, ClaimVerifier
 from dockyard.bus.topology import OFFER_POLICY
 from dockyard.config import ConfigError, Settings, Variable, parse_listen
 from dockyard.runtime.output import DEFAULT_CAP_BYTES
@@ -82,6 +83,9 @@ class OrchestratorConfig(Struct, frozen=True, kw_only=True):
     # Where to serve /metrics, /healthz and /readyz; None: nowhere (orchestrators sharing a
     # host would need a port each, so it is off unless asked for).
     metrics_listen: tuple[str, int] | None = None
+    # The scheduler's public claim nkey: only answers it signed are run. None: any answer is
+    # (development; the orchestrator warns at start).
+    claim_public_key: str | None = None
 
     @property
     def heartbeat_s(self) -> float:
@@ -103,6 +107,7 @@ class OrchestratorConfig(Struct, frozen=True, kw_only=True):
             lease_s=settings.lease_s,
             nats_replicas=settings.nats_replicas,
             metrics_listen=parse_listen("DOCKYARD_METRICS_LISTEN", metrics) if metrics else None,
+            claim_public_key=_claim_public_key(settings.claim_public_key),
         )
         drain = env.get("DOCKYARD_DRAIN_S")
         if drain:
@@ -114,3 +119,13 @@ class OrchestratorConfig(Struct, frozen=True, kw_only=True):
                 raise ConfigError("DOCKYARD_DRAIN_S: must be at least 0")
             config = replace(config, drain_s=drain_s)
         return config
+
+
+def _claim_public_key(value: str | None) -> str | None:
+    """DOCKYARD_CLAIM_PUBLIC_KEY's key (read from its file if it names one), or ConfigError."""
+    if value is None:
+        return None
+    try:
+        return ClaimVerifier.from_setting(value).public_key
+    except ClaimKeyError as exc:
+        raise ConfigError(str(exc)) from None

@@ -1,4 +1,6 @@
-"""An attempt's log batches to `log_subject(job)`, pipelined, in order, none lost, none twice.
+"""An attempt's log batches to `log_subject(orchestrator, job)`, pipelined, in order, none lost,
+none twice. (The subject names this orchestrator: the log relay keeps a batch only from the
+orchestrator that holds its attempt.)
 
 Up to `window` batches are in flight at once (their acks overlap, which is what lets the log
 keep up with a chatty container). Order holds because batches in flight together were all
@@ -7,8 +9,8 @@ sent before a reconnect still wait for their ack (those may have died with the o
 while a later one, buffered during the reconnect, would get through). When an ack fails, or a
 reconnect happened, every batch not yet acked is sent again in order on the new connection;
 one that had been stored is dropped as a duplicate by its Nats-Msg-Id (`log_batch_id`, from
-its first seq). So the stream holds every line once, in seq order, without a gap, whatever
-NATS does meanwhile.
+its first seq, under the sink's own nonce: see `protocol.msg_id_of`). So the stream holds every
+line once, in seq order, without a gap, whatever NATS does meanwhile.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ class LogSink:
         job_id: str,
         attempt: int,
         *,
+        orchestrator: str,
         window: int = 16,
         ack_timeout_s: float = ACK_TIMEOUT_S,
         headers: Mapping[str, str] | None = None,
@@ -80,7 +83,8 @@ class LogSink:
         self._js = js
         self._job_id = job_id
         self._attempt = attempt
-        self._subject = names.log_subject(job_id)
+        self._subject = names.log_subject(orchestrator, job_id)
+        self._nonce = protocol.new_nonce()
         self._window = max(1, window)
         self._ack_timeout_s = ack_timeout_s
         self._in_flight: deque[_Batch] = deque()
@@ -104,7 +108,10 @@ class LogSink:
             return
         output = lines.output_bytes if isinstance(lines, LineBatch) else _output_bytes(lines)
         item = _Batch(
-            protocol.log_batch_id(self._job_id, lines[0].seq), payload, output, len(lines)
+            protocol.msg_id_of(self._nonce, protocol.log_batch_id(self._job_id, lines[0].seq)),
+            payload,
+            output,
+            len(lines),
         )
         self._in_flight.append(item)
         self.published_lines += len(lines)
@@ -209,8 +216,8 @@ class LogSink:
         orchestrator was cut off past its lease and its attempt replaced): that attempt numbers
         its lines after what was stored when it was claimed, so what this one holds, or prints
         next, would take its seqs. Those lines are dropped, loudly. (A claim not yet on EVENTS
-        when asked, behind the outbox, can still collide; the batch id, from the first seq,
-        then usually drops one of the two.)
+        when asked, behind the outbox, can still collide; the log relay then stores the batch
+        it writes first and drops the other's lines with those seqs.)
         """
         for item in self._in_flight:
             _discard(item.ack)
@@ -268,15 +275,16 @@ def _discard(ack: asyncio.Future[PubAck] | None) -> None:
         ack.exception()
 
 
-async def last_log_seq(js: JetStreamContext, job_id: str) -> int:
-    """The last seq the LOGS stream holds for the job (0 if none); BusUnavailable: ask again.
-
-    A new attempt numbers its lines after this and after the scheduler's stored seq, so lines
-    of a previous attempt still waiting for the log relay are never numbered again.
+async def last_log_seq(js: JetStreamContext, job_id: str, orchestrator: str) -> int:
+    """The last seq this orchestrator published for the job (0 if none); BusUnavailable: ask
+    again. What a recovered attempt continues after. (A new attempt is told where to start by
+    its claim answer: the scheduler looks at every orchestrator's batches of the job, which
+    an orchestrator may not read.)
     """
+    subject = names.log_subject(orchestrator, job_id)
     try:
         with translated():
-            message = await js.get_last_msg(names.LOGS_STREAM, names.log_subject(job_id))
+            message = await js.get_last_msg(names.LOGS_STREAM, subject)
     except BusRejected as exc:
         if isinstance(exc.__cause__, nats.js.errors.NotFoundError):
             return 0

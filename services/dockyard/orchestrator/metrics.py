@@ -41,6 +41,13 @@ class OrchestratorMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
             registry=r,
         )
+        self.claim_answers_rejected = Counter(
+            "dockyard_orchestrator_claim_answers_rejected",
+            "Claim answers not run, by why: unsigned, unknown_signer, bad_signature (not the "
+            "scheduler's, or altered), mismatch (another claim's), invalid_spec",
+            ["why"],
+            registry=r,
+        )
         self.log_lines = Counter(
             "dockyard_orchestrator_log_lines_published",
             "Log lines handed to the LOGS stream",

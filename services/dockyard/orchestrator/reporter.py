@@ -1,9 +1,15 @@
 """Reports to the scheduler on the REPORTS stream: stored before `send` returns, exactly once,
 batched under load.
 
-Each report's id (its Nats-Msg-Id) is derived from what it says, not drawn at random, so the
-same fact sent twice - retried after a timeout, or again by this orchestrator after a restart -
-is stored once by JetStream, and the scheduler's fold ignores it anyway if it comes later.
+Each report's id is derived from what it says, not drawn at random, and its Nats-Msg-Id is that
+id under this reporter's nonce (`protocol.msg_id_of`: nobody else can send a message under it
+first and have the real one dropped), so the same fact retried after a timeout is stored once
+by JetStream; sent again after a restart it is stored again, and the scheduler's fold ignores
+it.
+
+Every report names this orchestrator and goes on its own subject: the scheduler takes a
+report only from the orchestrator it names, and a start or exit only from the one holding
+the attempt.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Final
 
+from msgspec.structs import replace
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
@@ -72,7 +79,9 @@ class Reporter:
     ) -> None:
         self._nc = nc
         self._js = js
+        self._orchestrator = orchestrator
         self._subject = names.report_batch_subject(orchestrator)
+        self._nonce = protocol.new_nonce()
         self._clock = clock
         self._max_batch = max_batch
         self._waiting: list[tuple[protocol.Report, asyncio.Future[None]]] = []
@@ -82,6 +91,8 @@ class Reporter:
 
     async def send(self, job_id: str, command: ReportCommand) -> None:
         """Store the report, waiting through NATS outages; BusRejected if JetStream refuses."""
+        if isinstance(command, ReportExit | ReleaseResource) and command.orchestrator is None:
+            command = replace(command, orchestrator=self._orchestrator)
         report = protocol.Report(
             report_id=report_id(job_id, command),
             job_id=job_id,
@@ -121,7 +132,7 @@ class Reporter:
 
     async def _publish(self, reports: list[protocol.Report]) -> None:
         payload = protocol.encode_report_batch(protocol.ReportBatch(reports=reports))
-        msg_id = batch_id(reports)
+        msg_id = protocol.msg_id_of(self._nonce, batch_id(reports))
 
         async def once() -> object:
             return await publish(

@@ -23,6 +23,7 @@ from nats.js import JetStreamContext
 
 from dockyard.bus.connection import close, connect, jetstream
 from dockyard.bus.errors import BusUnavailable
+from dockyard.bus.signing import ClaimVerifier
 from dockyard.bus.topology import ensure_topology
 from dockyard.config import Settings
 from dockyard.orchestrator.attempt import Attempt, AttemptContext, Claim
@@ -89,7 +90,7 @@ class Orchestrator:
         )
         self.metrics = OrchestratorMetrics()
         self.metrics.watch(running=lambda: self.running, nats_connected=lambda: nc.is_connected)
-        self._ask = observed_ask(ask or claim_asker(nc, config.claim_timeout_s), self.metrics)
+        self._ask = observed_ask(ask or self._claim_asker(), self.metrics)
         self._slots = asyncio.Semaphore(config.max_jobs)
         self._attempts: set[asyncio.Task[None]] = set()
         self._context = AttemptContext(
@@ -226,6 +227,15 @@ class Orchestrator:
                 await asyncio.sleep(min(5.0, 0.2 * failures))
         return []
 
+    def _claim_asker(self) -> Ask:
+        key = self.config.claim_public_key
+        return claim_asker(
+            self.nc,
+            self.config.claim_timeout_s,
+            verifier=ClaimVerifier(key) if key is not None else None,
+            rejected=lambda why: self.metrics.claim_answers_rejected.labels(why).inc(),
+        )
+
     def _claimer(self, queue: str) -> Claimer:
         return Claimer(
             nc=self.nc,
@@ -241,7 +251,10 @@ class Orchestrator:
 
     def _recovery(self) -> Recovery:
         async def last_seq(job_id: str) -> int:
-            return await until_stored(self.nc, lambda: last_log_seq(self.js, job_id), "log seq")
+            own = self.config.orchestrator_id
+            return await until_stored(
+                self.nc, lambda: last_log_seq(self.js, job_id, own), "log seq"
+            )
 
         return Recovery(
             runtime=self.runtime,
@@ -262,6 +275,7 @@ class Orchestrator:
             self.js,
             job_id,
             attempt,
+            orchestrator=self.config.orchestrator_id,
             window=self.config.log_window,
             headers=tracing.current_headers(),
             superseded=functools.partial(later_attempt_claimed, self.js, job_id, attempt),
@@ -363,7 +377,15 @@ async def run_orchestrator(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     tracing.configure_tracing(tracing.ORCHESTRATOR)
     try:
-        async with bootstrap(settings) as orchestrator:
+        config = OrchestratorConfig.from_settings(settings)  # ConfigError: a bad claim key
+        if config.claim_public_key is None:
+            log.warning(
+                "orchestrator.claims_unverified: DOCKYARD_CLAIM_PUBLIC_KEY is not set, so this "
+                "orchestrator runs any claim answer, signed or not: whoever can publish on "
+                "NATS can make it run any container (development only)",
+                extra={"event": "orchestrator.claims_unverified"},
+            )
+        async with bootstrap(settings, config=config) as orchestrator:
             log.info(
                 "orchestrator.started id=%s queues=%s max_jobs=%d",
                 orchestrator.config.orchestrator_id,

@@ -44,6 +44,13 @@ class SchedulerMetrics:
             ["type"],
             registry=self.registry,
         )
+        self.senders_refused = Counter(
+            "dockyard_senders_refused",
+            "Claims and reports refused because they came on another orchestrator's subject "
+            "than the one they name (a forgery, or a bug): by kind, claim or report",
+            ["kind"],
+            registry=self.registry,
+        )
         self.dispatch_latency = Histogram(
             "dockyard_dispatch_latency_seconds",
             "From queued to claimed",

@@ -3,6 +3,12 @@
 Duplicates are no-ops (decide gives no events), stale ones are refused by the core, logged and
 acknowledged, and a stale attempt that still runs a container is told to stop. Reports of one
 job are handled in order; different jobs in parallel.
+
+The sender of a report is the subject it came on (`report_batch_subject(orchestrator)`, which
+NATS lets only that orchestrator publish): a report naming anyone else, or no one, is dropped
+before it is recorded, and decide refuses a start or exit from another orchestrator than the
+one holding the attempt. An orchestrator never declares another lost: only the janitor does,
+and it appends that verdict to the event store itself.
 """
 
 from __future__ import annotations
@@ -18,10 +24,16 @@ from nats.js.errors import FetchTimeoutError
 
 from dockyard.bus import names, protocol
 from dockyard.bus.errors import BusUnavailable, MessageDecodeError
-from dockyard.core import RecordResource, Rejected, ReportStarted, StaleAttempt
+from dockyard.core import (
+    MarkOrchestratorLost,
+    RecordResource,
+    Rejected,
+    ReportStarted,
+    StaleAttempt,
+)
 from dockyard.handling.batching import CommandBatcher, Request, Result
-from dockyard.handling.execute import execute
 from dockyard.process.cancelling import raise_if_cancelled
+from dockyard.scheduler.metrics import SchedulerMetrics
 from dockyard.store.ports import ConcurrencyError, EventStore, StoreUnavailable
 
 log = logging.getLogger("dockyard.scheduler.reports")
@@ -36,13 +48,19 @@ class Verdict(Enum):
     POISON = "poison"  # can never be recorded: term
 
 
-async def record(store: EventStore, nc: NatsClient | None, report: protocol.Report) -> Verdict:
-    """One report on its own (the consumer records its batches through `verdict`)."""
-    try:
-        result: Result = await execute(store, report.job_id, report.command, meta=report.meta)
-    except Exception as error:
-        result = error
-    return await verdict(nc, report, result)
+def unbound(subject: str, report: protocol.Report) -> str | None:
+    """Why `report` cannot be taken as its sender's word; None if it can."""
+    sender = names.report_sender(subject)
+    if sender is None:
+        return f"it came on {subject}, which names no orchestrator"
+    command = report.command
+    if isinstance(command, MarkOrchestratorLost):
+        return "only the janitor declares an orchestrator lost"
+    if command.orchestrator is None:
+        return "it names no orchestrator (an earlier version's report)"
+    if names.subject_token(command.orchestrator) != sender:
+        return f"it names orchestrator {command.orchestrator} but came on {subject}"
+    return None
 
 
 async def verdict(nc: NatsClient | None, report: protocol.Report, result: Result) -> Verdict:
@@ -95,11 +113,13 @@ class ReportConsumer:
         js: JetStreamContext,
         store: EventStore,
         batcher: CommandBatcher | None = None,
+        metrics: SchedulerMetrics | None = None,
     ) -> None:
         self.nc = nc
         self.js = js
         self.store = store
         self.batcher = batcher or CommandBatcher(store)
+        self.metrics = metrics
         self._sub: JetStreamContext.PullSubscription | None = None
 
     async def _subscription(self) -> JetStreamContext.PullSubscription:
@@ -137,10 +157,12 @@ class ReportConsumer:
         decoded: list[tuple[Msg, list[protocol.Report]]] = []
         for msg in msgs:
             try:
-                decoded.append((msg, protocol.decode_reports(msg.subject, msg.data)))
+                batch = protocol.decode_reports(msg.subject, msg.data)
             except MessageDecodeError as error:
                 log.error("report.poison error=%s", error, extra={"event": "report.poison"})
                 await msg.term()
+                continue
+            decoded.append((msg, [r for r in batch if self._from_its_sender(msg.subject, r)]))
         # In fetch order, so one job's reports are recorded in the order they were sent.
         reports = [r for _, batch in decoded for r in batch]
         results = iter(
@@ -153,3 +175,18 @@ class ReportConsumer:
             else:
                 await msg.ack()
         return len(msgs)
+
+    def _from_its_sender(self, subject: str, report: protocol.Report) -> bool:
+        why = unbound(subject, report)
+        if why is None:
+            return True
+        log.warning(
+            "report.wrong_sender job=%s report=%s: dropped, %s",
+            report.job_id,
+            report.report_id,
+            why,
+            extra={"event": "report.wrong_sender", "job": report.job_id},
+        )
+        if self.metrics is not None:
+            self.metrics.senders_refused.labels("report").inc()
+        return False

@@ -13,8 +13,9 @@ from dockyard.bus import connection
 from dockyard.bus.event_batches import EventBatchPublisher
 from dockyard.bus.leader import PgLeader
 from dockyard.bus.outbox import OutboxRelay
+from dockyard.bus.signing import ClaimKeyError, ClaimSigner
 from dockyard.bus.topology import ensure_topology
-from dockyard.config import Settings
+from dockyard.config import ConfigError, Settings
 from dockyard.handling.batching import CommandBatcher
 from dockyard.job_logs.position import stored_log
 from dockyard.process import gc_policy
@@ -44,6 +45,7 @@ log = logging.getLogger("dockyard.scheduler")
 async def run_scheduler(settings: Settings) -> None:
     """Serve the API and record events until SIGTERM/SIGINT."""
     gc_policy.apply()
+    signer = claim_signer(settings)
     async with AsyncExitStack() as stack:
         if tracing.configure_tracing(tracing.SCHEDULER):
             stack.push_async_callback(tracing.shutdown_tracing)  # last: flushes every span
@@ -66,7 +68,9 @@ async def run_scheduler(settings: Settings) -> None:
         batcher = CommandBatcher(store)
         stack.push_async_callback(batcher.close)
         ctx = _context(settings, pool, store, nc, metrics, batcher)
-        claims = ClaimResponder(nc, store, ctx.metrics, partial(stored_log, pool), batcher=batcher)
+        claims = ClaimResponder(
+            nc, store, ctx.metrics, partial(stored_log, pool), batcher=batcher, signer=signer
+        )
         await claims.start()
         stack.push_async_callback(claims.stop)
 
@@ -91,13 +95,30 @@ async def run_scheduler(settings: Settings) -> None:
         await supervise(
             {
                 "outbox": relay.run(),
-                "reports": ReportConsumer(nc, js, store, batcher).run(),
+                "reports": ReportConsumer(nc, js, store, batcher, metrics).run(),
                 "due": run_due_ticker(store, PgDueJobs(pool)),
                 "schedules": run_firing(store, ctx.schedules),
             },
             until=wait_for_stop_signal(),
         )
         log.info("scheduler.stopping", extra={"event": "scheduler.stopping"})
+
+
+def claim_signer(settings: Settings) -> ClaimSigner | None:
+    """The claim key (ConfigError naming the variable if it cannot be read); without one,
+    one warning: claim answers go unsigned."""
+    if settings.claim_key is None:
+        log.warning(
+            "scheduler.claims_unsigned: DOCKYARD_CLAIM_KEY is not set, so claim answers are "
+            "not signed and orchestrators cannot tell them from a forgery: whoever can publish "
+            "on NATS can make them run any container (development only)",
+            extra={"event": "scheduler.claims_unsigned"},
+        )
+        return None
+    try:
+        return ClaimSigner.from_file(settings.claim_key)
+    except ClaimKeyError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _context(

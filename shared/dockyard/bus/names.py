@@ -22,18 +22,28 @@ OFFERS_SUBJECTS: Final = "dockyard.offers.*"
 # moves what still waits there to OFFERS_SUBJECTS and deletes it.
 LEGACY_WORK_STREAM: Final = "DOCKYARD_WORK"
 
-# Reports to the scheduler: orchestrators' and the janitor's commands (started, exit, ledger...).
+# Who sent a claim, a report or a log batch is the subject it arrived on, never its payload:
+# NATS permissions let each orchestrator publish only on subjects bearing its own token
+# (`subject_token(id)`), and each consumer checks that the payload names that sender.
+
+# Reports to the scheduler: orchestrators' commands (started, exit, ledger...), each on
+# `report_batch_subject(orchestrator)`. (The janitor sends none: it appends its commands to
+# the event store itself.)
 REPORTS_STREAM: Final = "DOCKYARD_REPORTS"
 REPORTS_SUBJECTS: Final = "dockyard.reports.>"
 REPORTS_DURABLE: Final = "scheduler-reports"
 
-# Log batches from orchestrators, persisted by the log relay.
+# Log batches from orchestrators, `log_subject(orchestrator, job)`, persisted by the log relay.
 LOGS_STREAM: Final = "DOCKYARD_LOGS"
-LOGS_SUBJECTS: Final = "dockyard.logs.*"
+LOGS_SUBJECTS: Final = "dockyard.logs.*.*"
+# The relay's durable reads these and what earlier versions stored as `dockyard.logs.<job>`
+# (no sender in it), so batches still waiting at an upgrade are persisted too.
+LOGS_FILTER: Final = "dockyard.logs.>"
 LOGS_DURABLE: Final = "log-relay"
 
-# Claims are a request/reply so the answer is known before any container starts.
-CLAIMS_SUBJECT: Final = "dockyard.claims"
+# Claims are a request/reply so the answer is known before any container starts: an
+# orchestrator asks on `claim_subject(itself)`; schedulers answer CLAIMS_SUBJECTS in a group.
+CLAIMS_SUBJECTS: Final = "dockyard.claims.*"
 CLAIMS_QUEUE_GROUP: Final = "schedulers"
 
 # Orchestrator heartbeats: a key per orchestrator, expiring after the lease.
@@ -52,6 +62,10 @@ BATCH_COMMIT: Final = "Nats-Batch-Commit"
 LOG_BYTES: Final = "Dockyard-Log-Bytes"
 EVENT_TYPE: Final = "Dockyard-Event-Type"
 SCHEMA_VERSION: Final = "Dockyard-Schema-Version"
+# On a claim answer: the scheduler's ed25519 signature of the payload's exact bytes (base64url)
+# and the public nkey it was made with (see bus/signing.py).
+CLAIM_SIGNATURE: Final = "Dockyard-Signature"
+CLAIM_SIGNER: Final = "Dockyard-Signer"
 TRACEPARENT: Final = "traceparent"
 TRACESTATE: Final = "tracestate"
 
@@ -105,6 +119,8 @@ def offer_durable(queue: str) -> str:
 
 
 def report_subject(job_id: str) -> str:
+    """Where earlier versions sent single reports: it names no sender, so what arrives here
+    is refused (the janitor still looks here for reports waiting)."""
     return f"dockyard.reports.{token(job_id)}"
 
 
@@ -116,8 +132,44 @@ def report_batch_subject(orchestrator: str) -> str:
 REPORT_BATCH_PREFIX: Final = "dockyard.reports.from."
 
 
-def log_subject(job_id: str) -> str:
+def report_sender(subject: str) -> str | None:
+    """The orchestrator token a report subject names; None for any other subject."""
+    if subject.startswith(REPORT_BATCH_PREFIX):
+        sender = subject[len(REPORT_BATCH_PREFIX) :]
+        return sender if _TOKEN.fullmatch(sender) else None
+    return None
+
+
+def claim_subject(orchestrator: str) -> str:
+    """Where `orchestrator` asks for claims (and nobody else may)."""
+    return f"dockyard.claims.{subject_token(orchestrator)}"
+
+
+def claim_sender(subject: str) -> str | None:
+    """The orchestrator token of a claim subject; None if it is not one."""
+    prefix, _, sender = subject.rpartition(".")
+    return sender if prefix == "dockyard.claims" and _TOKEN.fullmatch(sender) else None
+
+
+def log_subject(orchestrator: str, job_id: str) -> str:
+    """Where `orchestrator` publishes the log batches of a job it runs."""
+    return f"dockyard.logs.{subject_token(orchestrator)}.{token(job_id)}"
+
+
+def job_logs_filter(job_id: str) -> str:
+    """Every batch of a job on the LOGS stream, whichever orchestrator sent it."""
+    return f"dockyard.logs.*.{token(job_id)}"
+
+
+def legacy_log_subject(job_id: str) -> str:
+    """Where earlier versions published a job's batches (no sender in it)."""
     return f"dockyard.logs.{token(job_id)}"
+
+
+def log_sender(subject: str) -> str | None:
+    """The orchestrator token of a log subject; None for an earlier version's subject."""
+    parts = subject.split(".")
+    return parts[2] if len(parts) == 4 else None
 
 
 def offer_msg_id(job_id: str, attempt: int) -> str:

@@ -1,15 +1,20 @@
-"""Messages between orchestrators (and the janitor) and the scheduler, besides events.
+"""Messages between orchestrators and the scheduler, besides events.
 
-- A claim is a request/reply on CLAIMS_SUBJECT: granted only once the JobClaimed event is
-  appended, so an orchestrator never starts a container on a claim that lost.
-- Reports (started, exit, ledger entries, lost orchestrators) go on the REPORTS stream and are
-  turned into events by the scheduler; `report_id` is their Nats-Msg-Id.
+Who sent a message is the subject it came on (names.py), which NATS permissions bind to the
+sender; a consumer refuses one whose payload names anyone else.
+
+- A claim is a request/reply on `claim_subject(orchestrator)`: granted only once the JobClaimed
+  event is appended, so an orchestrator never starts a container on a claim that lost. The
+  answer is signed by the scheduler (signing.py) and names the claim it answers.
+- Reports (started, exit, ledger entries) go on the REPORTS stream, on the sender's own
+  subject, and are turned into events by the scheduler; `report_id` is their Nats-Msg-Id.
 - A stop order on an orchestrator's control subject asks it to stop a container it should not
   be running (a stale attempt); the janitor is the backstop if the order is lost.
 """
 
 from __future__ import annotations
 
+import secrets
 from datetime import datetime
 from typing import TypeVar
 
@@ -67,8 +72,9 @@ class ClaimAnswer(Struct, frozen=True, kw_only=True):
     retry: bool = False
     tenant: str | None = None
     spec: JobSpec | None = None
-    # The last log seq stored for the job so far; the attempt numbers its lines after the
-    # greater of this and the last seq on the LOGS stream, so seqs never repeat across attempts.
+    # The job's last log seq so far: the greater of what the log relay stored and the last
+    # batch on the LOGS stream (any orchestrator's, which only the scheduler may read), so
+    # the attempt's seqs never repeat an earlier attempt's.
     log_seq: int = 0
     # The bytes of stdout and stderr its earlier attempts stored: the log cap is per job.
     log_bytes: int = 0
@@ -77,10 +83,15 @@ class ClaimAnswer(Struct, frozen=True, kw_only=True):
     # intent of its own for these (a scheduler that predates this field answers none).
     recorded: list[str] = []
     meta: Metadata = Metadata()
+    # The claim this answers, under the signature: a signed answer cannot be replayed to
+    # another job, attempt or orchestrator ("" and 0 from a scheduler that predates them).
+    job_id: str = ""
+    attempt: int = 0
+    orchestrator: str = ""
 
 
 class LogBatch(Struct, frozen=True, kw_only=True):
-    """Lines of one attempt in seq order; its Nats-Msg-Id is `log_batch_id(...)`."""
+    """Lines of one attempt in seq order, under `msg_id_of(nonce, log_batch_id(...))`."""
 
     job_id: str
     attempt: int
@@ -89,6 +100,22 @@ class LogBatch(Struct, frozen=True, kw_only=True):
 
 def log_batch_id(job_id: str, first_seq: int) -> str:
     return f"{job_id}:{first_seq}"
+
+
+def new_nonce() -> str:
+    """A sender's secret prefix for its Nats-Msg-Ids (see `msg_id_of`)."""
+    return secrets.token_hex(8)
+
+
+def msg_id_of(nonce: str, fact_id: str) -> str:
+    """The Nats-Msg-Id of a message stating `fact_id`, under its sender's nonce.
+
+    JetStream drops a message whose id it has seen within the duplicate window, whatever the
+    subject it came on: an id anyone can derive from the job would let another publisher
+    send it first and have the real message dropped. Under a nonce only the sender knows,
+    its own retries are still dropped as duplicates, and nobody else's message can be.
+    """
+    return f"{nonce}.{fact_id}"
 
 
 class StopOrder(Struct, frozen=True, kw_only=True):

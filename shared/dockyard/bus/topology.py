@@ -176,7 +176,8 @@ def consumer_configs(queues: Iterable[str] = ("default",)) -> list[tuple[str, Co
             names.REPORTS_STREAM,
             _durable(names.REPORTS_DURABLE, names.REPORTS_SUBJECTS, REPORTS_POLICY),
         ),
-        (names.LOGS_STREAM, _durable(names.LOGS_DURABLE, names.LOGS_SUBJECTS, LOGS_POLICY)),
+        # LOGS_FILTER: also the subjects of batches an earlier version left in the stream.
+        (names.LOGS_STREAM, _durable(names.LOGS_DURABLE, names.LOGS_FILTER, LOGS_POLICY)),
     ]
     for queue in dict.fromkeys(queues):  # ordered and without repeats
         durable = _durable(names.offer_durable(queue), names.offer_subject(queue), OFFER_POLICY)

@@ -57,6 +57,9 @@ class ReleaseResource(
     kind: ResourceKind
     name: str
     how: ReleaseHow = "removed"
+    # The orchestrator that sent it (the report consumer checks it against the subject);
+    # None from the janitor, which appends its own commands, and from earlier versions.
+    orchestrator: str | None = None
 
 
 class ReportStarted(CommandBase, tag="report_started", frozen=True, kw_only=True):
@@ -74,6 +77,9 @@ class ReportExit(CommandBase, tag="report_exit", frozen=True, kw_only=True):
     error: str | None = None
     duration_s: float = 0.0
     started_at: datetime | None = None
+    # The orchestrator that ran the attempt: decide refuses an exit from any other. None from
+    # the janitor (it ends stuck jobs itself) and from earlier versions (refused off NATS).
+    orchestrator: str | None = None
 
 
 class RequestCancel(CommandBase, tag="request_cancel", frozen=True, kw_only=True):

@@ -31,6 +31,7 @@ from dockyard.core.errors import (
     AlreadyFinished,
     ForeignResource,
     IllegalTransition,
+    NotTheHolder,
     StaleAttempt,
     UnknownJob,
 )
@@ -185,6 +186,7 @@ def _(cmd: ReportStarted, job: Job, m: _Maker) -> list[Event]:
     if job.status == "running" or job.finished:
         return []  # already recorded, or the exit report overtook this one
     _require_active(job, "container_started")
+    _require_holder(job, cmd.attempt, cmd.orchestrator)
     return [
         ContainerStarted(
             **m.base(),
@@ -201,6 +203,8 @@ def _(cmd: ReportExit, job: Job, m: _Maker) -> list[Event]:
     if job.finished:
         return []
     _require_active(job, "job_exited")
+    if cmd.orchestrator is not None:  # None: the janitor's verdict, appended by itself
+        _require_holder(job, cmd.attempt, cmd.orchestrator)
     if cmd.reason is None and cmd.exit_code == 0:
         return [
             JobSucceeded(
@@ -315,6 +319,12 @@ def _require_own_name(job: Job, attempt: int, kind: ResourceKind, name: str) -> 
     sidecars = (s.name for s in job.spec.sidecars)
     if not is_attempt_name(kind, name, job.id, attempt, sidecars):
         raise ForeignResource(job.id, attempt, kind, name)
+
+
+def _require_holder(job: Job, attempt: int, orchestrator: str) -> None:
+    """Only the orchestrator that claimed the attempt reports on it."""
+    if job.orchestrator != orchestrator:
+        raise NotTheHolder(job.id, attempt, orchestrator, job.orchestrator)
 
 
 def _fence(job: Job, attempt: int) -> None:

@@ -75,3 +75,19 @@ class ForeignResource(Rejected):
         self.attempt = attempt
         self.kind = kind
         self.name = name
+
+
+class NotTheHolder(Rejected):
+    """Raised when a report about an attempt comes from an orchestrator that did not claim it."""
+
+    code = "not_the_holder"
+
+    def __init__(self, job_id: str, attempt: int, sender: str, holder: str | None) -> None:
+        super().__init__(
+            job_id,
+            f"job {job_id}: attempt {attempt} is held by {holder or 'no orchestrator'}, "
+            f"not by {sender}, which reported it",
+        )
+        self.attempt = attempt
+        self.sender = sender
+        self.holder = holder

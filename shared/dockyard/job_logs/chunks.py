@@ -31,6 +31,9 @@ class Chunk(Struct, frozen=True, gc=False):
     body: bytes
     # stdout and stderr text in it, as its producer counted (the per-job log cap counts it)
     output_bytes: int = 0
+    # The attempt whose batch it came in (0 when read back from the store, which keeps none):
+    # the relay keeps a batch only from the orchestrator that holds that attempt.
+    attempt: int = 0
 
     @property
     def count(self) -> int:
@@ -81,7 +84,7 @@ def chunks_of(data: bytes) -> list[Chunk]:
             raise MessageDecodeError("not a log batch: `lines` is not a list")
         return []
     try:
-        chunk = _one_run(job_id, body)
+        chunk = _one_run(job_id, body, batch.attempt)
     except msgspec.DecodeError:
         chunk = None  # laid out otherwise than msgspec does: read it line by line
     if chunk is not None:
@@ -93,10 +96,10 @@ def chunks_of(data: bytes) -> list[Chunk]:
     except msgspec.DecodeError as exc:
         raise MessageDecodeError(f"a log batch holds a line that is not one: {exc}") from exc
     # Not one run (no producer of ours does this): sorted, repeats dropped, split into runs.
-    return _runs(job_id, [(seq, raw) for seq, raw in lines if seq >= 1])
+    return _runs(job_id, [(seq, raw) for seq, raw in lines if seq >= 1], batch.attempt)
 
 
-def _one_run(job_id: str, body: bytes) -> Chunk | None:
+def _one_run(job_id: str, body: bytes, attempt: int) -> Chunk | None:
     """The batch as one chunk if its lines are `first..last` without a gap, else None."""
     if not body.startswith(_LINE_START):
         return None
@@ -104,18 +107,18 @@ def _one_run(job_id: str, body: bytes) -> Chunk | None:
     first = _line_decoder.decode(body if first_end < 0 else body[:first_end]).seq
     last = _line_decoder.decode(body[body.rfind(_LINE_START) :]).seq
     if first >= 1 and last - first + 1 == body.count(_LINE_START):
-        return Chunk(job_id, first, last, body)
+        return Chunk(job_id, first, last, body, attempt=attempt)
     return None
 
 
-def _runs(job_id: str, lines: list[tuple[int, Raw]]) -> list[Chunk]:
+def _runs(job_id: str, lines: list[tuple[int, Raw]], attempt: int) -> list[Chunk]:
     chunks: list[Chunk] = []
     start = 0
     for i in range(1, len(lines) + 1):
         if i == len(lines) or lines[i][0] != lines[i - 1][0] + 1:
             run = lines[start:i]
             body = b",".join(raw for _, raw in run)
-            chunks.append(Chunk(job_id, run[0][0], run[-1][0], body))
+            chunks.append(Chunk(job_id, run[0][0], run[-1][0], body, attempt=attempt))
             start = i
     return chunks
 
