@@ -498,6 +498,29 @@ async def test_ws_by_subprotocol_from_the_page_origin_gets_lines_and_end(
     assert tail.close_codes == [1000]
 
 
+async def test_a_ws_follower_is_never_shown_a_batch_from_another_orchestrators_subject(
+    relay: Relay, jobs: Jobs, bus: Any
+) -> None:
+    """The live feed reads the stream itself, before the persister's check: it checks too."""
+    job_id = await jobs.running()
+    tail = Tail(relay.ws_url, job_id)
+    following = asyncio.create_task(tail.run(reconnect=False))
+    await eventually(lambda: relay.ctx.rooms.get(job_id) is not None)
+    await asyncio.sleep(0.2)  # the room's live feed is up: what follows comes through it
+    intruder = BatchPublisher(bus, job_id, orchestrator="intruder")
+    holder = BatchPublisher(bus, job_id)
+    for first in range(1, 40, 5):
+        forged = [replace(line, text="forged") for line in lines_of(range(first, first + 5))]
+        await intruder.publish(forged)
+        await intruder.flush()
+        await holder.publish(lines_of(range(first, first + 5)))
+        await holder.flush()
+    await jobs.finish(job_id)
+    await following
+    assert tail.texts == [f"line {n}" for n in range(1, 41)]
+    assert dropped(relay) == 8
+
+
 async def test_ws_resumes_after_the_seq_it_is_given(
     relay: Relay, jobs: Jobs, bus: Any, pool: Pool
 ) -> None:

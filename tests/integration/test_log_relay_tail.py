@@ -44,7 +44,9 @@ async def test_a_tail_brings_every_batch_from_its_start_in_order_a_few_at_a_time
     job_id = str(uuid.uuid4())
     await publish(js, job_id, 1, 5)  # before the start: not the tail's
     got: list[bytes] = []
-    tail = LiveTail(nc, job_id, got.append, TailLimits(batch=3, expires_s=1.0))
+    tail = LiveTail(
+        nc, job_id, lambda data, _: got.append(data), TailLimits(batch=3, expires_s=1.0)
+    )
     await tail.start()
     try:
         await publish(js, job_id, 6, 40)
@@ -68,7 +70,7 @@ async def test_a_tail_left_far_behind_is_not_cut_off_and_misses_nothing(
     got: list[bytes] = []
     busy = threading.Event()
 
-    def on_batch(payload: bytes) -> None:
+    def on_batch(payload: bytes, subject: str) -> None:
         if not got:
             busy.wait(120)  # the relay's loop is held up until all is published
         got.append(payload[:16])
@@ -107,7 +109,7 @@ async def test_a_tail_whose_consumer_is_gone_makes_it_again_after_the_last_batch
     js = jetstream(nc)
     job_id = str(uuid.uuid4())
     got: list[bytes] = []
-    tail = LiveTail(nc, job_id, got.append, TailLimits(check_s=0.1))
+    tail = LiveTail(nc, job_id, lambda data, _: got.append(data), TailLimits(check_s=0.1))
     await tail.start()
     try:
         await publish(js, job_id, 1, 10)
@@ -126,7 +128,7 @@ async def test_a_tail_whose_consumer_is_gone_makes_it_again_after_the_last_batch
 
 async def test_closing_a_tail_removes_its_consumer(nc: Any) -> None:
     js = jetstream(nc)
-    tail = LiveTail(nc, str(uuid.uuid4()), lambda _: None)
+    tail = LiveTail(nc, str(uuid.uuid4()), lambda _, __: None)
     await tail.start()
     name = tail.consumer
     assert (await js.consumer_info(names.LOGS_STREAM, name)).name == name

@@ -254,7 +254,10 @@ async def relay_in_process(
     metrics = RelayMetrics()
     views = PgJobViews(pool)
     completion = Completion(jetstream(live_nc))
-    rooms = Rooms(Sources(live_nc, store, views, completion, metrics, limits or RoomLimits()))
+    holders = AttemptHolders(pool)
+    rooms = Rooms(
+        Sources(live_nc, store, views, completion, metrics, limits or RoomLimits(), holders)
+    )
     ctx = RelayContext(
         store=store,
         views=views,
@@ -265,7 +268,7 @@ async def relay_in_process(
         allowed_origins=normal_origins([PAGE_ORIGIN]),
         ws=ws or WsSettings(),
     )
-    persister = LogPersister(js, store, metrics, holders=AttemptHolders(pool))
+    persister = LogPersister(js, store, metrics, holders=holders)
     runner = web.AppRunner(build_app(ctx), access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()

@@ -36,6 +36,10 @@ class AttemptHolders:
         self._remembered = remembered
         self.queries = 0  # round trips made (for tests: the hot path makes none)
 
+    def known(self, attempt: Attempt) -> str | None:
+        """The holder if it is remembered (no query: for callbacks that must not wait)."""
+        return self._known.get(attempt)
+
     async def of(self, attempts: Iterable[Attempt]) -> dict[Attempt, str]:
         """The holder of each of `attempts` that has one; StoreUnavailable if the database
         cannot say."""

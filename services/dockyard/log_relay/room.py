@@ -12,6 +12,10 @@ A room also learns when the job ends (its events, and a slow poll of the read mo
 fallback), then waits until every line is stored (completion.py) and sets `final`: the last
 seq. Clients past it get the `end` frame. Gaps in the store block readers only until then:
 while the job runs a missing line may still be on its way; once all is stored it never will.
+
+A live batch is shown only if its sender (its subject) holds its attempt, as the persister
+checks before storing it (holders.py): one whose holder is not known yet waits for the room's
+next round to ask; one from anyone else is never shown.
 """
 
 from __future__ import annotations
@@ -30,10 +34,12 @@ from nats.aio.subscription import Subscription
 
 from dockyard.bus import names
 from dockyard.bus.errors import BusError, MessageDecodeError, translated
+from dockyard.bus.names import log_sender, subject_token
 from dockyard.core.state import TERMINAL
 from dockyard.job_logs.chunks import Chunk, chunks_of, end_frame
 from dockyard.job_logs.store import LogStore, Page
 from dockyard.log_relay.completion import Completion
+from dockyard.log_relay.holders import AttemptHolders
 from dockyard.log_relay.metrics import RelayMetrics
 from dockyard.log_relay.ring import Ring
 from dockyard.log_relay.tail import LiveTail, TailLimits
@@ -42,6 +48,8 @@ from dockyard.store.ports import JobView, StoreUnavailable
 
 log = logging.getLogger("dockyard.log_relay.room")
 
+# Live batches held while their attempt's holder is asked for; past this they come from the store.
+UNVERIFIED_BATCHES: Final = 64
 _TERMINAL_EVENTS: Final = frozenset(
     {"job_succeeded", "job_failed", "job_timed_out", "job_cancelled"}
 )
@@ -72,6 +80,8 @@ class Sources:
     completion: Completion
     metrics: RelayMetrics
     limits: RoomLimits = RoomLimits()
+    # Who holds each attempt (shared with the persister); None shows every live batch.
+    holders: AttemptHolders | None = None
 
 
 class Follower:
@@ -103,6 +113,7 @@ class Room:
         self._opened = False
         self._pending: list[tuple[int, int, Chunk]] = []
         self._pending_bytes = 0
+        self._unverified: list[tuple[str, list[Chunk]]] = []  # (sender, chunks): holder unknown
         self._finished: JobView | None = None
         self._event_seen = True  # check the read model at the first round
         self._status_checked = 0.0
@@ -150,12 +161,23 @@ class Room:
 
     # -- live lines and events (called from nats-py callbacks: nothing slow)
 
-    def _on_batch(self, data: bytes) -> None:
-        self._live_at = asyncio.get_running_loop().time()
+    def _on_batch(self, data: bytes, subject: str) -> None:
         try:
             chunks = chunks_of(data)
         except MessageDecodeError:
             return  # the persister terms it; nothing to show
+        sender = log_sender(subject)
+        holders = self._src.holders
+        if chunks and sender is not None and holders is not None:
+            holder = holders.known((chunks[0].job_id, chunks[0].attempt))
+            if holder is None:  # not known yet: the next round asks (a few, the store has it)
+                if len(self._unverified) < UNVERIFIED_BATCHES:
+                    self._unverified.append((sender, chunks))
+                    self._kick.set()
+                return
+            if subject_token(holder) != sender:
+                return  # not its attempt: never shown (the persister drops it too)
+        self._live_at = asyncio.get_running_loop().time()
         for chunk in chunks:
             self._offer(chunk)
 
@@ -259,10 +281,23 @@ class Room:
         return limits.poll_s
 
     async def _round(self) -> None:
+        if self._unverified:
+            await self._verify()
         if self.final is None or self.ring.end < self.final:
             await self._catch_up()
         if self.final is None:
             await self._check_end()
+
+    async def _verify(self) -> None:
+        """Ask who holds the attempts of live batches held back; show those from the holder."""
+        assert self._src.holders is not None
+        held, self._unverified = self._unverified, []
+        holders = await self._src.holders.of({(c[0].job_id, c[0].attempt) for _, c in held})
+        for sender, chunks in held:
+            holder = holders.get((chunks[0].job_id, chunks[0].attempt))
+            if holder is not None and subject_token(holder) == sender:
+                for chunk in chunks:
+                    self._offer(chunk)
 
     async def _catch_up(self) -> None:
         """Read from the store what the ring lacks: a gap behind pending lines, lines the live

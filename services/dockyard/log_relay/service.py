@@ -52,7 +52,9 @@ async def run_log_relay(settings: Settings) -> None:
         metrics = RelayMetrics()
         views = PgJobViews(pool)
         completion = Completion(connection.jetstream(live_nc))
-        rooms = Rooms(Sources(live_nc, store, views, completion, metrics))
+        # Who holds each attempt, shared: a batch is stored and shown only from its holder.
+        holders = AttemptHolders(pool)
+        rooms = Rooms(Sources(live_nc, store, views, completion, metrics, holders=holders))
         stack.push_async_callback(rooms.close_all)
 
         async def database_ready() -> bool:
@@ -86,7 +88,7 @@ async def run_log_relay(settings: Settings) -> None:
             extra={"event": "log_relay.listening"},
         )
         await supervise(
-            {"persister": LogPersister(js, store, metrics, holders=AttemptHolders(pool)).run()},
+            {"persister": LogPersister(js, store, metrics, holders=holders).run()},
             until=wait_for_stop_signal(),
         )
         log.info("log_relay.stopping", extra={"event": "log_relay.stopping"})

@@ -69,14 +69,14 @@ _encode = msgspec.json.Encoder().encode
 
 
 class LiveTail:
-    """Calls `on_batch(payload)` for each message on the job's log subject, in stream order,
-    from the first one published after `start`."""
+    """Calls `on_batch(payload, subject)` for each message on the job's log subjects (the
+    subject names its sender), in stream order, from the first one published after `start`."""
 
     def __init__(
         self,
         nc: NatsClient,
         job_id: str,
-        on_batch: Callable[[bytes], None],
+        on_batch: Callable[[bytes, str], None],
         limits: TailLimits = TailLimits(),
     ) -> None:
         self._nc = nc
@@ -157,7 +157,7 @@ class LiveTail:
         if seq <= self._last_seq:
             return  # already had (a consumer made again from an earlier point)
         self._last_seq = seq
-        self._on_batch(msg.data)
+        self._on_batch(msg.data, msg.subject)
 
     # -- asking for batches, and making the consumer again when it is gone
 
