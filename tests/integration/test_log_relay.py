@@ -22,11 +22,14 @@ import pytest_asyncio
 from msgspec.structs import replace
 
 from dockyard.bus import connect, ensure_topology, jetstream, names, protocol
+from dockyard.bus.topology import consumer_configs, stream_configs
 from dockyard.job_logs import last_stored_seq, purge_finished_logs
 from dockyard.job_logs import store as store_sql
 from dockyard.job_logs.chunks import Chunk, chunks_of, with_output_bytes
 from dockyard.job_logs.position import StoredLog, stored_log
 from dockyard.job_logs.store import LogStore
+from dockyard.log_relay.holders import AttemptHolders
+from dockyard.log_relay.persister import LogPersister
 from dockyard.store.pool import Pool, create_pool
 from dockyard.store.postgres import PgEventStore
 from tests.support.log_relay import (
@@ -200,6 +203,35 @@ async def test_a_log_batch_for_an_attempt_nobody_claimed_is_dropped(
     await asyncio.sleep(0.3)  # the persister is idle: nothing else is coming
     assert await stored_seqs(pool, job_id) == [1, 2]
     assert dropped(relay) == 1
+
+
+async def test_batches_an_earlier_version_left_on_its_log_subjects_are_stored_after_upgrade(
+    jobs: Jobs, bus: Any, pool: Pool
+) -> None:
+    """An earlier version's LOGS stream (`dockyard.logs.<job>`, the relay's durable filtering
+    that) still holds a batch at the upgrade: the new topology changes the stream's subjects
+    and the durable's filter in place, and the relay stores the batch (no sender to check)."""
+    job_id = await jobs.running()
+    await bus.delete_stream(names.LOGS_STREAM)
+    old = next(c for c in stream_configs() if c.name == names.LOGS_STREAM)
+    await bus.add_stream(old.evolve(subjects=["dockyard.logs.*"]))
+    durable = dict(consumer_configs())[names.LOGS_STREAM]
+    await bus.add_consumer(names.LOGS_STREAM, durable.evolve(filter_subject="dockyard.logs.*"))
+    batch = protocol.LogBatch(job_id=job_id, attempt=1, lines=lines_of(range(1, 4)))
+    await bus.publish(
+        names.legacy_log_subject(job_id), protocol.encode(batch), stream=names.LOGS_STREAM
+    )
+    await ensure_topology(bus)
+    info = await bus.stream_info(names.LOGS_STREAM)
+    assert info.config.subjects == [names.LOGS_SUBJECTS] and info.state.messages == 1
+    consumer = await bus.consumer_info(names.LOGS_STREAM, names.LOGS_DURABLE)
+    assert consumer.config.filter_subject == names.LOGS_FILTER
+    holder = BatchPublisher(bus, job_id)  # the new version's, after it
+    await holder.publish(lines_of(range(4, 6)))
+    await holder.flush()
+    persister = LogPersister(bus, LogStore(pool), holders=AttemptHolders(pool))
+    assert await persister.run_until_idle() == 5
+    assert await stored_seqs(pool, job_id) == [1, 2, 3, 4, 5]
 
 
 async def _stored_through(pool: Pool, job_id: str, seq: int) -> bool:
