@@ -23,6 +23,7 @@ from tests.support.containers import (
 )
 from tests.support.nats import purge_jetstream
 from tests.support.postgres import (
+    app_url,
     create_database,
     create_template,
     drop_database,
@@ -107,12 +108,20 @@ async def pg_template(pg_server: EmbeddedPostgres) -> str:
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def database_url(pg_server: EmbeddedPostgres, pg_template: str) -> AsyncIterator[str]:
-    """A fresh, migrated database of its own for each test, dropped afterwards."""
+    """A fresh, migrated database of its own for each test, dropped afterwards; as the
+    superuser, or as the services' own role with DOCKYARD_TEST_DATABASE_ROLE=app."""
     await ensure_running(pg_server)
     name = await create_database(pg_server, template=pg_template)
-    yield pg_server.admin_url(name)
+    url = pg_server.admin_url(name)
+    yield app_url(pg_server, url) if os.environ.get("DOCKYARD_TEST_DATABASE_ROLE") == "app" else url
     await ensure_running(pg_server)
     await drop_database(pg_server, name)
+
+
+@pytest.fixture
+def app_database_url(pg_server: EmbeddedPostgres, database_url: str) -> str:
+    """The test's database as the services' own role (no superuser), as under `dockyard up`."""
+    return app_url(pg_server, database_url)
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

@@ -70,6 +70,40 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         group="servers",
     ),
     Variable(
+        name="DOCKYARD_NATS_CREDS",
+        default="none (`dockyard up`: one generated per service)",
+        meaning="file with this process's NATS identity: a `.creds` file (a user JWT and its "
+        "seed; `dockyard credentials orchestrator NAME` makes one) or a file holding an nkey "
+        "seed. A password may instead be in the URL (`nats://user:password@host:4222`). "
+        "Without any, against a NATS that requires none, the service runs in development "
+        "mode and warns once at start that NATS is open.",
+        read_by=_SERVICES,
+        group="servers",
+    ),
+    Variable(
+        name="DOCKYARD_NATS_TLS_CA",
+        default="none",
+        meaning="CA bundle (PEM) the NATS server's certificate must chain to; setting it, or "
+        "a `tls://` URL (then the system's CAs), turns on TLS, and a server that offers none "
+        "is refused.",
+        read_by=_SERVICES,
+        group="servers",
+    ),
+    Variable(
+        name="DOCKYARD_NATS_TLS_CERT",
+        default="none",
+        meaning="client certificate (PEM) for mutual TLS, with `DOCKYARD_NATS_TLS_KEY`.",
+        read_by=_SERVICES,
+        group="servers",
+    ),
+    Variable(
+        name="DOCKYARD_NATS_TLS_KEY",
+        default="none",
+        meaning="the private key (PEM) of `DOCKYARD_NATS_TLS_CERT`.",
+        read_by=_SERVICES,
+        group="servers",
+    ),
+    Variable(
         name="DOCKYARD_NATS_REPLICAS",
         default=DEFAULTS["DOCKYARD_NATS_REPLICAS"],
         meaning="copies of every stream and of the heartbeat bucket: `3` on a three-node "
@@ -228,7 +262,7 @@ VARIABLES: Final[tuple[Variable, ...]] = (
     Variable(
         name="DOCKYARD_TOKEN",
         default="the dev token `dockyard up` wrote: `~/.config/dockyard/token` (under "
-        "`$XDG_CONFIG_HOME` if set), then `./.dockyard/token`",
+        "`$XDG_CONFIG_HOME` if set; never one in the current directory)",
         meaning="the CLI's bearer token, one of `DOCKYARD_TOKENS`.",
         read_by=("CLI",),
         group="cli",
@@ -236,8 +270,18 @@ VARIABLES: Final[tuple[Variable, ...]] = (
 )
 
 
+class NatsSecurity(Struct, frozen=True, kw_only=True):
+    """Paths of the NATS credential and TLS files (bus.connection.Security reads them)."""
+
+    creds: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+
 class Settings(Struct, frozen=True, kw_only=True):
     nats_url: str
+    nats_security: NatsSecurity = NatsSecurity()
     database_url: str
     api_listen: tuple[str, int]
     logs_listen: tuple[str, int]
@@ -258,6 +302,7 @@ class Settings(Struct, frozen=True, kw_only=True):
 
 def load(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
+    refuse_placeholders(env)
 
     def get(name: str) -> str:
         return env.get(name) or DEFAULTS.get(name, "")
@@ -265,6 +310,12 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     api = _listen("DOCKYARD_API_LISTEN", get("DOCKYARD_API_LISTEN"))
     return Settings(
         nats_url=get("DOCKYARD_NATS_URL"),
+        nats_security=NatsSecurity(
+            creds=env.get("DOCKYARD_NATS_CREDS") or None,
+            tls_ca=env.get("DOCKYARD_NATS_TLS_CA") or None,
+            tls_cert=env.get("DOCKYARD_NATS_TLS_CERT") or None,
+            tls_key=env.get("DOCKYARD_NATS_TLS_KEY") or None,
+        ),
         database_url=get("DOCKYARD_DATABASE_URL"),
         api_listen=api,
         logs_listen=_listen("DOCKYARD_LOGS_LISTEN", get("DOCKYARD_LOGS_LISTEN")),
@@ -284,6 +335,21 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         claim_key=env.get("DOCKYARD_CLAIM_KEY") or None,
         claim_public_key=env.get("DOCKYARD_CLAIM_PUBLIC_KEY") or None,
     )
+
+
+# The deploy files' stand-in for every password and token (deploy/env/*.env).
+PLACEHOLDER: Final = "CHANGE-ME"
+
+
+def refuse_placeholders(env: Mapping[str, str]) -> None:
+    """ConfigError naming the first DOCKYARD_ variable still holding the deploy files'
+    `CHANGE-ME` placeholder (a password or token everyone can read there); never its value."""
+    for name in sorted(env):
+        if name.startswith("DOCKYARD_") and PLACEHOLDER in env[name].upper():
+            raise ConfigError(
+                f"{name} still holds a {PLACEHOLDER} placeholder: replace it with a secret of "
+                "your own (deploy/README.md)"
+            )
 
 
 def default_orchestrator_id() -> str:

@@ -5,12 +5,14 @@ service that dies taking the stack down loudly."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -19,6 +21,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 pytestmark = pytest.mark.timeout(300)
@@ -135,6 +138,64 @@ def test_up_prints_urls_and_a_dev_token_the_cli_finds(stack: Up) -> None:
     assert set(stack.child_pids()) == {"scheduler", "orchestrator", "log-relay", "janitor"}
 
 
+def test_up_postgres_needs_its_password_which_is_never_printed(stack: Up) -> None:
+    credentials = stack.data_dir / "credentials"
+    assert stat.S_IMODE(credentials.stat().st_mode) == 0o700
+    assert {stat.S_IMODE(p.stat().st_mode) for p in credentials.iterdir()} == {0o600}
+    superuser = (credentials / "postgres-superuser.password").read_text().strip()
+    app = (credentials / "postgres-app.password").read_text().strip()
+    port = int(stack.ports[stack.ports.index("--postgres-port") + 1])
+
+    async def check() -> None:
+        for user, password in (("dockyard", None), ("dockyard", "guess"), ("dockyard_app", None)):
+            auth = f"{user}:{password}" if password else user
+            with pytest.raises(asyncpg.InvalidAuthorizationSpecificationError):
+                await asyncpg.connect(f"postgresql://{auth}@127.0.0.1:{port}/dockyard")
+        conn = await asyncpg.connect(f"postgresql://dockyard_app:{app}@127.0.0.1:{port}/dockyard")
+        try:
+            query = "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
+            assert await conn.fetchval(query) is False
+        finally:
+            await conn.close()
+
+    asyncio.run(check())
+    printed = "".join(stack.output)
+    logs = [p for p in stack.data_dir.rglob("*") if p.is_file() and credentials not in p.parents]
+    for secret in (superuser, app):
+        assert secret not in printed
+        for path in logs:
+            assert secret.encode() not in path.read_bytes(), path
+
+
+def test_up_gives_each_service_only_the_credentials_it_uses(stack: Up) -> None:
+    app = (stack.data_dir / "credentials" / "postgres-app.password").read_text().strip()
+    environments = {}
+    for name, pid in stack.child_pids().items():
+        raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        environments[name] = dict(item.decode().partition("=")[::2] for item in raw if item)
+    orchestrator = environments.pop("orchestrator")
+    assert "DOCKYARD_DATABASE_URL" not in orchestrator
+    assert "DOCKYARD_TOKENS" not in orchestrator
+    for name, env in environments.items():
+        assert env["DOCKYARD_DATABASE_URL"].startswith(f"postgresql://dockyard_app:{app}@"), name
+    assert "DOCKYARD_TOKENS" not in environments["janitor"]
+
+
+def test_the_cli_ignores_a_token_planted_in_the_current_directory(stack: Up) -> None:
+    token = (stack.data_dir / "token").read_text().strip()
+    with tempfile.TemporaryDirectory() as shared:
+        (Path(shared) / ".dockyard").mkdir()
+        (Path(shared) / ".dockyard" / "token").write_text(token + "\n")
+        env = {**stack.env, "XDG_CONFIG_HOME": str(Path(shared) / "nobody's-config")}
+        result = subprocess.run(
+            [sys.executable, "-m", "dockyard.cli", "ls"],
+            env=env, cwd=shared, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert "token" in result.stderr
+    assert token not in result.stderr
+
+
 def test_submit_follow_streams_the_log_and_exits_zero(stack: Up) -> None:
     result = stack.cli("submit", "--follow", "--", "sh", "-c", DEMO)
     assert result.returncode == 0, result.stderr
@@ -225,6 +286,19 @@ def test_errors_are_one_line_without_traceback(stack: Up) -> None:
     assert result.returncode == 1
     assert len(result.stderr.strip().splitlines()) == 1
     assert "token" in result.stderr
+
+
+def test_up_signs_claim_answers_and_its_orchestrator_runs_only_signed_ones(stack: Up) -> None:
+    """The claim key is made at the first start: no service runs unprotected claims."""
+    text = "".join(stack.output)
+    assert "claim answers are signed" in text
+    assert "claims_unsigned" not in text and "claims_unverified" not in text
+    credentials = stack.data_dir / "credentials"
+    assert (credentials / "claim.seed").stat().st_mode & 0o777 == 0o600
+    assert (credentials / "claim.pub").read_text().startswith("N")
+    result = stack.cli("submit", "--follow", "--", "sh", "-c", "echo signed")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[1:] == ["signed"]
 
 
 def test_up_stops_on_sigint_resumes_and_a_dead_service_stops_it(stack: Up) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
@@ -47,6 +48,10 @@ def test_demo_streams_the_job_and_stops_the_stack(busybox_image: str) -> None:
         assert "Dockyard is up" in result.stderr
         up_log = (base / "data" / "up.log").read_text()
         assert "nats         | stopped" in up_log
+        # It shows the dev token: for the user's eyes only. No password is in it.
+        assert stat.S_IMODE((base / "data" / "up.log").stat().st_mode) == 0o600
+        for password in (base / "data" / "credentials").glob("postgres-*.password"):
+            assert password.read_text().strip() not in up_log + result.stderr + result.stdout
         with socket.socket() as sock:  # the embedded NATS is gone with the stack
             assert sock.connect_ex(("127.0.0.1", nats_port)) != 0
     finally:

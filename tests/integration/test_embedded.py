@@ -157,7 +157,8 @@ async def test_postgres_runs_unprivileged_when_root(own_pg: EmbeddedPostgres) ->
 
 
 async def test_postgres_url_names_role_and_database(own_pg: EmbeddedPostgres) -> None:
-    assert own_pg.url == f"postgresql://dockyard@127.0.0.1:{own_pg.port}/dockyard"
+    password = own_pg.password
+    assert own_pg.url == f"postgresql://dockyard:{password}@127.0.0.1:{own_pg.port}/dockyard"
     row = await _fetchrow(own_pg.url, "SELECT current_user, current_database()")
     assert tuple(row) == ("dockyard", "dockyard")
 

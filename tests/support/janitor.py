@@ -17,6 +17,7 @@ from typing import Any
 import aiodocker
 from aiodocker.exceptions import DockerError
 
+from dockyard.bus import close, connect, ensure_topology, jetstream
 from dockyard.bus.names import LABEL_ATTEMPT, LABEL_JOB, LABEL_ORCHESTRATOR
 from dockyard.config import load
 from dockyard.janitor import Janitor, JanitorConfig, bootstrap
@@ -146,6 +147,7 @@ async def running_janitor(
         }
     )
     config = janitor_config(orchestrator, **overrides)
+    await _topology_as_the_scheduler_makes_it(nats_url)
     async with bootstrap(
         settings,
         config,
@@ -155,3 +157,12 @@ async def running_janitor(
         own_deployment_only=own_deployment_only,
     ) as janitor:
         yield janitor
+
+
+async def _topology_as_the_scheduler_makes_it(nats_url: str) -> None:
+    """A janitor only waits for the topology (bus/permissions.py): the scheduler makes it."""
+    nc = await connect(nats_url, "test scheduler topology")
+    try:
+        await ensure_topology(jetstream(nc), lease_s=TEST_LEASE_S)
+    finally:
+        await close(nc)

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import secrets
 import tempfile
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 
 from dockyard.embedded import EmbeddedPostgres
 from dockyard.embedded.postgres import quote_ident
+from dockyard.store.roles import APP_ROLE, ensure_app_role
 
 TEMPLATE = "dockyard_template"
+# The services' own role (no superuser), as `dockyard up` makes it; its grants are made in the
+# template, so every test database has them.
+APP_PASSWORD = secrets.token_urlsafe(24)
 
 
 def reachable_tmp_dir(prefix: str) -> Path:
@@ -33,7 +39,17 @@ async def create_template(server: EmbeddedPostgres, name: str = TEMPLATE) -> str
     await _admin(server, f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
     await _admin(server, f"CREATE DATABASE {quote_ident(name)}")
     await migrate(server.admin_url(name))
+    conn = await asyncpg.connect(server.admin_url(name))
+    try:
+        await ensure_app_role(conn, APP_PASSWORD)
+    finally:
+        await conn.close()
     return name
+
+
+def app_url(server: EmbeddedPostgres, database_url: str) -> str:
+    """The services' role's URL for the database of `database_url`."""
+    return server.url_as(APP_ROLE, APP_PASSWORD, urlsplit(database_url).path.lstrip("/"))
 
 
 async def create_database(server: EmbeddedPostgres, template: str) -> str:

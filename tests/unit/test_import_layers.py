@@ -33,7 +33,7 @@ ALLOWED: dict[str, set[str]] = {
     "job_logs": {"core", "store", "bus.names", "bus.errors"},
     "bus": {"core", "store", "process", "telemetry"},
     "web": {"core", "store"},
-    "stack": {"client", "config", "embedded", "store"},
+    "stack": {"client", "config", "embedded", "store", "bus.permissions", "bus.connection"},
 }
 SERVICE_NAMES = {p.name for p in SERVICES.iterdir() if (p / "__init__.py").exists()}
 SHARED_NAMES = {p.stem for p in SHARED.iterdir() if p.is_dir() or p.suffix == ".py"}

@@ -24,11 +24,10 @@ from typing import TextIO
 
 import aiodocker
 from aiohttp import web
-from nats.js import JetStreamContext
 
 from dockyard.bus import connection
-from dockyard.bus.errors import BusUnavailable
-from dockyard.bus.topology import ensure_topology
+from dockyard.bus.permissions import inbox_prefix
+from dockyard.bus.topology import JANITOR_NEEDS, await_topology
 from dockyard.config import Settings
 from dockyard.janitor.config import JanitorConfig
 from dockyard.janitor.lease import SweepLock
@@ -78,10 +77,15 @@ async def bootstrap(
         stack.push_async_callback(pool.close)
         store = PgEventStore(pool)
         stack.push_async_callback(store.close)
-        nc = await connection.connect(settings.nats_url, "janitor")
+        nc = await connection.connect(
+            settings.nats_url,
+            "janitor",
+            security=connection.Security.of(settings.nats_security, inbox_prefix("janitor")),
+        )
         stack.push_async_callback(connection.close, nc)
         js = connection.jetstream(nc)
-        deployment = await _ensure_topology(js, settings)
+        # Made by the scheduler; the janitor may only look (bus/permissions.py).
+        deployment = await await_topology(js, JANITOR_NEEDS, who="janitor")
         if docker is None:
             docker = aiodocker.Docker()
             stack.push_async_callback(docker.close)
@@ -97,22 +101,6 @@ async def bootstrap(
             deployment=deployment if own_deployment_only else None,
         )
         yield Janitor(sources, store, config, lock=lock)
-
-
-async def _ensure_topology(js: JetStreamContext, settings: Settings) -> str:
-    failures = 0
-    while True:
-        try:
-            return await ensure_topology(
-                js,
-                lease_s=settings.lease_s,
-                queues=settings.queues,
-                replicas=settings.nats_replicas,
-            )
-        except BusUnavailable as exc:  # JetStream still starting: wait for it
-            failures += 1
-            log.warning("janitor.topology_retry error=%s", exc)
-            await asyncio.sleep(min(5.0, 0.1 * 2**failures))
 
 
 async def run_schedule(

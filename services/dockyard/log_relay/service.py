@@ -9,7 +9,8 @@ from aiohttp import web
 from nats.js import JetStreamContext
 
 from dockyard.bus import connection, names
-from dockyard.bus.topology import ensure_topology
+from dockyard.bus.permissions import inbox_prefix
+from dockyard.bus.topology import LOG_RELAY_NEEDS, await_topology
 from dockyard.config import Settings
 from dockyard.job_logs.store import LogStore
 from dockyard.log_relay.app import build_app
@@ -39,13 +40,15 @@ async def run_log_relay(settings: Settings) -> None:
         pool = await create_pool(settings.database_url, max_size=8)
         stack.push_async_callback(pool.close)
         # Two connections: a burst of live lines must not delay the persister, nor the reverse.
-        persist_nc = await connection.connect(settings.nats_url, "log-relay-persist")
+        security = connection.Security.of(settings.nats_security, inbox_prefix("log-relay"))
+        persist_nc = await connection.connect(
+            settings.nats_url, "log-relay-persist", security=security
+        )
         stack.push_async_callback(connection.close, persist_nc)
         js = connection.jetstream(persist_nc)
-        await ensure_topology(
-            js, lease_s=settings.lease_s, queues=settings.queues, replicas=settings.nats_replicas
-        )
-        live_nc = await connection.connect(settings.nats_url, "log-relay-live")
+        # Made by the scheduler; the relay may only look (bus/permissions.py).
+        await await_topology(js, LOG_RELAY_NEEDS, who="log-relay")
+        live_nc = await connection.connect(settings.nats_url, "log-relay-live", security=security)
         stack.push_async_callback(connection.close, live_nc)
 
         store = LogStore(pool)

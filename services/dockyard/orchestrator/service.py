@@ -21,10 +21,10 @@ from aiohttp import web
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
-from dockyard.bus.connection import close, connect, jetstream
-from dockyard.bus.errors import BusUnavailable
+from dockyard.bus.connection import Security, close, connect, jetstream
+from dockyard.bus.permissions import inbox_prefix
 from dockyard.bus.signing import ClaimVerifier
-from dockyard.bus.topology import ensure_topology
+from dockyard.bus.topology import await_topology, orchestrator_needs
 from dockyard.config import Settings
 from dockyard.orchestrator.attempt import Attempt, AttemptContext, Claim
 from dockyard.orchestrator.claimer import Ask, Claimer, claim_asker
@@ -40,7 +40,7 @@ from dockyard.orchestrator.ports import LogSinkPort
 from dockyard.orchestrator.recovery import Recovery
 from dockyard.orchestrator.registry import Registry
 from dockyard.orchestrator.reporter import Reporter
-from dockyard.orchestrator.retrying import backoff, until_stored
+from dockyard.orchestrator.retrying import until_stored
 from dockyard.orchestrator.ticket import Ticket
 from dockyard.process import gc_policy
 from dockyard.process.cancelling import cancel_and_wait
@@ -329,11 +329,20 @@ async def bootstrap(
 ) -> AsyncIterator[Orchestrator]:
     """Wire the real adapters (NATS, JetStream topology, the Docker engine); close them after."""
     config = config or OrchestratorConfig.from_settings(settings)
-    nc = await connect(settings.nats_url, f"orchestrator {config.orchestrator_id}")
+    nc = await connect(
+        settings.nats_url,
+        f"orchestrator {config.orchestrator_id}",
+        security=Security.of(
+            settings.nats_security, inbox_prefix("orchestrator", config.orchestrator_id)
+        ),
+    )
     docker: aiodocker.Docker | None = None
     try:
         js = jetstream(nc)
-        deployment = await _ensure_topology(js, config)
+        # Made by the scheduler; an orchestrator may only look (bus/permissions.py).
+        deployment = await await_topology(
+            js, orchestrator_needs(config.queues), who=f"orchestrator {config.orchestrator_id}"
+        )
         engine: str | None = None
         if runtime is None:
             docker = docker_client(config.max_jobs)
@@ -353,19 +362,6 @@ async def bootstrap(
         if docker is not None:
             await close_docker(docker)
         await close(nc)
-
-
-async def _ensure_topology(js: JetStreamContext, config: OrchestratorConfig) -> str:
-    failures = 0
-    while True:
-        try:
-            return await ensure_topology(
-                js, queues=config.queues, lease_s=config.lease_s, replicas=config.nats_replicas
-            )
-        except BusUnavailable as exc:  # JetStream still starting: wait for it
-            failures += 1
-            log.warning("orchestrator.topology_retry error=%s", exc)
-            await asyncio.sleep(backoff(failures))
 
 
 async def run_orchestrator(settings: Settings) -> None:

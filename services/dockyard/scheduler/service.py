@@ -13,6 +13,7 @@ from dockyard.bus import connection
 from dockyard.bus.event_batches import EventBatchPublisher
 from dockyard.bus.leader import PgLeader
 from dockyard.bus.outbox import OutboxRelay
+from dockyard.bus.permissions import inbox_prefix
 from dockyard.bus.signing import ClaimKeyError, ClaimSigner
 from dockyard.bus.topology import ensure_topology
 from dockyard.config import ConfigError, Settings
@@ -56,9 +57,14 @@ async def run_scheduler(settings: Settings) -> None:
         stack.push_async_callback(pg_store.close)
         metrics = SchedulerMetrics()
         store = CountingStore(pg_store, metrics)
-        nc = await connection.connect(settings.nats_url, "scheduler")
+        nc = await connection.connect(
+            settings.nats_url,
+            "scheduler",
+            security=connection.Security.of(settings.nats_security, inbox_prefix("scheduler")),
+        )
         stack.push_async_callback(connection.close, nc)
         js = connection.jetstream(nc)
+        # The one service that creates the streams, consumers and buckets (permissions.py).
         await ensure_topology(
             js, lease_s=settings.lease_s, queues=settings.queues, replicas=settings.nats_replicas
         )

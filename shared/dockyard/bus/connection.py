@@ -3,22 +3,36 @@
 A service must survive a NATS restart without restarting itself: the client reconnects with
 exponential backoff capped at a few seconds, replays its subscriptions, and buffers publishes
 meanwhile (they time out and are retried by their callers, deduplicated by Nats-Msg-Id).
+
+Who it connects as (`Security`): a `.creds` file (a user JWT and its seed) or an nkey seed file
+(DOCKYARD_NATS_CREDS), or a password in the URL; TLS with a CA bundle (DOCKYARD_NATS_TLS_CA,
+or the system's for a `tls://` URL) and a client certificate for mutual TLS (_CERT, _KEY).
+Replies come to an inbox prefix of the identity's own (bus/permissions.py): read from the
+JWT's subscribe allow-list when it names one. A NATS that requires no credentials is still
+used (development mode), with one warning at start that says what is open.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
+import json
 import logging
 import random
-from typing import Any, Final
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.client import Server
 from nats.js import JetStreamContext
+from nats.js.api import RawStreamMsg
 
-from dockyard.bus.errors import BusUnavailable
+from dockyard.bus.errors import BusRejected, BusUnavailable
 
 log = logging.getLogger("dockyard.bus")
 
@@ -70,16 +84,165 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"***@{netloc}"))
 
 
-async def connect(url: str, name: str, *, timeout_s: float | None = None) -> NatsClient:
+class SecuritySettings(Protocol):
+    """What config.NatsSecurity holds: file paths, or None."""
+
+    @property
+    def creds(self) -> str | None: ...
+    @property
+    def tls_ca(self) -> str | None: ...
+    @property
+    def tls_cert(self) -> str | None: ...
+    @property
+    def tls_key(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class Security:
+    """How to prove who we are to NATS and check who NATS is. Empty: development mode."""
+
+    creds: Path | None = None  # a .creds file, or a file holding an nkey seed (SU...)
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    inbox_prefix: str | None = None  # when the credential names none (nkey seeds, passwords)
+
+    @classmethod
+    def of(cls, settings: SecuritySettings | None, inbox_prefix: str | None = None) -> Security:
+        """From the service's settings (config.NatsSecurity); `inbox_prefix` its role's."""
+
+        def path(value: str | None) -> Path | None:
+            return Path(value) if value else None
+
+        if settings is None:
+            return cls(inbox_prefix=inbox_prefix)
+        return cls(
+            creds=path(settings.creds),
+            tls_ca=path(settings.tls_ca),
+            tls_cert=path(settings.tls_cert),
+            tls_key=path(settings.tls_key),
+            inbox_prefix=inbox_prefix,
+        )
+
+
+class CredentialsUnusable(BusRejected):
+    """Raised when the credential or TLS files cannot be used, or NATS refused them."""
+
+
+def connect_options(security: Security, urls: list[str]) -> dict[str, Any]:
+    """The nats-py connect arguments for `security` (the credential read once, here)."""
+    options: dict[str, Any] = {}
+    prefix = security.inbox_prefix
+    if security.creds is not None:
+        try:
+            text = security.creds.read_text()
+        except OSError as exc:
+            raise CredentialsUnusable(f"DOCKYARD_NATS_CREDS: cannot read {exc}") from None
+        if "BEGIN NATS USER JWT" in text:
+            options["user_credentials"] = str(security.creds)
+            prefix = _jwt_inbox_prefix(text) or prefix
+        elif text.strip().startswith("SU"):
+            options["nkeys_seed_str"] = text.strip()
+        else:
+            raise CredentialsUnusable(
+                f"DOCKYARD_NATS_CREDS: {security.creds} is neither a .creds file nor an nkey seed"
+            )
+    if prefix:
+        options["inbox_prefix"] = prefix
+    context = tls_context(security)
+    if context is not None:
+        options["tls"] = context
+    return options
+
+
+def tls_context(security: Security) -> ssl.SSLContext | None:
+    """A client TLS context verifying the server (with the CA bundle, else the system's), with
+    our certificate for mutual TLS; None when no TLS file is given."""
+    if security.tls_ca is None and security.tls_cert is None:
+        if security.tls_key is not None:
+            raise CredentialsUnusable("DOCKYARD_NATS_TLS_KEY is set without DOCKYARD_NATS_TLS_CERT")
+        return None
+    try:
+        context = ssl.create_default_context(
+            cafile=str(security.tls_ca) if security.tls_ca else None
+        )
+        if security.tls_cert is not None:
+            context.load_cert_chain(
+                str(security.tls_cert), str(security.tls_key) if security.tls_key else None
+            )
+    except (OSError, ssl.SSLError) as exc:
+        raise CredentialsUnusable(f"DOCKYARD_NATS_TLS_*: {exc}") from None
+    return context
+
+
+def wants_tls(security: Security, urls: list[str]) -> bool:
+    return (
+        security.tls_ca is not None
+        or security.tls_cert is not None
+        or any(u.startswith("tls://") for u in urls)
+    )
+
+
+def _jwt_inbox_prefix(creds_text: str) -> str | None:
+    """The inbox prefix a user JWT allows subscribing under (`<prefix>.>`), if one."""
+    lines = [line.strip() for line in creds_text.splitlines()]
+    try:
+        token = lines[lines.index("-----BEGIN NATS USER JWT-----") + 1]
+        body = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+        allowed = claims["nats"]["sub"]["allow"]
+    except (ValueError, IndexError, KeyError, TypeError):
+        return None
+    prefixes = [s[:-2] for s in allowed if s.startswith("_INBOX") and s.endswith(".>")]
+    return prefixes[0] if len(prefixes) == 1 else None
+
+
+_AUTH_REFUSED = ("authorization violation", "authentication", "user authentication expired")
+_TLS_REFUSED = ("certificate required", "bad certificate", "certificate unknown", "unknown ca")
+
+
+def _refusal(exc: Exception, text: str) -> bool:
+    """Whether a failed first connection was refused for who we are or who the server is:
+    trying again would fail again."""
+    if isinstance(exc, ssl.SSLError):  # ours did not verify, or the server refused ours
+        return isinstance(exc, ssl.SSLCertVerificationError) or any(s in text for s in _TLS_REFUSED)
+    return any(s in text for s in _AUTH_REFUSED)
+
+
+async def connect(
+    url: str,
+    name: str,
+    *,
+    timeout_s: float | None = None,
+    security: Security | None = None,
+) -> NatsClient:
     """A connected client that reconnects forever.
 
     The first connection is retried too (a service may start before NATS), for up to
-    `timeout_s` (None: forever); then BusUnavailable is raised. Close it with `close`.
+    `timeout_s` (None: forever); then BusUnavailable is raised. CredentialsUnusable is raised
+    at once when NATS refuses the credentials, or TLS was asked for and NATS does not offer it
+    (waiting would not change either). Close it with `close`.
     """
     safe_url = redact(url)
     fields = {"connection": name, "url": safe_url}
+    security = security or Security()
+    urls = server_urls(url)
+    options = connect_options(security, urls)
+    tls_wanted = wants_tls(security, urls)
+    refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
     async def on_error(exc: Exception) -> None:
+        text = str(exc).lower()
+        if not nc.is_connected and not refused.done() and _refusal(exc, text):
+            refused.set_result(str(exc))
+        if "permissions violation" in text:
+            log.error(
+                "nats.permission_denied connection=%s error=%s",
+                name,
+                exc,
+                extra={"event": "nats.permission_denied", **fields, "error": str(exc)},
+            )
+            return
         log.warning(
             "nats.error connection=%s url=%s error=%s: %s",
             name,
@@ -100,6 +263,15 @@ async def connect(url: str, name: str, *, timeout_s: float | None = None) -> Nat
         )
 
     async def on_reconnected() -> None:
+        if tls_wanted and not _tls_offered(nc):
+            log.error(
+                "nats.tls_downgraded connection=%s url=%s: the server no longer offers TLS",
+                name,
+                safe_url,
+                extra={"event": "nats.tls_downgraded", **fields},
+            )
+            await nc.close()
+            return
         log.info(
             "nats.reconnected connection=%s url=%s server=%s",
             name,
@@ -112,33 +284,82 @@ async def connect(url: str, name: str, *, timeout_s: float | None = None) -> Nat
         log.info("nats.closed connection=%s", name, extra={"event": "nats.closed", **fields})
 
     nc = NatsClient()
+    connecting = asyncio.ensure_future(
+        nc.connect(
+            urls,
+            name=name,
+            error_cb=on_error,
+            disconnected_cb=on_disconnected,
+            reconnected_cb=on_reconnected,
+            closed_cb=on_closed,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=1,  # between attempts of the first connection only
+            reconnect_to_server_handler=_choose_server,
+            ping_interval=PING_INTERVAL_S,
+            max_outstanding_pings=MAX_OUTSTANDING_PINGS,
+            pending_size=PENDING_BYTES,
+            **options,
+        )
+    )
     try:
         async with asyncio.timeout(timeout_s):
-            await nc.connect(
-                server_urls(url),
-                name=name,
-                error_cb=on_error,
-                disconnected_cb=on_disconnected,
-                reconnected_cb=on_reconnected,
-                closed_cb=on_closed,
-                allow_reconnect=True,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=1,  # between attempts of the first connection only
-                reconnect_to_server_handler=_choose_server,
-                ping_interval=PING_INTERVAL_S,
-                max_outstanding_pings=MAX_OUTSTANDING_PINGS,
-                pending_size=PENDING_BYTES,
-            )
+            pending: list[asyncio.Future[Any]] = [connecting, refused]
+            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
     except TimeoutError:
-        await nc.close()
+        await _abandon(nc, connecting)
         raise BusUnavailable(f"could not connect to NATS at {safe_url} in {timeout_s}s") from None
+    except BaseException:
+        await _abandon(nc, connecting)
+        raise
+    if refused.done() and not connecting.done():
+        await _abandon(nc, connecting)
+        raise CredentialsUnusable(
+            f"NATS at {safe_url} refused {name}'s credentials, or its certificate did not "
+            f"verify ({refused.result()}): check DOCKYARD_NATS_CREDS and DOCKYARD_NATS_TLS_*"
+        )
+    connecting.result()  # its own error, if it failed
+    if tls_wanted and not _tls_offered(nc):
+        await nc.close()
+        raise CredentialsUnusable(
+            f"NATS at {safe_url} does not offer TLS, which DOCKYARD_NATS_TLS_CA, _CERT or a "
+            "tls:// URL asks for"
+        )
     log.info(
         "nats.connected connection=%s url=%s",
         name,
         safe_url,
         extra={"event": "nats.connected", **fields},
     )
+    _warn_if_open(nc, name, fields)
     return nc
+
+
+async def _abandon(nc: NatsClient, connecting: asyncio.Future[None]) -> None:
+    connecting.cancel()
+    with contextlib.suppress(BaseException):  # cancelled, or its own failure: given up on
+        await connecting
+    await nc.close()
+
+
+def _tls_offered(nc: NatsClient) -> bool:
+    return bool(nc._server_info.get("tls_required"))  # nats-py has no accessor
+
+
+def _warn_if_open(nc: NatsClient, name: str, fields: dict[str, str]) -> None:
+    """Development mode: one warning at start saying what a NATS without auth leaves open."""
+    info = nc._server_info  # nats-py has no accessor
+    if info.get("auth_required"):
+        return
+    unencrypted = "" if info.get("tls_required") else ", and traffic to it is not encrypted"
+    log.warning(
+        "nats.unprotected connection=%s: NATS requires no credentials, so any client that "
+        "reaches it can read every job's spec and secrets, forge claims, reports and logs, "
+        "and delete the streams%s (development mode; see docs/operations.md, Credentials)",
+        name,
+        unencrypted,
+        extra={"event": "nats.unprotected", **fields},
+    )
 
 
 def jetstream(
@@ -146,9 +367,28 @@ def jetstream(
 ) -> JetStreamContext:
     """The JetStream context of `nc`: API calls time out after `timeout_s`.
 
-    `max_pending_acks` bounds asynchronous publishes awaiting their ack (publish_async).
+    `max_pending_acks` bounds asynchronous publishes awaiting their ack (publish_async). Its
+    `get_last_msg` is a direct get (see DirectLastReads).
     """
-    return JetStreamContext(nc, timeout=timeout_s, publish_async_max_pending=max_pending_acks)
+    return DirectLastReads(nc, timeout=timeout_s, publish_async_max_pending=max_pending_acks)
+
+
+class DirectLastReads(JetStreamContext):
+    """A JetStream context whose `get_last_msg` is always a direct get.
+
+    A direct get of a subject's last message names the subject in the request's own subject
+    (`$JS.API.DIRECT.GET.<stream>.<subject>`), so NATS permissions can allow one
+    orchestrator its own jobs' log batches and one event type, where the classic
+    `$JS.API.STREAM.MSG.GET.<stream>` would let it read any message of the stream (every
+    job's spec among them). The streams it is used on allow direct gets (topology.py). On a
+    replicated stream any replica may answer, so the read may lag the leader by the
+    replication delay.
+    """
+
+    async def get_last_msg(
+        self, stream_name: str, subject: str, direct: bool | None = True
+    ) -> RawStreamMsg:
+        return await super().get_last_msg(stream_name, subject, direct=True)
 
 
 async def close(nc: NatsClient, *, timeout_s: float = 5.0) -> None:

@@ -1,8 +1,12 @@
-"""Every JetStream stream, durable consumer and KV bucket Dockyard uses, and `ensure_topology`.
+"""Every JetStream stream, durable consumer and KV bucket Dockyard uses, `ensure_topology`, and
+`await_topology` for the services that may only look.
 
-Each service calls `ensure_topology` at start; it creates what is missing and updates what
-differs, so it is idempotent and safe when several services start at the same moment (the
-server treats a create with an identical config as a no-op, and a differing one we update).
+The scheduler (the one role allowed to, bus/permissions.py) calls `ensure_topology` at start;
+it creates what is missing and updates what differs, so it is idempotent and safe when several
+schedulers start at the same moment (the server treats a create with an identical config as a
+no-op, and a differing one we update). Orchestrators, the log relay and the janitor may not
+create or change any of it: they call `await_topology`, which waits (saying so in the log)
+until what they need exists, so the services start in any order.
 
 Durability: the servers run with `sync_interval: always` (written by dockyard.embedded's config;
 set it in any NATS you bring yourself). Jepsen's 2025 analysis of NATS JetStream showed that with
@@ -17,11 +21,15 @@ relay pipelines its publishes for that reason.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Iterable, Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Final
 
+import nats.errors
+import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -38,7 +46,7 @@ from nats.js.errors import APIError
 
 from dockyard.bus import names
 from dockyard.bus.deployment import deployment_id
-from dockyard.bus.errors import TopologyError, translated
+from dockyard.bus.errors import BusUnavailable, TopologyError, translate, translated
 from dockyard.bus.legacy_offers import move_legacy_offers
 
 log = logging.getLogger("dockyard.bus.topology")
@@ -133,6 +141,9 @@ def stream_configs(replicas: int = 1) -> list[StreamConfig]:
             duplicate_window=DUPLICATE_WINDOW_S,
             # The outbox relay publishes in atomic batches: one fsync a batch (event_batches).
             allow_atomic=True,
+            # Direct gets name the subject in the request's subject, so an orchestrator's
+            # permissions can allow one event type's last message and nothing else.
+            allow_direct=True,
         ),
         stream(
             names.REPORTS_STREAM,
@@ -152,6 +163,7 @@ def stream_configs(replicas: int = 1) -> list[StreamConfig]:
             # kernel fsync work saved that the benchmarks could see. A stream made
             # compressed by an earlier version is set back in place.
             compression=StoreCompression.NONE,
+            allow_direct=True,  # an orchestrator reads only its own jobs' last batch
         ),
     ]
 
@@ -227,6 +239,15 @@ async def ensure_topology(
     return await deployment_id(js, replicas=replicas)
 
 
+async def ensure_offer_consumers(js: JetStreamContext, queues: Iterable[str]) -> None:
+    """Create (or update) the offer durables of `queues` only: what `dockyard credentials
+    orchestrator` does for a new host's queues, so it needs no scheduler restart."""
+    with translated():
+        for stream, consumer in consumer_configs(queues)[2:]:  # past reports' and logs'
+            what = f"consumer {consumer.durable_name} on {stream}"
+            await _refusal_as_topology_error(js.add_consumer(stream, consumer), what)
+
+
 async def restore_offer_subjects(js: JetStreamContext) -> bool:
     """Put the offers' subjects back on EVENTS if they are gone; whether they were.
 
@@ -293,3 +314,124 @@ def _as_topology_error(exc: APIError, what: str) -> Exception:
     if exc.code == 400 or exc.err_code in _REFUSED:
         return TopologyError(f"{what}: {exc.description}", code=exc.code, err_code=exc.err_code)
     return exc
+
+
+# --- verifying, for the services that may not create ----------------------------------------
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What one service needs to exist before it starts its work."""
+
+    streams: tuple[str, ...] = ()
+    consumers: tuple[tuple[str, str], ...] = ()  # (stream, durable)
+    buckets: tuple[str, ...] = ()
+    deployment: bool = False  # the installation's id (deployment.py)
+
+
+def orchestrator_needs(queues: Iterable[str]) -> Needs:
+    offers = tuple((names.OFFERS_STREAM, names.offer_durable(q)) for q in dict.fromkeys(queues))
+    return Needs(consumers=offers, buckets=(names.HEARTBEATS_BUCKET,), deployment=True)
+
+
+LOG_RELAY_NEEDS: Final = Needs(consumers=((names.LOGS_STREAM, names.LOGS_DURABLE),))
+JANITOR_NEEDS: Final = Needs(
+    streams=(names.EVENTS_STREAM,), buckets=(names.HEARTBEATS_BUCKET,), deployment=True
+)
+
+
+@dataclass
+class TopologyWait:
+    """Whether a service still waits for the topology, and for what (for /readyz and logs)."""
+
+    missing: list[str] = field(default_factory=list)
+    done: bool = False
+
+    @property
+    def ready(self) -> bool:
+        return self.done
+
+
+async def missing_topology(js: JetStreamContext, needs: Needs) -> tuple[list[str], str]:
+    """(what of `needs` does not exist yet, the installation's id or "").
+
+    Raises BusUnavailable when JetStream does not answer (or, as NATS shows a permission it
+    refused, times out: the connection's error log names the subject).
+    """
+    missing: list[str] = []
+    deployment = ""
+    try:
+        for stream in needs.streams:
+            if not await _found(js.stream_info(stream)):
+                missing.append(f"stream {stream}")
+        for stream, durable in needs.consumers:
+            if not await _found(js.consumer_info(stream, durable)):
+                missing.append(f"consumer {durable} on {stream}")
+        for bucket in needs.buckets:
+            if not await _found(js.key_value(bucket)):
+                missing.append(f"bucket {bucket}")
+        if needs.deployment:
+            deployment = await _read_deployment(js)
+            if not deployment:
+                missing.append(f"the installation id in bucket {names.META_BUCKET}")
+    except (nats.errors.Error, OSError) as exc:
+        raise translate(exc) from exc
+    return missing, deployment
+
+
+async def await_topology(
+    js: JetStreamContext,
+    needs: Needs,
+    *,
+    who: str,
+    wait: TopologyWait | None = None,
+    max_delay_s: float = 5.0,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> str:
+    """Wait until everything `needs` names exists; the installation's id ("" if not needed).
+
+    Never creates anything. Logs `topology.waiting` when it starts waiting, then every
+    minute while it still does, and `topology.found` once it is all there.
+    """
+    wait = wait if wait is not None else TopologyWait()
+    failures, last_said = 0, -float("inf")
+    while True:
+        try:
+            missing, deployment = await missing_topology(js, needs)
+            reason = ""
+        except BusUnavailable as exc:
+            missing, deployment, reason = ["JetStream's answer"], "", f" ({exc})"
+        wait.missing = missing
+        if not missing:
+            wait.done = True
+            if failures:
+                log.info("topology.found who=%s", who, extra={"event": "topology.found"})
+            return deployment
+        failures += 1
+        if time.monotonic() - last_said >= 60.0:
+            last_said = time.monotonic()
+            log.warning(
+                "topology.waiting who=%s: waiting for the scheduler to create %s%s",
+                who,
+                ", ".join(missing),
+                reason,
+                extra={"event": "topology.waiting", "who": who, "missing": missing},
+            )
+        await sleep(min(max_delay_s, 0.1 * 2 ** min(failures, 10)))
+
+
+async def _found(call: Awaitable[object]) -> bool:
+    try:
+        await call
+    except nats.js.errors.NotFoundError:
+        return False
+    return True
+
+
+async def _read_deployment(js: JetStreamContext) -> str:
+    try:
+        bucket = await js.key_value(names.META_BUCKET)
+        entry = await bucket.get(names.DEPLOYMENT_KEY)
+    except nats.js.errors.NotFoundError:  # no bucket, or no key yet
+        return ""
+    return (entry.value or b"").decode()

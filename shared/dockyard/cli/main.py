@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from dockyard.cli import jobs, schedules
+from dockyard.cli import credentials, jobs, schedules
 from dockyard.cli.common import fail, run_async, settings
 
 __all__ = ["cli", "fail", "main", "run_async"]
@@ -155,9 +155,14 @@ def demo_image_command() -> None:
 
 
 for _command in (jobs.submit, jobs.status, jobs.ls, jobs.logs, jobs.cancel, jobs.events,
-                 schedules.schedules):  # fmt: skip
+                 schedules.schedules, credentials.credentials):  # fmt: skip
     cli.add_command(_command)
 
 
 def main() -> None:
-    cli(prog_name="dockyard")
+    from dockyard.client.target import TokenError
+
+    try:
+        cli(prog_name="dockyard")
+    except TokenError as error:  # the token is read as a command starts
+        fail(str(error))

@@ -118,11 +118,13 @@ def _copy_build(install: Path, mirror: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def chown_tree(root: Path, run_as: tuple[int, int]) -> None:
+def chown_tree(root_fd: int, root: Path, run_as: tuple[int, int]) -> None:
+    """Give the directory open as `root_fd` and all below it to `run_as`, following no link
+    (a planted link must not hand its target over)."""
     uid, gid = run_as
-    if root.stat().st_uid == uid:
+    if os.fstat(root_fd).st_uid == uid:
         return  # handed over on an earlier start
-    for dirpath, dirnames, filenames in os.walk(root):
+    for _, dirnames, filenames, dir_fd in os.fwalk(".", dir_fd=root_fd, follow_symlinks=False):
         for name in [*dirnames, *filenames]:
-            os.lchown(os.path.join(dirpath, name), uid, gid)
-    os.chown(root, uid, gid)
+            os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+    os.fchown(root_fd, uid, gid)

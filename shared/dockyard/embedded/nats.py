@@ -9,6 +9,7 @@ import shutil
 import signal
 import sys
 import sysconfig
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -51,10 +52,23 @@ def _installed_by_wheel() -> list[Path]:
     return [Path(str(f.locate())) for f in files if f.name == _BINARY]
 
 
+@dataclass(frozen=True)
+class NatsTls:
+    """The server's certificate and key; with `ca`, `verify` asks clients for a certificate
+    that chains to it (mutual TLS)."""
+
+    cert: Path
+    key: Path
+    ca: Path | None = None
+    verify: bool = False
+
+
 class EmbeddedNats(EmbeddedServer):
     """One local NATS server with JetStream on file storage under `store_dir`.
 
     Ports are picked once, so a restarted server is at the same URL and clients reconnect.
+    `auth` is a config block to add as it is (the decentralized-JWT trust chain that
+    stack/nats_credentials.py writes); without it the server takes anyone (development mode).
     """
 
     def __init__(
@@ -65,18 +79,23 @@ class EmbeddedNats(EmbeddedServer):
         *,
         monitor_port: int | None = None,
         start_timeout: float = 30.0,
+        auth: str | None = None,
+        tls: NatsTls | None = None,
     ) -> None:
         self.store_dir = Path(store_dir).absolute()
         self.host = host
         self.port = port if port is not None else free_port(host)
         self.monitor_port = monitor_port if monitor_port is not None else free_port(host)
         self.start_timeout = start_timeout
+        self.auth = auth
+        self.tls = tls
         self.config_path = self.store_dir / "nats-server.conf"
         self._process = ServerProcess("nats-server", self.store_dir / "nats-server.log")
 
     @property
     def url(self) -> str:
-        return f"nats://{self.host}:{self.port}"
+        scheme = "tls" if self.tls is not None else "nats"
+        return f"{scheme}://{self.host}:{self.port}"
 
     @property
     def monitor_url(self) -> str:
@@ -97,7 +116,10 @@ class EmbeddedNats(EmbeddedServer):
     async def start(self) -> None:
         """Start the server and return once JetStream is enabled and clients can connect."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(self._config())
+        # 0600: it may name key files, and nobody else needs to read it.
+        fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as config:
+            config.write(self._config())
         self._process.spawn([str(nats_server_binary()), "--config", str(self.config_path)])
         try:
             await self._process.wait_ready(
@@ -128,7 +150,19 @@ jetstream {{
   # acknowledged; Dockyard's job queue must not lose an acked job.
   sync_interval: always
 }}
+{self._tls_config()}{self.auth or ""}
 """
+
+    def _tls_config(self) -> str:
+        if self.tls is None:
+            return ""
+        lines = [f"  cert_file: {json.dumps(str(self.tls.cert))}",
+                 f"  key_file: {json.dumps(str(self.tls.key))}"]  # fmt: skip
+        if self.tls.ca is not None:
+            lines.append(f"  ca_file: {json.dumps(str(self.tls.ca))}")
+        if self.tls.verify:
+            lines.append("  verify: true")
+        return "tls {\n" + "\n".join(lines) + "\n}\n"
 
     async def _ready(self) -> bool:
         # The monitoring endpoint answers before the client listener opens, so check both.

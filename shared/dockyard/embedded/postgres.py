@@ -7,8 +7,12 @@ server per data dir between processes, while we need a child we can SIGKILL and 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import os
+import secrets
 import signal
+import stat
 import subprocess
 from pathlib import Path
 from urllib.parse import quote
@@ -27,11 +31,17 @@ from dockyard.embedded._process import EmbeddedServer, EmbeddedServerError, Serv
 DEFAULT_OS_USER = "dockyard-pg"
 _HOST = "127.0.0.1"
 
-# Trust is safe only because the server listens on loopback and has no unix socket.
+# Any other local user can reach 127.0.0.1, so every connection proves a password (SCRAM);
+# nothing is `trust`, not even a unix socket (there is none, but the line costs nothing).
 _PG_HBA = """\
-# Written by dockyard.embedded: any local TCP client may connect as any role, nobody else.
-host all all 127.0.0.1/32 trust
+# Written by dockyard.embedded at every start: every connection needs a password (SCRAM).
+local all all scram-sha-256
+host all all 127.0.0.1/32 scram-sha-256
 """
+# In the cluster's own dir: a hash of the superuser password last set, so it is set (in
+# single-user mode, no network involved) only when it changed or was never set.
+_PASSWORD_MARK = "dockyard-superuser-password.sha256"
+_TLS_FILES = ("server.crt", "server.key")
 
 
 class EmbeddedPostgres(EmbeddedServer):
@@ -39,6 +49,11 @@ class EmbeddedPostgres(EmbeddedServer):
 
     PostgreSQL refuses to run as root; as root, the server runs as the system user `os_user`
     (created when missing) and the data dir is handed over to it.
+
+    The bootstrap superuser `user` logs in with `password` (SCRAM, over TCP on 127.0.0.1
+    only); without one, a random password is made for this object's life. Given the
+    PEM files `tls_cert` and `tls_key`, the server also speaks TLS. `bin_dir` picks another
+    PostgreSQL build (Debian's `/usr/lib/postgresql/N/bin`) than the pgserver wheel's.
     """
 
     def __init__(
@@ -52,6 +67,10 @@ class EmbeddedPostgres(EmbeddedServer):
         max_connections: int = 200,
         os_user: str = DEFAULT_OS_USER,
         start_timeout: float = 60.0,
+        password: str | None = None,
+        tls_cert: Path | None = None,
+        tls_key: Path | None = None,
+        bin_dir: Path | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.port = port if port is not None else free_port(_HOST)
@@ -61,16 +80,29 @@ class EmbeddedPostgres(EmbeddedServer):
         self.max_connections = max_connections
         self.os_user = os_user
         self.start_timeout = start_timeout
-        self._bin_dir = postgres_bin_dir()
+        self.password = password or secrets.token_urlsafe(32)
+        if (tls_cert is None) != (tls_key is None):
+            raise ValueError("TLS needs both a certificate and its key")
+        self._tls = (tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None
+        self._bin_dir = bin_dir or postgres_bin_dir()
+        self._wheel_build = bin_dir is None  # a system build is reachable by its users already
         self._process = ServerProcess("postgres", self.data_dir / "postgres.log")
 
     @property
     def url(self) -> str:
+        """The superuser's URL, password included: pass it on, never print it."""
         return self.admin_url(self.database)
 
     def admin_url(self, dbname: str = "postgres") -> str:
-        """A URL for the same role on another database (to create or drop databases)."""
-        return f"postgresql://{quote(self.user, safe='')}@{_HOST}:{self.port}/{quote(dbname)}"
+        """A URL for the superuser on another database (to create or drop databases)."""
+        return self.url_as(self.user, self.password, dbname)
+
+    def url_as(self, user: str, password: str | None, dbname: str | None = None) -> str:
+        """A URL for another role of this server (the password URL-quoted)."""
+        auth = quote(user, safe="")
+        if password is not None:
+            auth += ":" + quote(password, safe="")
+        return f"postgresql://{auth}@{_HOST}:{self.port}/{quote(dbname or self.database)}"
 
     @property
     def pid(self) -> int | None:
@@ -89,6 +121,10 @@ class EmbeddedPostgres(EmbeddedServer):
         run_as = await asyncio.to_thread(self._prepare_data_dir)
         if not (self.data_dir / "PG_VERSION").is_file():
             await self._initdb(run_as)
+        # Every start: a cluster made by an earlier version (trust) is moved to passwords.
+        await asyncio.to_thread(self._write_private, "pg_hba.conf", _PG_HBA.encode(), run_as)
+        await asyncio.to_thread(self._install_tls, run_as)
+        await self._set_password(run_as)
         self._process.spawn(self._server_argv(), env=_child_env(), run_as=run_as)
         try:
             await self._process.wait_ready(
@@ -104,16 +140,27 @@ class EmbeddedPostgres(EmbeddedServer):
         await self._process.terminate(signal.SIGINT, grace_s)
 
     def _prepare_data_dir(self) -> tuple[int, int] | None:
-        """Hand the data dir (and binaries it can run) to the server's user; its (uid, gid)."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        """Hand the data dir (and binaries it can run) to the server's user; its (uid, gid).
+
+        Never through a symbolic link: as root, a planted `postgres -> /etc` would otherwise
+        hand /etc to the server's user (security review F12)."""
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            self.data_dir.mkdir(mode=0o700)
         run_as = None
         if os.geteuid() == 0:
             run_as = ensure_os_user(self.os_user)
             require_searchable(self.data_dir.parent, run_as, self.os_user)
-            self._bin_dir = bin_dir_usable_by(self._bin_dir, run_as)
-            chown_tree(self.data_dir, run_as)
-        # PostgreSQL refuses a data dir others can read.
-        self.data_dir.chmod(0o700)
+            if self._wheel_build:
+                self._bin_dir = bin_dir_usable_by(self._bin_dir, run_as)
+        fd = _open_own_dir(self.data_dir, {os.geteuid(), *(run_as[:1] if run_as else ())})
+        try:
+            if run_as is not None:
+                chown_tree(fd, self.data_dir, run_as)
+            # PostgreSQL refuses a data dir others can read.
+            os.fchmod(fd, 0o700)
+        finally:
+            os.close(fd)
         return run_as
 
     async def _initdb(self, run_as: tuple[int, int] | None) -> None:
@@ -123,7 +170,8 @@ class EmbeddedPostgres(EmbeddedServer):
             f"--username={self.user}",  # the bootstrap superuser is our role
             "--encoding=UTF8",
             "--locale=C",  # no dependency on the host's installed locales
-            "--auth=trust",
+            # Nobody gets in until pg_hba.conf (ours) and the password are in place.
+            "--auth=reject",
             "--no-instructions",
         ]
         if not self.fsync:
@@ -133,7 +181,65 @@ class EmbeddedPostgres(EmbeddedServer):
             raise EmbeddedServerError(
                 f"initdb failed for {self.data_dir} (exit {result.returncode}):\n{result.stdout}"
             )
-        (self.data_dir / "pg_hba.conf").write_text(_PG_HBA)
+
+    async def _set_password(self, run_as: tuple[int, int] | None) -> None:
+        """Give the superuser `password`, in single-user mode (before any client can connect),
+        unless it already has it."""
+        mark = hashlib.sha256(b"dockyard-embedded-postgres\0" + self.password.encode()).hexdigest()
+        if self._read_mark() == mark:
+            return
+        literal = self.password.replace("'", "''")
+        statement = f"ALTER ROLE {quote_ident(self.user)} PASSWORD '{literal}'\n"
+        argv = [str(self._bin_dir / "postgres"), "--single", "-D", str(self.data_dir),
+                "-c", "exit_on_error=on", "-c", "password_encryption=scram-sha-256",
+                "-c", "log_statement=none", "postgres"]  # fmt: skip
+        result = await asyncio.to_thread(_run, argv, run_as, statement)
+        if result.returncode != 0 or "ERROR:" in result.stdout:
+            # The output echoes no statement: it holds no password.
+            raise EmbeddedServerError(
+                f"could not set the PostgreSQL superuser's password in {self.data_dir} "
+                f"(exit {result.returncode}):\n{result.stdout[-4000:]}"
+            )
+        await asyncio.to_thread(self._write_private, _PASSWORD_MARK, mark.encode(), run_as)
+
+    def _read_mark(self) -> str | None:
+        try:
+            fd = os.open(self.data_dir / _PASSWORD_MARK, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return None
+        try:
+            return os.read(fd, 256).decode(errors="replace").strip()
+        finally:
+            os.close(fd)
+
+    def _install_tls(self, run_as: tuple[int, int] | None) -> None:
+        """Copy the certificate and key in (the server wants its key 0600 and its own)."""
+        if self._tls is None:
+            return
+        for source, name in zip(self._tls, _TLS_FILES, strict=True):
+            self._write_private(name, Path(source).read_bytes(), run_as)
+
+    def _write_private(self, name: str, data: bytes, run_as: tuple[int, int] | None) -> None:
+        """Replace a file of the cluster's dir (0600, the server user's), never via a link."""
+        fd = _open_own_dir(self.data_dir, {os.geteuid(), *(run_as[:1] if run_as else ())})
+        temp = f".{name}.{secrets.token_hex(6)}.tmp"
+        try:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            out = os.open(temp, flags, 0o600, dir_fd=fd)
+            try:
+                os.write(out, data)
+                if run_as is not None:
+                    os.fchown(out, *run_as)
+                os.fsync(out)
+            finally:
+                os.close(out)
+            os.rename(temp, name, src_dir_fd=fd, dst_dir_fd=fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp, dir_fd=fd)
+            raise
+        finally:
+            os.close(fd)
 
     def _server_argv(self) -> list[str]:
         settings = {
@@ -145,7 +251,10 @@ class EmbeddedPostgres(EmbeddedServer):
             "max_connections": str(self.max_connections),
             "fsync": "on" if self.fsync else "off",
             "log_line_prefix": "%m [%p] ",
+            "password_encryption": "scram-sha-256",
         }
+        if self._tls is not None:
+            settings |= {"ssl": "on", "ssl_cert_file": "server.crt", "ssl_key_file": "server.key"}
         if not self.fsync:
             # Torn pages need an OS crash, which fsync=off already gives up on. Commits stay
             # synchronous: synchronous_commit=off would lose acknowledged commits even on a
@@ -159,6 +268,9 @@ class EmbeddedPostgres(EmbeddedServer):
     async def _accepts_connections(self) -> bool:
         try:
             conn = await asyncpg.connect(self.admin_url(), timeout=2)
+        except asyncpg.InvalidAuthorizationSpecificationError as error:
+            # Never the case for a password we set ourselves: say so at once, not in 60 s.
+            raise EmbeddedServerError(f"PostgreSQL refused the superuser: {error}") from None
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
             return False
         await conn.close()
@@ -187,10 +299,33 @@ def _child_env() -> dict[str, str]:
     return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "LANG": "C"}
 
 
-def _run(argv: list[str], run_as: tuple[int, int] | None) -> subprocess.CompletedProcess[str]:
+def _open_own_dir(path: Path, owners: set[int]) -> int:
+    """A descriptor of directory `path` itself (not a link), owned by one of `owners`."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as error:
+        kind = "a symbolic link" if path.is_symlink() else "not a directory"
+        raise EmbeddedServerError(
+            f"refusing PostgreSQL data dir {path}: it is {kind} ({error.strerror}); "
+            "give the real directory"
+        ) from None
+    st = os.fstat(fd)
+    if st.st_uid not in owners or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        os.close(fd)
+        raise EmbeddedServerError(
+            f"refusing PostgreSQL data dir {path}: it belongs to uid {st.st_uid} or others "
+            f"can write to it (mode {stat.S_IMODE(st.st_mode):04o}); use a directory of your own"
+        )
+    return fd
+
+
+def _run(
+    argv: list[str], run_as: tuple[int, int] | None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         argv,
-        stdin=subprocess.DEVNULL,
+        input=stdin,
+        stdin=subprocess.DEVNULL if stdin is None else None,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

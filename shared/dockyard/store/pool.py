@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeAlias
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import asyncpg.exceptions as pgx
@@ -134,3 +135,22 @@ async def connect(dsn: str, **kw: Any) -> asyncpg.Connection[asyncpg.Record]:
         conn: asyncpg.Connection[asyncpg.Record] = await asyncpg.connect(dsn, **kw)
         await init_connection(conn)
     return conn
+
+
+def redact_dsn(dsn: str) -> str:
+    """A PostgreSQL URL fit for a log or a terminal: its password (in the user part or a
+    `password=` parameter) replaced by `***`."""
+    try:
+        parts = urlsplit(dsn)
+    except ValueError:
+        return "(a malformed PostgreSQL URL)"
+    netloc = parts.netloc
+    user, at, hosts = netloc.rpartition("@")
+    if at and ":" in user:
+        netloc = f"{user.split(':', 1)[0]}:***@{hosts}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(k == "password" for k, _ in pairs):
+            query = urlencode([(k, "***" if k == "password" else v) for k, v in pairs], safe="*/")
+    return urlunsplit(parts._replace(netloc=netloc, query=query))

@@ -161,6 +161,12 @@ async def _swap(conn: Connection) -> None:
     """Replace `jobs` by the new table, giving its indexes the old names."""
     old = await _index_names(conn, "jobs")
     new = await _index_names(conn, _NEW)
+    # The services' role keeps what it was granted on `jobs` (a new table has no grants).
+    for grant in await conn.fetch(_GRANTS, "jobs"):
+        await conn.execute(
+            f"GRANT {grant['privilege']} ON {_NEW} TO "
+            + ("PUBLIC" if grant["grantee"] is None else grant["grantee"])
+        )
     await conn.execute(f"DROP TABLE jobs; ALTER TABLE {_NEW} RENAME TO jobs")
     for shape, name in new.items():
         if shape in old:
@@ -172,6 +178,14 @@ async def _index_names(conn: Connection, table: str) -> dict[str, str]:
     rows = await conn.fetch(_INDEXES, table)
     return {_shape(r["definition"]): r["name"] for r in rows}
 
+
+# Who was granted what on a table, its owner aside; grantee as a quoted name, NULL for PUBLIC.
+_GRANTS = """
+SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE a.grantee::regrole::text END AS grantee,
+       a.privilege_type AS privilege
+FROM pg_class c, aclexplode(c.relacl) a
+WHERE c.oid = $1::regclass AND a.grantee <> c.relowner
+"""
 
 _DEFINITION = re.compile(r"^CREATE (UNIQUE )?INDEX \S+ ON \S+ ")
 

@@ -1,0 +1,49 @@
+"""compose.yaml's PostgreSQL (security review F11): every connection needs the password the
+operator sets, the services refuse the placeholder, and orchestrators cannot reach it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from dockyard import config
+from tests.unit.test_deploy_files import read_env_file
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV_DIR = ROOT / "deploy" / "env"
+
+
+def compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    return loaded
+
+
+def test_compose_postgres_asks_every_connection_for_a_password() -> None:
+    env = read_env_file(ENV_DIR / "postgres.env")
+    assert env["POSTGRES_HOST_AUTH_METHOD"] == "scram-sha-256"
+    assert set(env["POSTGRES_INITDB_ARGS"].split()) == {
+        "--auth-local=scram-sha-256",
+        "--auth-host=scram-sha-256",
+    }
+    assert "trust" not in (ROOT / "compose.yaml").read_text()
+
+
+def test_the_services_refuse_the_deploy_files_placeholders() -> None:
+    with pytest.raises(config.ConfigError, match="CHANGE-ME"):
+        config.load(read_env_file(ENV_DIR / "dockyard.env"))
+
+
+def test_compose_orchestrators_are_not_on_postgres_network() -> None:
+    services = compose()["services"]
+    postgres = set(services["postgres"]["networks"])
+    assert not postgres & set(services["orchestrator"]["networks"])
+    for name in ("migrate", "scheduler", "log-relay", "janitor"):
+        assert postgres <= set(services[name]["networks"]), name
+        assert set(services["nats"]["networks"]) <= set(services[name]["networks"]), name
+    assert set(services["nats"]["networks"]) <= set(services["orchestrator"]["networks"])
+    assert set(compose()["networks"]) == {
+        n for service in services.values() for n in service["networks"]
+    }
