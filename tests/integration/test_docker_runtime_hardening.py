@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import tarfile
 import uuid
 from collections.abc import AsyncIterator
 
 import aiodocker
+import pytest
 import pytest_asyncio
 
 from dockyard.bus.names import LABEL_JOB, LABEL_ORCHESTRATOR
@@ -101,6 +104,42 @@ async def test_root_is_read_only_but_tmp_and_workdir_are_writable_as_nobody(jobs
     assert lines["stdout"] == [
         "65534", "root-ro", "tmp-rw", "work-rw", "/work", "tmp-noexec", "work-exec"
     ]  # fmt: skip
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def root_owned_dirs_image(docker: aiodocker.Docker, busybox_image: str) -> AsyncIterator[str]:
+    """An image whose /tmp and `WORKDIR /app` are root-owned 0755, built here and removed."""
+    tag = f"dockyard-test/root-owned-dirs:{uuid.uuid4().hex[:12]}"
+    dockerfile = (
+        f"FROM {busybox_image}\n"
+        "USER 0:0\n"
+        "RUN mkdir -p /app && chown 0:0 /app /tmp /work && chmod 0755 /app /tmp /work\n"
+        "WORKDIR /app\n"
+    ).encode()
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(dockerfile)
+        tar.addfile(info, io.BytesIO(dockerfile))
+    context.seek(0)
+    await docker.images.build(fileobj=context, encoding="identity", tag=tag, rm=True, forcerm=True)
+    try:
+        yield tag
+    finally:
+        await docker.images.delete(tag, force=True)
+
+
+@pytest.mark.parametrize("user", ["65534:65534", "1000", "0:0"])
+async def test_a_root_owned_0755_workdir_and_tmp_are_writable_by_the_job_user(
+    jobs: Jobs, root_owned_dirs_image: str, user: str
+) -> None:
+    jobs.image = root_owned_dirs_image
+    script = "id -u; touch /app/a && echo app-rw; touch /tmp/b && echo tmp-rw; ls -ld /app"
+    status, lines = await jobs.run(script, workdir="/app", user=user)
+
+    assert status.exit_code == 0, lines
+    assert lines["stdout"][:3] == [user.partition(":")[0], "app-rw", "tmp-rw"]
+    assert lines["stdout"][3].startswith("drwxr-xr-x")  # the image's mode, and ours to write
 
 
 async def test_tmpfs_is_size_capped(jobs: Jobs) -> None:

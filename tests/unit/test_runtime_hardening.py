@@ -37,8 +37,8 @@ def test_job_container_has_the_full_hardened_profile() -> None:
         "Privileged": False,
         "ReadonlyRootfs": True,
         "Tmpfs": {
-            "/tmp": "rw,nosuid,nodev,mode=1777,noexec,size=64m",
-            "/work": "rw,nosuid,nodev,mode=1777,exec,size=150m",
+            "/tmp": "rw,nosuid,nodev,mode=1777,uid=65534,gid=65534,noexec,size=64m",
+            "/work": "rw,nosuid,nodev,mode=1777,uid=65534,gid=65534,exec,size=150m",
         },
         "NetworkMode": "none",
         "IpcMode": "private",
@@ -82,9 +82,29 @@ def test_small_memory_caps_the_tmpfs_at_half_of_it() -> None:
     mounts = tmpfs.job.config["HostConfig"]["Tmpfs"]
 
     assert mounts == {
-        "/tmp": "rw,nosuid,nodev,mode=1777,noexec,size=10m",
-        "/job": "rw,nosuid,nodev,mode=1777,exec,size=10m",
+        "/tmp": "rw,nosuid,nodev,mode=1777,uid=65534,gid=65534,noexec,size=10m",
+        "/job": "rw,nosuid,nodev,mode=1777,uid=65534,gid=65534,exec,size=10m",
     }
+
+
+@pytest.mark.parametrize(
+    ("user", "owner"),
+    [
+        ("65534:65534", ",uid=65534,gid=65534"),
+        ("1000", ",uid=1000"),
+        ("0:0", ",uid=0,gid=0"),
+        ("1000:staff", ",uid=1000"),
+        ("nobody", ""),  # a name resolves only inside the image: mode 1777 alone
+        ("app:1000", ""),
+    ],
+)
+def test_the_tmpfs_root_is_owned_by_a_numeric_job_user(user: str, owner: str) -> None:
+    # runc copies an existing image directory's mode (say 0755) onto the mount: only the
+    # owner can then write, so the owner must be the job's user.
+    mounts = _plan(user=user).job.config["HostConfig"]["Tmpfs"]
+
+    assert mounts["/tmp"] == f"rw,nosuid,nodev,mode=1777{owner},noexec,size=64m"
+    assert mounts["/work"] == f"rw,nosuid,nodev,mode=1777{owner},exec,size=256m"
 
 
 def test_writable_root_is_asked_for_explicitly() -> None:

@@ -176,12 +176,29 @@ def _host_config(spec: JobSpec, network: str) -> dict[str, Any]:
 
 def _tmpfs(spec: JobSpec) -> dict[str, str]:
     half = max(1, spec.resources.memory_mb // 2)
-    # mode=1777: writable by any uid (default 65534), like /tmp on a host.
-    common = "rw,nosuid,nodev,mode=1777"
+    # mode=1777: writable by any uid (default 65534), like /tmp on a host. But where the image
+    # has the directory, runc chmods the mount to the image's mode after mounting (0755 for a
+    # root-owned `WORKDIR /app`), and Docker 20.10 has no `notmpcopyup` and does the same for
+    # the Mounts API's TmpfsOptions.Mode: so the mount's root is also owned by the job's user.
+    common = "rw,nosuid,nodev,mode=1777" + _owner_options(spec.user)
     mounts = {"/tmp": f"{common},noexec,size={min(TMP_MAX_MB, half)}m"}
     # The workdir is where jobs build and run their own programs, so it stays executable.
     mounts[spec.workdir] = f"{common},exec,size={min(WORKDIR_MAX_MB, half)}m"
     return mounts
+
+
+def _owner_options(user: str) -> str:
+    """`,uid=U,gid=G` for a numeric user; a user name resolves only inside the image, so it
+    gets mode 1777 alone (a known limit, in docs/failures.md)."""
+    uid, _, gid = user.partition(":")
+    if not _is_id(uid):
+        return ""
+    options = f",uid={int(uid)}"
+    return f"{options},gid={int(gid)}" if _is_id(gid) else options
+
+
+def _is_id(text: str) -> bool:
+    return text.isascii() and text.isdigit() and int(text) < 2**32
 
 
 def check_hardened(config: dict[str, Any]) -> None:
