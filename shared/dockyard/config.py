@@ -12,6 +12,8 @@ from typing import Final, TypeVar
 
 from msgspec import Struct
 
+from dockyard.core.spec_bounds import SpecBounds
+
 T = TypeVar("T", int, float)
 
 DEFAULTS: Final[Mapping[str, str]] = {
@@ -198,6 +200,54 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         read_by=("orchestrator", "`dockyard up`"),
         group="claims",
     ),
+    *(
+        Variable(
+            name=name,
+            default=default,
+            meaning=f"{what} of a job (and each of its sidecars) whose spec leaves "
+            f"`{field}` out; written into the job's stored spec at submit, so a change "
+            "never alters a job already made (a schedule's next firings get the new value). "
+            f"Above `{maximum}` it stops the scheduler at start.",
+            read_by=("scheduler",),
+            group="job limits",
+        )
+        for name, maximum, default, what, field in (
+            ("DOCKYARD_DEFAULT_CPUS", "DOCKYARD_MAX_CPUS", "1.0", "CPUs", "resources.cpus"),
+            (
+                "DOCKYARD_DEFAULT_MEMORY_MB",
+                "DOCKYARD_MAX_MEMORY_MB",
+                "512",
+                "memory (MiB; swap = memory)",
+                "resources.memory_mb",
+            ),
+            ("DOCKYARD_DEFAULT_PIDS", "DOCKYARD_MAX_PIDS", "256", "processes", "resources.pids"),
+            (
+                "DOCKYARD_DEFAULT_TIMEOUT_S",
+                "DOCKYARD_MAX_TIMEOUT_S",
+                "3600",
+                "seconds of wall clock",
+                "timeout_s",
+            ),
+        )
+    ),
+    *(
+        Variable(
+            name=name,
+            default="none",
+            meaning=f"the most `{field}` a job or schedule may ask for: above it the submit "
+            "is refused with 422, `details.field` and `details.max`, and nothing is stored. "
+            "A schedule over a maximum set after it was made is not fired (an error log says "
+            "why).",
+            read_by=("scheduler",),
+            group="job limits",
+        )
+        for name, field in (
+            ("DOCKYARD_MAX_CPUS", "resources.cpus"),
+            ("DOCKYARD_MAX_MEMORY_MB", "resources.memory_mb"),
+            ("DOCKYARD_MAX_PIDS", "resources.pids"),
+            ("DOCKYARD_MAX_TIMEOUT_S", "timeout_s"),
+        )
+    ),
     Variable(
         name="DOCKYARD_JANITOR_INTERVAL_S",
         default=DEFAULTS["DOCKYARD_JANITOR_INTERVAL_S"],
@@ -298,6 +348,8 @@ class Settings(Struct, frozen=True, kw_only=True):
     # The claim key's file (scheduler) and its public half, or a file holding it (orchestrator).
     claim_key: str | None = None
     claim_public_key: str | None = None
+    # The operator's defaults and maxima of a job's resources and timeout (the scheduler's).
+    spec_bounds: SpecBounds = SpecBounds()
 
 
 def load(env: Mapping[str, str] | None = None) -> Settings:
@@ -334,7 +386,50 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         janitor_cron=env.get("DOCKYARD_JANITOR_CRON") or None,
         claim_key=env.get("DOCKYARD_CLAIM_KEY") or None,
         claim_public_key=env.get("DOCKYARD_CLAIM_PUBLIC_KEY") or None,
+        spec_bounds=spec_bounds(env),
     )
+
+
+# SpecBounds' field suffix -> its two variables, its type and the range the spec itself
+# allows (core/spec.py).
+_BOUNDED: Final[dict[str, tuple[str, str, type[int] | type[float], float, float]]] = {
+    "cpus": ("DOCKYARD_DEFAULT_CPUS", "DOCKYARD_MAX_CPUS", float, 0.01, 256),
+    "memory_mb": ("DOCKYARD_DEFAULT_MEMORY_MB", "DOCKYARD_MAX_MEMORY_MB", int, 6, 1_048_576),
+    "pids": ("DOCKYARD_DEFAULT_PIDS", "DOCKYARD_MAX_PIDS", int, 1, 65536),
+    "timeout_s": ("DOCKYARD_DEFAULT_TIMEOUT_S", "DOCKYARD_MAX_TIMEOUT_S", float, 0.001, 604_800),
+}
+
+
+def spec_bounds(env: Mapping[str, str]) -> SpecBounds:
+    """DOCKYARD_DEFAULT_* and DOCKYARD_MAX_*; ConfigError for a value out of the spec's own
+    range, or a default (given or built in) above its maximum."""
+    given: dict[str, float] = {}
+    for suffix, (default_name, max_name, kind, low, high) in _BOUNDED.items():
+        for prefix, name in (("default", default_name), ("max", max_name)):
+            if text := env.get(name):
+                given[f"{prefix}_{suffix}"] = _in_range(name, text, kind, low, high)
+    bounds = SpecBounds(**given)  # type: ignore[arg-type]
+    for suffix, (default_name, max_name, *_) in _BOUNDED.items():
+        default = getattr(bounds, f"default_{suffix}")
+        maximum = getattr(bounds, f"max_{suffix}")
+        if maximum is not None and default > maximum:
+            raise ConfigError(
+                f"{default_name} ({default:g}) is above {max_name} ({maximum:g}): every job "
+                "that leaves it out would be refused"
+            )
+    return bounds
+
+
+def _in_range(
+    name: str, text: str, kind: type[int] | type[float], low: float, high: float
+) -> float:
+    try:
+        number = kind(text)
+    except ValueError:
+        raise ConfigError(f"{name}: {text!r} is not a number") from None
+    if not low <= number <= high:
+        raise ConfigError(f"{name}: {text!r} is out of range ({low:g} to {high:g})")
+    return number
 
 
 # The deploy files' stand-in for every password and token (deploy/env/*.env).

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from dockyard.core import Command, Metadata
+from dockyard.core.spec_bounds import SpecBounds
 from dockyard.handling.batching import CommandBatcher
 from dockyard.handling.execute import Clock, Outcome, execute, utc_now
 from dockyard.scheduler.metrics import SchedulerMetrics
@@ -35,6 +36,8 @@ class Context:
     refresh_gauges: Callable[[SchedulerMetrics], Awaitable[None]] | None = None
     # The service's: submits and cancels that arrive together are committed together.
     batcher: CommandBatcher | None = None
+    # The operator's defaults and maxima for resources and timeout (DOCKYARD_DEFAULT_*, _MAX_*).
+    bounds: SpecBounds = field(default_factory=SpecBounds)
 
     async def execute(
         self, job_id: str, command: Command, *, meta: Metadata | None = None

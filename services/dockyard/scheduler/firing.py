@@ -9,12 +9,19 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from dockyard.core import Rejected, SubmitJob, fire_job_id
+from dockyard.core import Rejected, SpecError, SubmitJob, fire_job_id
 from dockyard.core.deliverable import spec_problem
+from dockyard.core.spec_bounds import BUILT_IN, SpecBounds
 from dockyard.handling.execute import Clock, execute, utc_now
 from dockyard.process.cancelling import raise_if_cancelled
 from dockyard.scheduler.schedule_store import ScheduleStore
-from dockyard.scheduler.schedules import Schedule, fire_key, latest_fire, next_fire_after
+from dockyard.scheduler.schedules import (
+    Schedule,
+    fire_key,
+    fired_spec,
+    latest_fire,
+    next_fire_after,
+)
 from dockyard.store.ports import ConcurrencyError, EventStore, StoreUnavailable
 from dockyard.telemetry import tracing
 
@@ -24,23 +31,40 @@ TICK_S = 0.5
 BATCH = 100
 
 
-async def fire_due(store: EventStore, schedules: ScheduleStore, clock: Clock = utc_now) -> int:
+async def fire_due(
+    store: EventStore,
+    schedules: ScheduleStore,
+    clock: Clock = utc_now,
+    bounds: SpecBounds = BUILT_IN,
+) -> int:
     """Make the job of every due schedule; return how many jobs this call created."""
     made = 0
     now = clock()
     for schedule in await schedules.due(now, BATCH):
-        made += await _fire(store, schedules, schedule, clock)
+        made += await _fire(store, schedules, schedule, clock, bounds)
     return made
 
 
+def _problem(schedule: Schedule, bounds: SpecBounds) -> str | None:
+    try:
+        fired_spec(schedule, bounds)
+    except SpecError as error:
+        return f"its spec asks for more than allowed: {error.field}: {error.message}"
+    return spec_problem(schedule.job)
+
+
 async def _fire(
-    store: EventStore, schedules: ScheduleStore, schedule: Schedule, clock: Clock
+    store: EventStore,
+    schedules: ScheduleStore,
+    schedule: Schedule,
+    clock: Clock,
+    bounds: SpecBounds,
 ) -> int:
     now = clock()
     fire_time = latest_fire(schedule, now)
     made = 0
     due = fire_time is not None and (schedule.last_fire is None or fire_time > schedule.last_fire)
-    if due and (problem := spec_problem(schedule.job)) is not None:
+    if due and (problem := _problem(schedule, bounds)) is not None:
         # Stored by an earlier version under looser rules: its jobs could not be delivered.
         log.error(
             "schedule.not_fired name=%s tenant=%s why=%s",
@@ -52,7 +76,10 @@ async def _fire(
     elif due and fire_time is not None:
         job_id = fire_job_id(schedule.tenant, schedule.name, fire_key(fire_time))
         command = SubmitJob(
-            tenant=schedule.tenant, spec=schedule.job, schedule=schedule.name, fire_time=fire_time
+            tenant=schedule.tenant,
+            spec=fired_spec(schedule, bounds),
+            schedule=schedule.name,
+            fire_time=fire_time,
         )
         try:
             with tracing.start_trace(
@@ -81,12 +108,16 @@ async def _fire(
 
 
 async def run_firing(
-    store: EventStore, schedules: ScheduleStore, clock: Clock = utc_now, tick_s: float = TICK_S
+    store: EventStore,
+    schedules: ScheduleStore,
+    clock: Clock = utc_now,
+    tick_s: float = TICK_S,
+    bounds: SpecBounds = BUILT_IN,
 ) -> None:
     while True:
         raise_if_cancelled()  # a cancel nats-py lost (Python 3.11)
         try:
-            await fire_due(store, schedules, clock)
+            await fire_due(store, schedules, clock, bounds)
         except StoreUnavailable as error:
             log.warning("schedule.store_unavailable error=%s", error)
         except Exception:  # a loop of a long-running service must outlive any one tick

@@ -20,6 +20,7 @@ from dockyard.core.spec import (
     convert_spec,
     pattern_hint,
 )
+from dockyard.core.spec_bounds import check_maxima, left_out, with_defaults
 from dockyard.core.state import STATUSES
 from dockyard.core.view import masked_event
 from dockyard.scheduler.context import Context, ctx_of
@@ -100,7 +101,10 @@ async def submit(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     tenant = ctx.tokens.authenticate(request)
     body = await read_body(request)
-    spec = convert_spec(parse_json_object(body))
+    written = parse_json_object(body)
+    # The operator's defaults go into the stored spec: a later change never alters this job.
+    spec = with_defaults(convert_spec(written), left_out(written), ctx.bounds)
+    check_maxima(spec, ctx.bounds)
     if spec.idempotency_key is not None:
         existing = await _idempotent(ctx, tenant, spec.idempotency_key)
         if existing is not None:

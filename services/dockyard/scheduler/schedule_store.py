@@ -10,8 +10,9 @@ import asyncpg
 import msgspec
 
 from dockyard.core.spec import JobSpec
+from dockyard.core.spec_bounds import left_out
 from dockyard.core.unchecked import convert_unchecked
-from dockyard.scheduler.schedules import Schedule
+from dockyard.scheduler.schedules import Schedule, stored_job
 from dockyard.store.pool import Pool, translated
 
 
@@ -60,6 +61,7 @@ def _schedule(row: asyncpg.Record) -> Schedule:
         created_at=row["created_at"],
         last_fire=row["last_fire"],
         next_fire=row["next_fire"],
+        defaulted=left_out(_raw.decode(row["job"])),
     )
 
 
@@ -76,7 +78,7 @@ class PgScheduleStore:
                     schedule.name,
                     schedule.cron,
                     schedule.interval_s,
-                    _encoder.encode(schedule.job),
+                    _encoder.encode(stored_job(schedule)),
                     schedule.created_at,
                     schedule.last_fire,
                     schedule.next_fire,

@@ -22,6 +22,7 @@ from dockyard.core.spec import (
     convert_spec,
     validation_error,
 )
+from dockyard.core.spec_bounds import BUILT_IN, SpecBounds, check_maxima, left_out, with_defaults
 from dockyard.core.view import masked_spec
 
 # Five fields of printable ASCII separated by spaces: no tab, newline or other control character.
@@ -50,6 +51,9 @@ class Schedule(Struct, frozen=True, kw_only=True):
     created_at: datetime
     last_fire: datetime | None = None
     next_fire: datetime
+    # The bounded fields (spec_bounds.BOUNDED) its job left out: each firing gets the
+    # operator's defaults of the day there. Stored by leaving them out of the stored spec.
+    defaulted: tuple[str, ...] = ()
 
 
 class ScheduleView(Struct, frozen=True, kw_only=True):
@@ -66,7 +70,9 @@ class ScheduleView(Struct, frozen=True, kw_only=True):
 _body = msgspec.json.Decoder(ScheduleBody)
 
 
-def parse_schedule(body: bytes, tenant: str, now: datetime) -> Schedule:
+def parse_schedule(
+    body: bytes, tenant: str, now: datetime, bounds: SpecBounds = BUILT_IN
+) -> Schedule:
     """Decode and check a schedule; SpecError names the field (`job.` for the spec's)."""
     try:
         raw = _body.decode(body)
@@ -76,10 +82,12 @@ def parse_schedule(body: bytes, tenant: str, now: datetime) -> Schedule:
         raise SpecError("cron", "give exactly one of cron and interval_s")
     if raw.cron is not None and not valid_cron(raw.cron):
         raise SpecError("cron", "not a 5-field cron expression (minute hour day month weekday)")
+    defaulted = left_out(raw.job)
     try:
-        spec = convert_spec(raw.job)
+        spec = with_defaults(convert_spec(raw.job), defaulted, bounds)
+        check_maxima(spec, bounds)
     except SpecError as error:
-        raise SpecError(f"job.{error.field}".rstrip("."), error.message) from None
+        raise SpecError(f"job.{error.field}".rstrip("."), error.message, error.details) from None
     if spec.run_at is not None or spec.idempotency_key is not None:
         field = "job.run_at" if spec.run_at is not None else "job.idempotency_key"
         raise SpecError(field, "a schedule decides when its jobs run and keeps them apart")
@@ -92,8 +100,27 @@ def parse_schedule(body: bytes, tenant: str, now: datetime) -> Schedule:
         interval_s=raw.interval_s,
         created_at=now,
         next_fire=now,
+        defaulted=defaulted,
     )
     return replace(schedule, next_fire=next_fire_after(schedule, now))
+
+
+def stored_job(schedule: Schedule) -> dict[str, Any]:
+    """The job as the schedules table keeps it: without the fields it left out, so that
+    `left_out` finds them again when it is read."""
+    job: dict[str, Any] = msgspec.to_builtins(schedule.job)
+    for field in schedule.defaulted:
+        parent, _, key = field.rpartition(".")
+        (job[parent] if parent else job).pop(key, None)
+    return job
+
+
+def fired_spec(schedule: Schedule, bounds: SpecBounds) -> JobSpec:
+    """The spec of a firing: the operator's defaults of the day where the schedule left a
+    field out; SpecError if it is over a maximum set since."""
+    spec = with_defaults(schedule.job, schedule.defaulted, bounds)
+    check_maxima(spec, bounds)
+    return spec
 
 
 def valid_cron(expr: str) -> bool:

@@ -18,7 +18,7 @@ async def create(request: web.Request) -> web.Response:
     tenant = ctx.tokens.authenticate(request)
     body = await read_body(request)
     parse_json_object(body)
-    schedule = parse_schedule(body, tenant, ctx.clock())
+    schedule = parse_schedule(body, tenant, ctx.clock(), ctx.bounds)
     try:
         await ctx.schedules.create(schedule)
     except ScheduleExists:

@@ -103,7 +103,7 @@ async def run_scheduler(settings: Settings) -> None:
                 "outbox": relay.run(),
                 "reports": ReportConsumer(nc, js, store, batcher, metrics).run(),
                 "due": run_due_ticker(store, PgDueJobs(pool)),
-                "schedules": run_firing(store, ctx.schedules),
+                "schedules": run_firing(store, ctx.schedules, bounds=ctx.bounds),
             },
             until=wait_for_stop_signal(),
         )
@@ -152,4 +152,5 @@ def _context(
         database_ready=database_ready,
         nats_ready=nats_ready,
         batcher=batcher,
+        bounds=settings.spec_bounds,
     )

@@ -124,10 +124,11 @@ class JobSpec(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=Fal
 class SpecError(ValueError):
     """Raised when a spec decodes but breaks a rule that spans fields; names the field."""
 
-    def __init__(self, field: str, message: str) -> None:
+    def __init__(self, field: str, message: str, details: dict[str, object] | None = None) -> None:
         super().__init__(message)
         self.field = field
         self.message = message
+        self.details = details or {}  # more for the 422's `details`, e.g. a maximum
 
 
 _spec_decoder = msgspec.json.Decoder(JobSpec)

@@ -54,7 +54,9 @@ def error_response(error: ApiError, headers: dict[str, str] | None = None) -> we
 
 def _from_core(error: Exception) -> ApiError:
     if isinstance(error, SpecError):
-        return invalid(error.field, error.message)
+        answer = invalid(error.field, error.message)
+        answer.details = {**error.details, **answer.details}
+        return answer
     if isinstance(error, UnknownJob):
         return not_found("job", error.job_id)
     if isinstance(error, AlreadyFinished):
