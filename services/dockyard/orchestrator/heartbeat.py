@@ -37,6 +37,7 @@ class Heartbeats:
         lease_s: float,
         period_s: float,
         on_beat: Callable[[], Awaitable[None]] | None = None,
+        on_missed: Callable[[], None] | None = None,
     ) -> None:
         self._js = js
         self._registry = registry
@@ -47,6 +48,7 @@ class Heartbeats:
         self._lease_s = lease_s
         self._period_s = period_s
         self._on_beat = on_beat
+        self._on_missed = on_missed
         self._started_at = datetime.now(UTC)
         self._kv: KeyValue | None = None
         self.draining = False
@@ -84,7 +86,8 @@ class Heartbeats:
         """Beat every period until cancelled (then the caller calls `withdraw`)."""
         while True:
             raise_if_cancelled()  # a cancel nats-py lost (Python 3.11)
-            await self.beat()
+            if not await self.beat() and self._on_missed is not None:
+                self._on_missed()
             if self._on_beat is not None:
                 try:
                     await self._on_beat()

@@ -30,6 +30,7 @@ from dockyard.orchestrator.attempt import Attempt, AttemptContext, Claim
 from dockyard.orchestrator.claimer import Ask, Claimer, claim_asker
 from dockyard.orchestrator.config import OrchestratorConfig
 from dockyard.orchestrator.control import Control
+from dockyard.orchestrator.fencing import StaleWatch
 from dockyard.orchestrator.heartbeat import Heartbeats
 from dockyard.orchestrator.images import Images
 from dockyard.orchestrator.logsink import LogSink, last_log_seq, later_attempt_claimed
@@ -40,7 +41,7 @@ from dockyard.orchestrator.ports import LogSinkPort
 from dockyard.orchestrator.recovery import Recovery
 from dockyard.orchestrator.registry import Registry
 from dockyard.orchestrator.reporter import Reporter
-from dockyard.orchestrator.retrying import until_stored
+from dockyard.orchestrator.retrying import ENGINE_RETRY, until_stored
 from dockyard.orchestrator.ticket import Ticket
 from dockyard.process import gc_policy
 from dockyard.process.cancelling import cancel_and_wait
@@ -78,6 +79,7 @@ class Orchestrator:
         self.reporter = Reporter(nc, js, orchestrator=config.orchestrator_id)
         self.images = Images(runtime, fresh_s=config.image_cache_s)
         self.control = Control(nc, js, config.orchestrator_id, self.registry)
+        self.stale = StaleWatch(self.registry, functools.partial(later_attempt_claimed, js))
         self.heartbeats = Heartbeats(
             js,
             self.registry,
@@ -86,7 +88,8 @@ class Orchestrator:
             max_jobs=config.max_jobs,
             lease_s=config.lease_s,
             period_s=config.heartbeat_s,
-            on_beat=self.control.sweep,
+            on_beat=self._after_beat,
+            on_missed=self.stale.heartbeat_missed,
         )
         self.metrics = OrchestratorMetrics()
         self.metrics.watch(running=lambda: self.running, nats_connected=lambda: nc.is_connected)
@@ -105,6 +108,10 @@ class Orchestrator:
         self.finished = 0
         self.recovered: list[tuple[str, int]] = []
         self.ready = asyncio.Event()  # recovery done, claiming
+
+    async def _after_beat(self) -> None:
+        await self.control.sweep()
+        await self.stale.check()
 
     @property
     def running(self) -> int:
@@ -224,7 +231,7 @@ class Orchestrator:
             except RuntimeUnavailable as exc:
                 failures += 1
                 log.warning("orchestrator.engine_unavailable error=%s", exc)
-                await asyncio.sleep(min(5.0, 0.2 * failures))
+                await asyncio.sleep(ENGINE_RETRY.delay(failures))
         return []
 
     def _claim_asker(self) -> Ask:

@@ -2,13 +2,14 @@
 
 from dockyard.embedded._pg_install import postgres_bin_dir
 from dockyard.embedded._process import EmbeddedServerError
-from dockyard.embedded.nats import EmbeddedNats, nats_server_binary
+from dockyard.embedded.nats import EmbeddedNats, NatsCluster, nats_server_binary
 from dockyard.embedded.postgres import EmbeddedPostgres
 
 __all__ = [
     "EmbeddedNats",
     "EmbeddedPostgres",
     "EmbeddedServerError",
+    "NatsCluster",
     "nats_server_binary",
     "postgres_bin_dir",
 ]

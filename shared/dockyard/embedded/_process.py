@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -50,6 +51,18 @@ async def port_accepts(host: str, port: int) -> bool:
     return True
 
 
+def in_netns(netns: str, argv: Sequence[str], run_as: tuple[int, int] | None) -> list[str]:
+    """`argv` run inside network namespace `netns`. Entering it takes root, so a user to run
+    as is switched to after (setpriv), not before; `ip netns exec` and setpriv both exec, so
+    the server keeps the pid we started (a kill -9 of it is a kill of the server)."""
+    prefix = [shutil.which("ip") or "ip", "netns", "exec", netns]
+    if run_as is not None:
+        uid, gid = run_as
+        setpriv = shutil.which("setpriv") or "setpriv"
+        prefix += [setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--"]
+    return [*prefix, *argv]
+
+
 class ServerProcess:
     """A long-running child that can be stopped politely, SIGKILLed, paused and resumed.
 
@@ -84,9 +97,14 @@ class ServerProcess:
         *,
         env: Mapping[str, str] | None = None,
         run_as: tuple[int, int] | None = None,
+        netns: str | None = None,
     ) -> None:
+        """Start `argv`; as `run_as` (uid, gid) if given; inside network namespace `netns`
+        (as `ip netns exec` runs it) if given."""
         if self.running:
             raise EmbeddedServerError(f"{self.name} is already running (pid {self.pid})")
+        if netns is not None:
+            argv, run_as = in_netns(netns, argv, run_as), None
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         # The child gets its own copy of the descriptor; ours closes at once (no leaked file).
         with self.log_path.open("ab") as log:

@@ -11,6 +11,7 @@ import sys
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import aiohttp
 
@@ -63,12 +64,46 @@ class NatsTls:
     verify: bool = False
 
 
+@dataclass(frozen=True)
+class NatsCluster:
+    """This server as one node of a cluster: its route port, the other nodes' route URLs
+    (`nats-route://host:port`), and the user and password every route must present."""
+
+    port: int
+    routes: tuple[str, ...]
+    user: str
+    password: str
+    name: str = "dockyard"
+
+    def config(self, host: str) -> str:
+        auth = f"{quote(self.user, safe='')}:{quote(self.password, safe='')}@"
+        routes = "".join(
+            f"    {json.dumps(url.replace('nats-route://', 'nats-route://' + auth, 1))}\n"
+            for url in self.routes
+        )
+        return f"""\
+cluster {{
+  name: {json.dumps(self.name)}
+  listen: {json.dumps(f"{host}:{self.port}")}
+  # Routes authenticate too: a stranger that reaches the route port joins nothing.
+  authorization {{
+    user: {json.dumps(self.user)}
+    password: {json.dumps(self.password)}
+  }}
+  routes: [
+{routes}  ]
+}}
+"""
+
+
 class EmbeddedNats(EmbeddedServer):
     """One local NATS server with JetStream on file storage under `store_dir`.
 
     Ports are picked once, so a restarted server is at the same URL and clients reconnect.
     `auth` is a config block to add as it is (the decentralized-JWT trust chain that
     stack/nats_credentials.py writes); without it the server takes anyone (development mode).
+    With `cluster` it is one node of a cluster (its `server_name` unique there); `netns` a
+    network namespace to run it in.
     """
 
     def __init__(
@@ -81,14 +116,23 @@ class EmbeddedNats(EmbeddedServer):
         start_timeout: float = 30.0,
         auth: str | None = None,
         tls: NatsTls | None = None,
+        server_name: str = "dockyard_embedded",
+        cluster: NatsCluster | None = None,
+        netns: str | None = None,
     ) -> None:
         self.store_dir = Path(store_dir).absolute()
         self.host = host
-        self.port = port if port is not None else free_port(host)
-        self.monitor_port = monitor_port if monitor_port is not None else free_port(host)
+        # In a namespace of its own, the standard ports are free; here, ask the OS.
+        self.port = port if port is not None else 4222 if netns else free_port(host)
+        self.monitor_port = (
+            monitor_port if monitor_port is not None else 8222 if netns else free_port(host)
+        )
         self.start_timeout = start_timeout
         self.auth = auth
         self.tls = tls
+        self.server_name = server_name
+        self.cluster = cluster
+        self.netns = netns
         self.config_path = self.store_dir / "nats-server.conf"
         self._process = ServerProcess("nats-server", self.store_dir / "nats-server.log")
 
@@ -120,7 +164,8 @@ class EmbeddedNats(EmbeddedServer):
         fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as config:
             config.write(self._config())
-        self._process.spawn([str(nats_server_binary()), "--config", str(self.config_path)])
+        argv = [str(nats_server_binary()), "--config", str(self.config_path)]
+        self._process.spawn(argv, netns=self.netns)
         try:
             await self._process.wait_ready(
                 self._ready, within_s=self.start_timeout, what="JetStream readiness"
@@ -139,7 +184,7 @@ class EmbeddedNats(EmbeddedServer):
         return f"""\
 listen: {json.dumps(f"{self.host}:{self.port}")}
 http: {json.dumps(f"{self.host}:{self.monitor_port}")}
-server_name: dockyard_embedded
+server_name: {json.dumps(self.server_name)}
 # A job spec may be up to 1 MiB (the API's body limit) and travels inside its JobSubmitted
 # event: the default 1 MB payload would leave the outbox stuck on such an event.
 max_payload: 8MB
@@ -151,7 +196,7 @@ jetstream {{
   sync_interval: always
 }}
 {self._tls_config()}{self.auth or ""}
-"""
+{self.cluster.config(self.host) if self.cluster else ""}"""
 
     def _tls_config(self) -> str:
         if self.tls is None:

@@ -54,6 +54,8 @@ class EmbeddedPostgres(EmbeddedServer):
     only); without one, a random password is made for this object's life. Given the
     PEM files `tls_cert` and `tls_key`, the server also speaks TLS. `bin_dir` picks another
     PostgreSQL build (Debian's `/usr/lib/postgresql/N/bin`) than the pgserver wheel's.
+    `host` is the address it listens on (another than 127.0.0.1 also lets in clients of that
+    address's subnets, with a password); `netns` a network namespace to run it in.
     """
 
     def __init__(
@@ -71,9 +73,13 @@ class EmbeddedPostgres(EmbeddedServer):
         tls_cert: Path | None = None,
         tls_key: Path | None = None,
         bin_dir: Path | None = None,
+        host: str = _HOST,
+        netns: str | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
-        self.port = port if port is not None else free_port(_HOST)
+        self.host = host
+        self.netns = netns
+        self.port = port if port is not None else free_port(_HOST if netns else host)
         self.user = user
         self.database = database
         self.fsync = fsync
@@ -102,7 +108,7 @@ class EmbeddedPostgres(EmbeddedServer):
         auth = quote(user, safe="")
         if password is not None:
             auth += ":" + quote(password, safe="")
-        return f"postgresql://{auth}@{_HOST}:{self.port}/{quote(dbname or self.database)}"
+        return f"postgresql://{auth}@{self.host}:{self.port}/{quote(dbname or self.database)}"
 
     @property
     def pid(self) -> int | None:
@@ -122,10 +128,10 @@ class EmbeddedPostgres(EmbeddedServer):
         if not (self.data_dir / "PG_VERSION").is_file():
             await self._initdb(run_as)
         # Every start: a cluster made by an earlier version (trust) is moved to passwords.
-        await asyncio.to_thread(self._write_private, "pg_hba.conf", _PG_HBA.encode(), run_as)
+        await asyncio.to_thread(self._write_private, "pg_hba.conf", self._pg_hba(), run_as)
         await asyncio.to_thread(self._install_tls, run_as)
         await self._set_password(run_as)
-        self._process.spawn(self._server_argv(), env=_child_env(), run_as=run_as)
+        self._process.spawn(self._server_argv(), env=_child_env(), run_as=run_as, netns=self.netns)
         try:
             await self._process.wait_ready(
                 self._accepts_connections, within_s=self.start_timeout, what="accepting connections"
@@ -241,9 +247,16 @@ class EmbeddedPostgres(EmbeddedServer):
         finally:
             os.close(fd)
 
+    def _pg_hba(self) -> bytes:
+        if self.host == _HOST:
+            return _PG_HBA.encode()
+        # Listening on another address (a host of its own, tests/support/hosts.py): the
+        # clients of its own subnets, with a password as well.
+        return (_PG_HBA + "host all all samenet scram-sha-256\n").encode()
+
     def _server_argv(self) -> list[str]:
         settings = {
-            "listen_addresses": _HOST,
+            "listen_addresses": self.host,
             "port": str(self.port),
             # No unix socket: its path is capped at 107 bytes, which deep data dirs exceed,
             # and every client here speaks TCP.
