@@ -273,6 +273,7 @@ def orchestrator_config(orchestrator_id: str, **overrides: Any) -> OrchestratorC
         "drain_s": 5.0,
         "fetch_timeout_s": 0.5,
         "claim_retry_s": 0.2,
+        "claim_retry_max_s": 1.0,
         **overrides,
     }
     return OrchestratorConfig(**fields)

@@ -245,13 +245,13 @@ class Claimer:
         )
         answer = await self._ask(request)
         if answer is None or (not answer.granted and answer.retry):
-            await _quietly(msg.nak(delay=self._config.claim_retry_s))
+            await self._retry_later(msg)
             return False
         if answer.granted and answer.spec is None:
             # Granted but nothing to run: a scheduler bug. The claim is ours, so keep the
             # offer for another try rather than drop a claimed job.
             log.error("orchestrator.claim_without_spec job=%s", offer.job_id)
-            await _quietly(msg.nak(delay=self._config.claim_retry_s))
+            await self._retry_later(msg)
             return False
         if not answer.granted or answer.spec is None:
             log.info(
@@ -269,7 +269,7 @@ class Claimer:
             return False
         if running is not None:
             # Still cleaning up this job's previous attempt here: let it finish first.
-            await _quietly(msg.nak(delay=self._config.claim_retry_s))
+            await self._retry_later(msg)
             return False
         claim = Claim(
             job_id=offer.job_id,
@@ -284,6 +284,18 @@ class Claimer:
         self.claimed += 1
         self._launch(claim, WorkTicket(msg, self._config.keepalive_s))
         return True
+
+    async def _retry_later(self, msg: Msg) -> None:
+        """Hand the offer back for another try, later each time it comes back unclaimed."""
+        await _quietly(msg.nak(delay=self._config.claim_backoff.delay(_deliveries(msg))))
+
+
+def _deliveries(msg: Msg) -> int:
+    """How many times JetStream delivered this offer (1 for a message that cannot say)."""
+    try:
+        return int(msg.metadata.num_delivered)
+    except (nats.errors.Error, AttributeError, TypeError, ValueError):
+        return 1
 
 
 async def _adopt(running: RunningAttempt, msg: Msg) -> None:

@@ -12,6 +12,7 @@ from msgspec.structs import replace
 from dockyard.bus.signing import ClaimKeyError, ClaimVerifier
 from dockyard.bus.topology import OFFER_POLICY
 from dockyard.config import ConfigError, Settings, Variable, parse_listen
+from dockyard.process.backoff import Backoff
 from dockyard.runtime.output import DEFAULT_CAP_BYTES
 
 # The contract: SIGTERM, then SIGKILL 10 s later.
@@ -57,7 +58,10 @@ class OrchestratorConfig(Struct, frozen=True, kw_only=True):
     keepalive_s: float = OFFER_POLICY.ack_wait / 3
     # A claim is one PostgreSQL append behind the scheduler; past this, ask again later.
     claim_timeout_s: float = 5.0
+    # An offer whose claim must be tried again (no answer, the scheduler busy) is handed back
+    # for claim_retry_s, doubling with each redelivery up to claim_retry_max_s, jittered.
     claim_retry_s: float = 1.0
+    claim_retry_max_s: float = 30.0
     # A pull request waits this long for an offer; also how late a drain notices it should stop.
     fetch_timeout_s: float = 1.0
     log_cap_bytes: int = DEFAULT_CAP_BYTES
@@ -86,6 +90,12 @@ class OrchestratorConfig(Struct, frozen=True, kw_only=True):
     # The scheduler's public claim nkey: only answers it signed are run. None: any answer is
     # (development; the orchestrator warns at start).
     claim_public_key: str | None = None
+
+    @property
+    def claim_backoff(self) -> Backoff:
+        return Backoff(
+            base_s=self.claim_retry_s, cap_s=max(self.claim_retry_s, self.claim_retry_max_s)
+        )
 
     @property
     def heartbeat_s(self) -> float:

@@ -9,25 +9,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from typing import Final, TypeVar
 
 from nats.aio.client import Client as NatsClient
 
 from dockyard.bus.errors import BusUnavailable
+from dockyard.process.backoff import Backoff
 
 log = logging.getLogger("dockyard.orchestrator")
 
 T = TypeVar("T")
 
-RETRY_BASE_S: Final = 0.05
-RETRY_CAP_S: Final = 2.0
+# NATS binds, fetches and publishes: quick at first (a blip), every 2 s at most (an outage).
+RETRY: Final = Backoff(base_s=0.05, cap_s=2.0)
+# The Docker engine: it restarts in seconds, so ask again within 5 s however long it was away.
+ENGINE_RETRY: Final = Backoff(base_s=0.2, cap_s=5.0)
 CONNECTED_POLL_S: Final = 0.05
 
 
 def backoff(failures: int) -> float:
-    return min(RETRY_CAP_S, RETRY_BASE_S * 2.0 ** min(failures, 10)) * random.uniform(0.8, 1.2)
+    """The wait after the `failures`-th failure in a row (RETRY's schedule, with jitter)."""
+    return RETRY.delay(failures)
 
 
 async def wait_connected(nc: NatsClient) -> None:
