@@ -101,6 +101,9 @@ class TimedRuntime:
         self.in_engine: dict[str, float] = {}  # job id -> seconds inside create + start
         self._job_of: dict[str, str] = {}
 
+    async def ping(self, timeout_s: float) -> None:
+        await self.inner.ping(timeout_s)
+
     async def ensure_image(self, ref: str, policy: PullPolicy) -> None:
         await self.inner.ensure_image(ref, policy)
 

@@ -217,6 +217,9 @@ class RuntimeContract:
         assert await self.rt.remove(container) == "removed"
         assert await self.rt.list_labelled({LABEL_ORCHESTRATOR: self.orchestrator}) == []
 
+    async def test_a_running_engine_answers_a_ping(self) -> None:
+        await self.rt.ping(5.0)
+
     async def test_unknown_container_is_not_found(self) -> None:
         for call in (self.rt.start, self.rt.wait, self.rt.inspect):
             with pytest.raises(NotFound):

@@ -148,7 +148,11 @@ class Claimer:
         launch: Launch,
         ask: Ask,
         engine: str | None = None,
+        engine_up: Callable[[asyncio.Event], Awaitable[bool]] | None = None,
     ) -> None:
+        """`engine_up(stopping)`: True once the Docker engine answers, False if stopping
+        first; asked before each batch, so that nothing is claimed while it is away."""
+        self._engine_up = engine_up
         self._nc = nc
         self._js = js
         self._queue = queue
@@ -172,6 +176,8 @@ class Claimer:
                 held = 1 + await _take_free(self._slots, MAX_FETCH - 1)
                 launched = 0
                 try:
+                    if self._engine_up is not None and not await self._engine_up(stopping):
+                        return  # stopping while the engine was away (the slots go back)
                     msgs = await self._fetch(sub, held)
                     failures = 0
                     # Side by side: the scheduler commits claims that arrive together at once.

@@ -38,7 +38,9 @@ class Heartbeats:
         period_s: float,
         on_beat: Callable[[], Awaitable[None]] | None = None,
         on_missed: Callable[[], None] | None = None,
+        engine_error: Callable[[], str | None] | None = None,
     ) -> None:
+        self._engine_error = engine_error or (lambda: None)
         self._js = js
         self._registry = registry
         self._orchestrator = orchestrator
@@ -67,6 +69,7 @@ class Heartbeats:
                 for a in self._registry
             ],
             draining=self.draining,
+            engine_error=self._engine_error(),
         )
 
     async def beat(self) -> bool:

@@ -61,6 +61,11 @@ class OrchestratorMetrics:
         self.nats_connected = Gauge(
             "dockyard_orchestrator_nats_connected", "1 while connected to NATS", registry=r
         )
+        self.engine_up = Gauge(
+            "dockyard_orchestrator_engine_up",
+            "1 while its Docker engine answers; 0 while it does not (and nothing is claimed)",
+            registry=r,
+        )
 
     def watch(self, *, running: Callable[[], int], nats_connected: Callable[[], bool]) -> None:
         """Read the gauges from the orchestrator at each scrape."""
@@ -90,15 +95,21 @@ class CountingLogSink:
 
 
 async def serve_metrics(
-    metrics: OrchestratorMetrics, probes: Mapping[str, health.Probe], host: str, port: int
+    metrics: OrchestratorMetrics,
+    probes: Mapping[str, health.Probe],
+    host: str,
+    port: int,
+    *,
+    reasons: Mapping[str, health.Reason] | None = None,
 ) -> web.AppRunner:
-    """`/metrics`, `/healthz` and `/readyz` (200 once every probe answers true) on host:port."""
+    """`/metrics`, `/healthz` and `/readyz` (200 once every probe answers true) on host:port;
+    a failing probe's `reasons` entry says why in the 503."""
 
     async def render() -> bytes:
         return metrics.render()
 
     app = web.Application()
-    app.add_routes(health.routes(probes, render))
+    app.add_routes(health.routes(probes, render, reasons))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()

@@ -55,8 +55,12 @@ class Recovery:
         last_log_seq: Callable[[str], Awaitable[int]],
         clock: Callable[[], datetime] = utc_now,
         deployment: str | None = None,
+        keep: Callable[[str, int], bool] | None = None,
     ) -> None:
         self._runtime = runtime
+        # (job, attempt)s an attempt of this process still runs: after an engine outage,
+        # those look after their own containers.
+        self._keep = keep or (lambda job_id, attempt: False)
         # The installation's id: another installation's orchestrator of the same id, on the
         # same engine, keeps its containers (None: any, as before installations had ids).
         self._deployment = deployment
@@ -83,7 +87,8 @@ class Recovery:
             except (KeyError, ValueError):
                 log.warning("orchestrator.recover_unlabelled name=%s", resource.name)
                 continue
-            attempts[key].append(resource)
+            if not self._keep(*key):
+                attempts[key].append(resource)
         for job_id, attempt in attempts:
             self._registry.mark_done(job_id, attempt)  # before any offer is claimed again
         await asyncio.gather(

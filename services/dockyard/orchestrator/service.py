@@ -11,7 +11,7 @@ import functools
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from dockyard.orchestrator.attempt import Attempt, AttemptContext, Claim
 from dockyard.orchestrator.claimer import Ask, Claimer, claim_asker
 from dockyard.orchestrator.config import OrchestratorConfig
 from dockyard.orchestrator.control import Control
+from dockyard.orchestrator.engine_health import PING_TIMEOUT_S, EngineHealth
 from dockyard.orchestrator.fencing import StaleWatch
 from dockyard.orchestrator.heartbeat import Heartbeats
 from dockyard.orchestrator.images import Images
@@ -80,6 +81,7 @@ class Orchestrator:
         self.images = Images(runtime, fresh_s=config.image_cache_s)
         self.control = Control(nc, js, config.orchestrator_id, self.registry)
         self.stale = StaleWatch(self.registry, functools.partial(later_attempt_claimed, js))
+        self.engine = EngineHealth(runtime, on_back=self._reconcile)
         self.heartbeats = Heartbeats(
             js,
             self.registry,
@@ -90,9 +92,11 @@ class Orchestrator:
             period_s=config.heartbeat_s,
             on_beat=self._after_beat,
             on_missed=self.stale.heartbeat_missed,
+            engine_error=lambda: self.engine.error,
         )
         self.metrics = OrchestratorMetrics()
         self.metrics.watch(running=lambda: self.running, nats_connected=lambda: nc.is_connected)
+        self.metrics.engine_up.set_function(lambda: 1.0 if self.engine.up else 0.0)
         self._ask = observed_ask(ask or self._claim_asker(), self.metrics)
         self._slots = asyncio.Semaphore(config.max_jobs)
         self._attempts: set[asyncio.Task[None]] = set()
@@ -125,10 +129,12 @@ class Orchestrator:
         await self.control.start()
         heartbeat = asyncio.create_task(self.heartbeats.run())
         claimers: list[asyncio.Task[None]] = []
+        engine: list[asyncio.Task[None]] = []
         try:
             self.recovered = await self._recover(stop)
             if stop.is_set():
                 return  # stopped while waiting for the engine: nothing was claimed
+            engine.append(asyncio.create_task(self.engine.run(), name="engine health"))
             claimers = [
                 asyncio.create_task(self._claimer(queue).run(stopping), name=f"claimer {queue}")
                 for queue in config.queues
@@ -150,7 +156,7 @@ class Orchestrator:
             await asyncio.gather(*claimers, return_exceptions=True)
             await self._drain()
             await self.control.stop()
-            await cancel_and_wait([heartbeat])
+            await cancel_and_wait([heartbeat, *engine])
             await self.heartbeats.withdraw()
             log.info("orchestrator.stopped finished=%d", self.finished)
 
@@ -227,12 +233,30 @@ class Orchestrator:
         failures = 0
         while not stop.is_set():
             try:
-                return await self._recovery().run()
+                await self.runtime.ping(PING_TIMEOUT_S)
+                recovered = await self._recovery().run()
             except RuntimeUnavailable as exc:
                 failures += 1
-                log.warning("orchestrator.engine_unavailable error=%s", exc)
+                self.engine.mark_down(str(exc))  # logged once, on /readyz and the heartbeat
                 await asyncio.sleep(ENGINE_RETRY.delay(failures))
+            else:
+                self.engine.mark_up()
+                return recovered
         return []
+
+    async def _reconcile(self) -> None:
+        """The engine is back after an outage: end what the outage left of attempts that no
+        longer run here (stopped and reported, as after a restart), then claim again."""
+        found = await self._recovery(keep=self._runs_here).run()
+        log.info(
+            "orchestrator.engine_reconciled attempts=%d",
+            len(found),
+            extra={"event": "orchestrator.engine_reconciled"},
+        )
+
+    def _runs_here(self, job_id: str, attempt: int) -> bool:
+        running = self.registry.get(job_id)
+        return running is not None and running.attempt == attempt
 
     def _claim_asker(self) -> Ask:
         key = self.config.claim_public_key
@@ -254,9 +278,10 @@ class Orchestrator:
             launch=self.launch,
             ask=self._ask,
             engine=self._context.engine,
+            engine_up=self.engine.wait_up,
         )
 
-    def _recovery(self) -> Recovery:
+    def _recovery(self, keep: Callable[[str, int], bool] | None = None) -> Recovery:
         async def last_seq(job_id: str) -> int:
             own = self.config.orchestrator_id
             return await until_stored(
@@ -272,6 +297,7 @@ class Orchestrator:
             log_sink=self._log_sink,
             last_log_seq=last_seq,
             deployment=self._context.deployment,
+            keep=keep,
         )
 
     def _log_sink(self, job_id: str, attempt: int) -> LogSinkPort:
@@ -300,8 +326,14 @@ class Orchestrator:
         async def ready() -> bool:
             return self.ready.is_set()
 
-        probes = {"nats": nats, "claiming": ready}
-        return await serve_metrics(self.metrics, probes, *self.config.metrics_listen)
+        async def docker() -> bool:
+            return self.engine.up
+
+        probes = {"nats": nats, "docker": docker, "claiming": ready}
+        reasons = {"docker": lambda: self.engine.error}
+        return await serve_metrics(
+            self.metrics, probes, *self.config.metrics_listen, reasons=reasons
+        )
 
 
 def docker_client(max_jobs: int) -> aiodocker.Docker:

@@ -195,6 +195,8 @@ class Heartbeat(Struct, frozen=True, kw_only=True):
     sent_at: datetime
     jobs: list[RunningJob]
     draining: bool = False
+    # Why its Docker engine does not answer (then it claims nothing); None while it does.
+    engine_error: str | None = None
 
 
 _heartbeat = msgspec.json.Decoder(Heartbeat)

@@ -62,6 +62,11 @@ class DockerRuntime:
         self._timeout = call_timeout_s
         self._pull_timeout = pull_timeout_s
 
+    async def ping(self, timeout_s: float) -> None:
+        # GET /_ping: the engine's own liveness check, the cheapest call it answers.
+        async with self._call("ping the engine", deadline=timeout_s), self._docker._query("_ping"):
+            pass
+
     async def ensure_image(self, ref: str, policy: PullPolicy) -> None:
         if policy != "always":
             try:

@@ -119,6 +119,10 @@ class FakeRuntime:
         """The next `times` calls of `operation` (a method name) raise `error`."""
         self._faults.setdefault(operation, []).extend([error] * times)
 
+    async def ping(self, timeout_s: float) -> None:
+        """Answers unless `fail("ping", ...)` says otherwise."""
+        self._enter("ping", "engine")
+
     async def ensure_image(self, ref: str, policy: PullPolicy) -> None:
         self._enter("ensure_image", ref)
         ref = _normalise(ref)

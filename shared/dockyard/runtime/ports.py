@@ -126,6 +126,10 @@ class AlreadyExists(ContainerRuntimeError):
 class ContainerRuntime(Protocol):
     """A container engine, seen through the operations a job attempt needs."""
 
+    async def ping(self, timeout_s: float) -> None:
+        """Return if the engine answers within `timeout_s`; RuntimeUnavailable saying why not."""
+        ...
+
     async def ensure_image(self, ref: str, policy: PullPolicy) -> None:
         """Make `ref` present per `policy`; raises ImagePullFailed with the engine's words."""
         ...

@@ -13,12 +13,16 @@ from aiohttp import web
 from dockyard.web.errors import ApiError, error_response
 
 Probe = Callable[[], Awaitable[bool]]
+# Why a dependency is not ready, in words (None: no more to say).
+Reason = Callable[[], str | None]
 PROBE_TIMEOUT_S = 2.0
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def routes(
-    probes: Mapping[str, Probe], render_metrics: Callable[[], Awaitable[bytes]]
+    probes: Mapping[str, Probe],
+    render_metrics: Callable[[], Awaitable[bytes]],
+    reasons: Mapping[str, Reason] | None = None,
 ) -> list[web.RouteDef]:
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -28,7 +32,7 @@ def routes(
         checks = dict(zip(probes, results, strict=True))
         if all(checks.values()):
             return web.json_response({"status": "ready", "checks": checks})
-        down = ", ".join(name for name, ok in checks.items() if not ok)
+        down = ", ".join(_named(name, reasons) for name, ok in checks.items() if not ok)
         return error_response(ApiError(503, "not_ready", f"not answering: {down}", checks))
 
     async def metrics(request: web.Request) -> web.Response:
@@ -39,6 +43,11 @@ def routes(
         web.get("/readyz", readyz),
         web.get("/metrics", metrics),
     ]
+
+
+def _named(name: str, reasons: Mapping[str, Reason] | None) -> str:
+    reason = reasons[name]() if reasons and name in reasons else None
+    return f"{name} ({reason})" if reason else name
 
 
 async def _probe(probe: Probe) -> bool:
