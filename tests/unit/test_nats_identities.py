@@ -90,6 +90,13 @@ def test_an_orchestrator_claims_reports_logs_and_heartbeats_as_itself_only() -> 
         assert not mine.allows_subscribe(subject, names.CLAIMS_QUEUE_GROUP), subject
 
 
+def test_the_scheduler_reads_a_jobs_last_log_batch_for_the_claim_of_a_later_attempt() -> None:
+    """Found on the cluster (tests/cluster): without it, every claim after orchestrator_lost
+    was answered `granted=False` once the read timed out, and the job stayed `starting`."""
+    subject = f"$JS.API.DIRECT.GET.{names.LOGS_STREAM}.{names.job_logs_filter('job-1')}"
+    assert for_role("scheduler").allows_publish(subject)
+
+
 def test_the_scheduler_takes_claims_in_its_group_only() -> None:
     scheduler = for_role("scheduler")
     assert scheduler.allows_subscribe(names.CLAIMS_SUBJECTS, names.CLAIMS_QUEUE_GROUP)

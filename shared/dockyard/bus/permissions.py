@@ -164,6 +164,9 @@ def _scheduler(name: str | None, queues: Sequence[str]) -> Permissions:
             # Report batches and their acks; stop orders to orchestrators.
             *_pull(names.REPORTS_STREAM, names.REPORTS_DURABLE),
             CONTROL_ALL,
+            # A claim of a later attempt: the job's last batch still on LOGS, from whoever
+            # sent it (claims.last_streamed_seq), so that its lines are numbered after it.
+            _direct_get(names.LOGS_STREAM, ">"),
         ),
         subscribe=(f"{names.CLAIMS_SUBJECTS} {names.CLAIMS_QUEUE_GROUP}", _inbox("scheduler")),
         inbox_prefix=inbox_prefix("scheduler"),
