@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import nats
 import nats.errors
+import nats.js.errors
 import pytest
 import yaml
 from nats.js.api import StorageType, StreamConfig
@@ -32,6 +33,7 @@ from nats.js.api import StorageType, StreamConfig
 from dockyard.bus.topology import MAX_MSG_BYTES
 from dockyard.embedded import nats_server_binary
 from dockyard.orchestrator.config import DRAIN_S, STOP_GRACE_S
+from dockyard.stack.deployment_credentials import MOUNT, DeploymentCredentials, Layout
 from tests.support.nats_conf import Config, NatsConfError, Value, dumps, loads
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,6 +44,7 @@ DOCKERFILE = DEPLOY / "Dockerfile"
 DOCKERIGNORE = DEPLOY / "Dockerfile.dockerignore"
 SYSTEMD_UNIT = DEPLOY / "systemd" / "dockyard-orchestrator.service"
 SINGLE_NATS = DEPLOY / "nats.conf"
+SECURED_NATS = DEPLOY / "nats" / "secured.conf"
 CLUSTER_DIR = DEPLOY / "nats" / "cluster"
 CLUSTER_CONFS = tuple(CLUSTER_DIR / f"nats-{n}.conf" for n in (1, 2, 3))
 CLUSTER_COMPOSE = CLUSTER_DIR / "compose.yaml"
@@ -54,11 +57,16 @@ COMMANDS = {
     "scheduler": "scheduler",
     "log-relay": "log-relay",
     "janitor": "janitor",
-    "orchestrator": "orchestrator",
+    "orchestrator-1": "orchestrator",
+    "orchestrator-2": "orchestrator",
 }
+ORCHESTRATORS = ("orchestrator-1", "orchestrator-2")
+ONE_SHOTS = frozenset({"credentials", "migrate"})
+# Where compose keeps what `dockyard credentials init` made; each service mounts its own part.
+CREDENTIALS = "./deploy/credentials"
 # The services that talk to their host's Docker engine: the orchestrator runs jobs on it, the
 # janitor removes what jobs left on it. Nothing else may hold the socket (it is root on the host).
-ENGINE_USERS = frozenset({"orchestrator", "janitor"})
+ENGINE_USERS = frozenset({*ORCHESTRATORS, "janitor"})
 
 # Variables the deploy files set that the code does not read yet: issue #7 adds them (the
 # orchestrator's /metrics, the streams' replica count). Once the code names them they are
@@ -206,11 +214,11 @@ def test_compose_depends_on_names_existing_services_with_valid_conditions() -> N
 
 def test_compose_builds_the_dockyard_image_once_and_every_service_uses_it() -> None:
     builders = {name: s for name, s in services().items() if "build" in s}
-    assert list(builders) == ["migrate"]
-    build = builders["migrate"]["build"]
+    assert list(builders) == ["credentials"]  # the first to run
+    build = builders["credentials"]["build"]
     assert (ROOT / build["context"]).resolve() == ROOT
     assert (ROOT / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE
-    for name in COMMANDS:
+    for name in [*COMMANDS, "credentials"]:
         assert services()[name]["image"] == IMAGE, name
     for name, service in services().items():
         image = str(service["image"])
@@ -221,6 +229,8 @@ def test_compose_builds_the_dockyard_image_once_and_every_service_uses_it() -> N
 def test_compose_services_run_their_dockyard_command() -> None:
     for name, subcommand in COMMANDS.items():
         assert re.search(rf"\bdockyard {subcommand}$", command_line(services()[name])), name
+    init = command_line(services()["credentials"])
+    assert init == f"dockyard credentials init /credentials --orchestrators {len(ORCHESTRATORS)}"
 
 
 def test_compose_control_plane_waits_for_servers_and_migrations() -> None:
@@ -229,13 +239,15 @@ def test_compose_control_plane_waits_for_servers_and_migrations() -> None:
         assert depends["nats"]["condition"] == "service_healthy", name
         assert depends["postgres"]["condition"] == "service_healthy", name
         assert depends["migrate"]["condition"] == "service_completed_successfully", name
-    # Orchestrators need NATS only: they never touch the database.
-    assert set(services()["orchestrator"]["depends_on"]) == {"nats"}
+        assert depends["credentials"]["condition"] == "service_completed_successfully", name
+    # Orchestrators need NATS only (and their credentials): they never touch the database.
+    for name in ORCHESTRATORS:
+        assert set(services()[name]["depends_on"]) == {"credentials", "nats"}
 
 
 def test_compose_long_running_services_restart_and_have_health_checks() -> None:
     for name, service in services().items():
-        if name != "migrate":
+        if name not in ONE_SHOTS:
             assert service.get("restart") == "unless-stopped", name
     for name in ("nats", "postgres", "scheduler", "log-relay", "janitor"):
         test = services()[name]["healthcheck"]["test"]
@@ -263,6 +275,8 @@ def test_compose_volumes_are_declared_and_bind_mounts_exist() -> None:
     for name, service in services().items():
         for volume in service.get("volumes") or []:
             source = volume.split(":")[0]
+            if source == CREDENTIALS or source.startswith(f"{CREDENTIALS}/"):
+                continue  # made by the credentials service, checked below
             if source.startswith(("/", ".")):
                 assert source == SOCKET or (ROOT / source).exists(), f"{name}: {source}"
             else:
@@ -297,12 +311,13 @@ def test_services_listen_on_every_interface_inside_their_containers() -> None:
         "scheduler": "DOCKYARD_API_LISTEN",
         "log-relay": "DOCKYARD_LOGS_LISTEN",
         "janitor": "DOCKYARD_JANITOR_METRICS_LISTEN",
-        "orchestrator": "DOCKYARD_METRICS_LISTEN",
+        "orchestrator-1": "DOCKYARD_METRICS_LISTEN",
     }
     for name, variable in listens.items():
         assert service_env(name)[variable].startswith("0.0.0.0:"), name
-    metrics_port = port(service_env("orchestrator")["DOCKYARD_METRICS_LISTEN"])
-    assert services()["orchestrator"]["expose"] == [str(metrics_port)]
+    metrics_port = port(service_env("orchestrator-1")["DOCKYARD_METRICS_LISTEN"])
+    for name in ORCHESTRATORS:
+        assert services()[name]["expose"] == [str(metrics_port)]
 
 
 def test_compose_only_the_engine_users_mount_the_docker_socket() -> None:
@@ -318,7 +333,8 @@ def test_compose_only_the_engine_users_mount_the_docker_socket() -> None:
 def test_compose_urls_name_compose_services_and_their_ports() -> None:
     env = service_env("scheduler")
     assert host_port(env["DOCKYARD_NATS_URL"]) == ("nats", 4222)
-    assert host_port(service_env("orchestrator")["DOCKYARD_NATS_URL"]) == ("nats", 4222)
+    for name in ORCHESTRATORS:
+        assert host_port(service_env(name)["DOCKYARD_NATS_URL"]) == ("nats", 4222)
     database = urlsplit(env["DOCKYARD_DATABASE_URL"])
     assert (database.hostname, database.port) == ("postgres", 5432)
     postgres = service_env("postgres")
@@ -327,31 +343,69 @@ def test_compose_urls_name_compose_services_and_their_ports() -> None:
     assert database.path == f"/{postgres['POSTGRES_DB']}"
 
 
-def test_compose_nats_runs_deploy_nats_conf() -> None:
+def test_compose_nats_runs_deploy_nats_conf_with_auth_and_tls() -> None:
     nats_service = services()["nats"]
     command = nats_service["command"]
-    config_path = command[command.index("--config") + 1]
-    assert f"./deploy/nats.conf:{config_path}:ro" in nats_service["volumes"]
+    config_path = PurePosixPath(command[command.index("--config") + 1])
+    assert f"./deploy/nats/secured.conf:{config_path}:ro" in nats_service["volumes"]
+    # secured.conf includes nats.conf and the credentials' files, by paths relative to itself.
+    includes = re.findall(r'^include "([^"]+)"', SECURED_NATS.read_text(), re.MULTILINE)
+    assert includes == ["nats.conf", "credentials/auth.conf", "credentials/tls.conf"]
+    etc = config_path.parent
+    assert f"./deploy/nats.conf:{etc / 'nats.conf'}:ro" in nats_service["volumes"]
+    assert f"{CREDENTIALS}/nats:{etc / 'credentials'}:ro" in nats_service["volumes"]
     store_dir = text(jetstream(loads(SINGLE_NATS.read_text())), "store_dir")
     assert f"nats-data:{store_dir}" in nats_service["volumes"]
 
 
-def test_compose_orchestrator_scales_with_a_distinct_stable_id_per_replica() -> None:
-    orchestrator = services()["orchestrator"]
-    # Anything fixed would be shared by every replica: same id, same name, same host port.
-    assert "DOCKYARD_ORCHESTRATOR_ID" not in service_env("orchestrator")
-    for key in ("container_name", "hostname", "ports"):
-        assert key not in orchestrator, key
-    script = command_line(orchestrator)
-    assert 'DOCKYARD_ORCHESTRATOR_ID="$${DOCKYARD_ORCHESTRATOR_ID:-$$HOSTNAME}"' in script
-    assert script.endswith("exec dockyard orchestrator")  # exec: dockyard gets the SIGTERM
+def test_compose_orchestrators_each_have_a_stable_id_and_the_identity_named_by_it() -> None:
+    ids = [service_env(name)["DOCKYARD_ORCHESTRATOR_ID"] for name in ORCHESTRATORS]
+    assert ids == [f"compose-{n}" for n in range(1, len(ORCHESTRATORS) + 1)]
+    for name, orchestrator_id in zip(ORCHESTRATORS, ids, strict=True):
+        env = service_env(name)
+        assert env["DOCKYARD_NATS_CREDS"] == f"{MOUNT}/orchestrator-{orchestrator_id}.creds"
+        mount = f"{CREDENTIALS}/orchestrator-{orchestrator_id}:{MOUNT}:ro"
+        assert mount in services()[name]["volumes"], name
+        assert "ports" not in services()[name]  # /metrics on the compose network only
 
 
 def test_compose_orchestrator_has_an_env_without_database_or_tokens() -> None:
-    env = service_env("orchestrator")
-    assert "DOCKYARD_DATABASE_URL" not in env and "DOCKYARD_TOKENS" not in env
-    # The lease is the heartbeat bucket's TTL, which every service sets: one value for all.
-    assert env["DOCKYARD_LEASE_S"] == service_env("scheduler")["DOCKYARD_LEASE_S"]
+    for name in ORCHESTRATORS:
+        env = service_env(name)
+        assert "DOCKYARD_DATABASE_URL" not in env and "DOCKYARD_TOKENS" not in env
+        # The lease is the heartbeat bucket's TTL, which every service sets: one value for all.
+        assert env["DOCKYARD_LEASE_S"] == service_env("scheduler")["DOCKYARD_LEASE_S"]
+
+
+def test_compose_services_read_credentials_the_init_makes_in_their_own_directory(
+    tmp_path: Path,
+) -> None:
+    made = tmp_path / "credentials"
+    DeploymentCredentials(made, Layout(orchestrators=len(ORCHESTRATORS))).ensure()
+    assert (services()["credentials"]["volumes"]) == [f"{CREDENTIALS}:/credentials"]
+    for name, service in services().items():
+        if name == "credentials":
+            continue
+        own = [v for v in service.get("volumes") or [] if v.startswith(f"{CREDENTIALS}/")]
+        if name == "nats":
+            continue  # its own test
+        assert len(own) == 1 and own[0].endswith(f":{MOUNT}:ro"), f"{name}: {own}"
+        directory = made / own[0].split(":")[0].removeprefix(f"{CREDENTIALS}/")
+        assert directory.is_dir(), f"{name}: the init makes no {directory.name}/"
+        env = service_env(name) if name != "postgres" else {}
+        paths = [value for value in env.values() if value.startswith(f"{MOUNT}/")]
+        paths += re.findall(rf"{MOUNT}/[\w.-]+", json.dumps(service.get("command")))
+        paths += re.findall(rf"sslrootcert=({MOUNT}/[\w.-]+)", env.get("DOCKYARD_DATABASE_URL", ""))
+        for path in paths:
+            assert (directory / path.removeprefix(f"{MOUNT}/")).is_file(), f"{name}: {path}"
+    # Who talks to NATS proves who it is and checks who answers, over TLS.
+    for name in ("scheduler", "log-relay", "janitor", *ORCHESTRATORS):
+        env = service_env(name)
+        assert env["DOCKYARD_NATS_URL"].startswith("tls://"), name
+        assert env["DOCKYARD_NATS_CREDS"].startswith(f"{MOUNT}/"), name
+        assert env["DOCKYARD_NATS_TLS_CA"] == f"{MOUNT}/ca.pem", name
+    database = urlsplit(service_env("scheduler")["DOCKYARD_DATABASE_URL"]).query
+    assert "sslmode=verify-full" in database and f"sslrootcert={MOUNT}/ca.pem" in database
 
 
 def drain_budget_s(env: Mapping[str, str]) -> float:
@@ -362,7 +416,8 @@ def drain_budget_s(env: Mapping[str, str]) -> float:
 def test_orchestrator_supervisors_wait_longer_than_the_drain() -> None:
     budget = drain_budget_s(read_env_file(ENV_DIR / "orchestrator.env"))
     # Reports after the stop take a few seconds: ask for 10 s of margin at least.
-    assert seconds(services()["orchestrator"]["stop_grace_period"]) >= budget + 10
+    for name in ORCHESTRATORS:
+        assert seconds(services()[name]["stop_grace_period"]) >= budget + 10
     timeout = systemd_unit()["Service"]["TimeoutStopSec"][-1]
     assert seconds(timeout) >= budget + 10
 
@@ -832,7 +887,19 @@ async def test_nats_cluster_forms_and_keeps_a_stream_at_three_replicas(
                 storage=StorageType.FILE,
                 num_replicas=3,
             )
-            await first.jetstream(timeout=5).add_stream(config)
+
+            async def created() -> bool:
+                # /healthz can answer before the meta leader is known to every node: then the
+                # stream API has no responder yet for a moment.
+                try:
+                    await first.jetstream(timeout=5).add_stream(config)
+                except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                    return False
+                except nats.js.errors.NoStreamResponseError:
+                    return False
+                return True
+
+            await until(created, "the cluster did not take the stream", 30.0)
             ack = await first.jetstream(timeout=5).publish("deploy.check", b"hello")
             # Under load (the whole suite on two cores) the first answer through another node
             # can take longer than one request's timeout: ask again, within a bound.

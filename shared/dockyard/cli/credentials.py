@@ -85,6 +85,40 @@ def orchestrator(name: str, data_dir: Path, queues: str | None) -> None:
     click.echo(str(env_path))
 
 
+@credentials.command("init")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--orchestrators",
+    type=click.IntRange(0, 64),
+    default=2,
+    show_default=True,
+    help="Orchestrator identities to make: compose-1 .. compose-N.",
+)
+@click.option(
+    "--queues",
+    default=None,
+    help="Queues the orchestrators serve, comma-separated (default: DOCKYARD_QUEUES).",
+)
+def init(directory: Path, orchestrators: int, queues: str | None) -> None:
+    """Make a compose deployment's credentials: one read-only directory per service.
+
+    NATS's JWT auth and TLS, each service's NATS user, a CA with server certificates for
+    `nats` and `postgres`, the claim key and the secrets key; kept across runs, service users
+    minted afresh. compose.yaml runs this before anything else starts.
+    """
+    from dockyard.stack.deployment_credentials import DeploymentCredentials, Layout
+    from dockyard.stack.nats_credentials import CredentialsError
+
+    chosen = queues if queues is not None else ",".join(settings().queues)
+    queue_list = tuple(q.strip() for q in chosen.split(",") if q.strip()) or ("default",)
+    layout = Layout(orchestrators=orchestrators, queues=queue_list)
+    try:
+        written = DeploymentCredentials(directory, layout).ensure()
+    except (CredentialsError, OSError) as error:
+        fail(f"cannot make the credentials in {directory}: {error}")
+    click.echo(f"credentials ready in {directory}: {', '.join(written)}")
+
+
 def _keys(directory: Path) -> dict[str, Path]:
     """The claim public key, when `dockyard up` made it there. (The secrets key joins it
     once sealed secrets are built.)"""
