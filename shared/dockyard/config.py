@@ -249,6 +249,18 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         )
     ),
     Variable(
+        name="DOCKYARD_ALLOWED_REGISTRIES",
+        default="any registry by name",
+        meaning="registry hosts (`host` or `host:port`, comma-separated; `docker.io` for "
+        "Docker Hub) jobs may pull images from; a host without a port allows every port. "
+        "Unset, any registry named by a public DNS name is allowed, and an IP literal, "
+        "`localhost`, a single-label name or a local-only one (`.local`, `.internal`, ...) is "
+        "refused. The scheduler refuses such an `image` with 422 at submit; the orchestrator "
+        "checks again before a pull.",
+        read_by=("scheduler", "orchestrator"),
+        group="job limits",
+    ),
+    Variable(
         name="DOCKYARD_JANITOR_INTERVAL_S",
         default=DEFAULTS["DOCKYARD_JANITOR_INTERVAL_S"],
         meaning="seconds from the start of one sweep to the start of the next.",
@@ -350,6 +362,9 @@ class Settings(Struct, frozen=True, kw_only=True):
     claim_public_key: str | None = None
     # The operator's defaults and maxima of a job's resources and timeout (the scheduler's).
     spec_bounds: SpecBounds = SpecBounds()
+    # DOCKYARD_ALLOWED_REGISTRIES as given (core.registries.RegistryPolicy reads it); empty:
+    # any registry by name.
+    allowed_registries: tuple[str, ...] = ()
 
 
 def load(env: Mapping[str, str] | None = None) -> Settings:
@@ -387,6 +402,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         claim_key=env.get("DOCKYARD_CLAIM_KEY") or None,
         claim_public_key=env.get("DOCKYARD_CLAIM_PUBLIC_KEY") or None,
         spec_bounds=spec_bounds(env),
+        allowed_registries=allowed_registries(env.get("DOCKYARD_ALLOWED_REGISTRIES", "")),
     )
 
 
@@ -430,6 +446,18 @@ def _in_range(
     if not low <= number <= high:
         raise ConfigError(f"{name}: {text!r} is out of range ({low:g} to {high:g})")
     return number
+
+
+def allowed_registries(text: str) -> tuple[str, ...]:
+    """DOCKYARD_ALLOWED_REGISTRIES: hosts, not URLs (ConfigError for a scheme or a path)."""
+    entries = tuple(e.strip().lower() for e in text.split(",") if e.strip())
+    for entry in entries:
+        if "/" in entry or any(c.isspace() for c in entry):
+            raise ConfigError(
+                f"DOCKYARD_ALLOWED_REGISTRIES: {entry!r} is not a registry host "
+                "(`host` or `host:port`, no scheme or path)"
+            )
+    return entries
 
 
 # The deploy files' stand-in for every password and token (deploy/env/*.env).

@@ -21,6 +21,7 @@ from dockyard.bus.names import LABEL_ATTEMPT, LABEL_DEPLOYMENT, LABEL_JOB, LABEL
 from dockyard.bus.protocol import StopOrder, decode_heartbeat, encode
 from dockyard.core import Job
 from dockyard.core.events import ContainerStarted, Event, JobTimedOut, ResourceIntended
+from dockyard.core.registries import RegistryPolicy
 from dockyard.runtime.hardening import container_name
 from tests.support.orchestration import (
     ControlPlane,
@@ -191,13 +192,14 @@ async def test_missing_image_fails_without_retry(
     assert texts and texts[-1].startswith("image pull failed:")
 
 
-async def test_pull_from_an_unreachable_registry_reports_the_engines_message(
+async def test_pull_from_an_unreachable_registry_says_unreachable(
     control: ControlPlane, docker: aiodocker.Docker, nats_url: str
 ) -> None:
     job_spec = spec("127.0.0.1:9/nothing/here:1", "true")
-    _, job = await run_one(control, docker, nats_url, job_spec)
+    listed = RegistryPolicy(("127.0.0.1:9",))  # a closed loopback port, listed to be tried
+    _, job = await run_one(control, docker, nats_url, job_spec, registries=listed)
     assert (job.status, job.reason) == ("failed", "image_pull_failed")
-    assert job.error is not None and "127.0.0.1:9" in job.error
+    assert job.error == "image could not be pulled from 127.0.0.1:9: unreachable"
 
 
 async def test_timeout_sends_sigterm_then_sigkill_after_the_grace(

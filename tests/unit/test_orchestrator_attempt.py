@@ -286,11 +286,11 @@ async def test_stop_before_the_container_exists_creates_nothing() -> None:
     assert [type(c) for c in harness.reports.sent] == [ReportExit]
 
 
-async def test_image_pull_failure_is_reported_with_the_engines_words() -> None:
+async def test_image_pull_failure_is_reported_in_words_not_the_engines() -> None:
     harness = Harness(FakeRuntime())
     report = await harness.attempt(job_spec("run")).run()
     assert report.reason == "image_pull_failed"
-    assert report.error == "pull image busybox:latest: repository does not exist or no access"
+    assert report.error == "image could not be pulled from docker.io: not found"
     assert harness.texts() == [("system", f"image pull failed: {report.error}")]
     assert [type(c) for c in harness.reports.sent] == [ReportExit]
 

@@ -12,6 +12,7 @@ from msgspec.structs import replace
 from dockyard.bus.signing import ClaimKeyError, ClaimVerifier
 from dockyard.bus.topology import OFFER_POLICY
 from dockyard.config import ConfigError, Settings, Variable, parse_listen
+from dockyard.core.registries import RegistryPolicy
 from dockyard.process.backoff import Backoff
 from dockyard.runtime.output import DEFAULT_CAP_BYTES
 
@@ -90,6 +91,8 @@ class OrchestratorConfig(Struct, frozen=True, kw_only=True):
     # The scheduler's public claim nkey: only answers it signed are run. None: any answer is
     # (development; the orchestrator warns at start).
     claim_public_key: str | None = None
+    # DOCKYARD_ALLOWED_REGISTRIES, checked again before every pull.
+    registries: RegistryPolicy = RegistryPolicy()
 
     @property
     def claim_backoff(self) -> Backoff:
@@ -118,6 +121,7 @@ class OrchestratorConfig(Struct, frozen=True, kw_only=True):
             nats_replicas=settings.nats_replicas,
             metrics_listen=parse_listen("DOCKYARD_METRICS_LISTEN", metrics) if metrics else None,
             claim_public_key=_claim_public_key(settings.claim_public_key),
+            registries=RegistryPolicy.of(settings.allowed_registries),
         )
         drain = env.get("DOCKYARD_DRAIN_S")
         if drain:

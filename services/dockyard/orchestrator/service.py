@@ -78,7 +78,7 @@ class Orchestrator:
         self.runtime = runtime
         self.registry = Registry()
         self.reporter = Reporter(nc, js, orchestrator=config.orchestrator_id)
-        self.images = Images(runtime, fresh_s=config.image_cache_s)
+        self.images = Images(runtime, registries=config.registries, fresh_s=config.image_cache_s)
         self.control = Control(nc, js, config.orchestrator_id, self.registry)
         self.stale = StaleWatch(self.registry, functools.partial(later_attempt_claimed, js))
         self.engine = EngineHealth(runtime, on_back=self._reconcile)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from dockyard.core import Command, Metadata
+from dockyard.core.registries import RegistryPolicy
 from dockyard.core.spec_bounds import SpecBounds
 from dockyard.handling.batching import CommandBatcher
 from dockyard.handling.execute import Clock, Outcome, execute, utc_now
@@ -38,6 +39,8 @@ class Context:
     batcher: CommandBatcher | None = None
     # The operator's defaults and maxima for resources and timeout (DOCKYARD_DEFAULT_*, _MAX_*).
     bounds: SpecBounds = field(default_factory=SpecBounds)
+    # DOCKYARD_ALLOWED_REGISTRIES: the registries a job's images may come from.
+    registries: RegistryPolicy = field(default_factory=RegistryPolicy)
 
     async def execute(
         self, job_id: str, command: Command, *, meta: Metadata | None = None

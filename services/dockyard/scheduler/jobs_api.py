@@ -11,6 +11,7 @@ from msgspec import Meta
 
 from dockyard.core import Metadata, RequestCancel, SubmitJob, uuid7
 from dockyard.core.codec import encode
+from dockyard.core.registries import check_images
 from dockyard.core.spec import (
     JobSpec,
     LabelKey,
@@ -105,6 +106,7 @@ async def submit(request: web.Request) -> web.Response:
     # The operator's defaults go into the stored spec: a later change never alters this job.
     spec = with_defaults(convert_spec(written), left_out(written), ctx.bounds)
     check_maxima(spec, ctx.bounds)
+    check_images(spec, ctx.registries)
     if spec.idempotency_key is not None:
         existing = await _idempotent(ctx, tenant, spec.idempotency_key)
         if existing is not None:

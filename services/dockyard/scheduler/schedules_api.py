@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 from aiohttp import web
 
+from dockyard.core.registries import check_images
 from dockyard.scheduler.context import ctx_of
 from dockyard.scheduler.jobs_api import json_response, parse_json_object, read_body
 from dockyard.scheduler.schedule_store import ScheduleExists
@@ -19,6 +20,7 @@ async def create(request: web.Request) -> web.Response:
     body = await read_body(request)
     parse_json_object(body)
     schedule = parse_schedule(body, tenant, ctx.clock(), ctx.bounds)
+    check_images(schedule.job, ctx.registries, prefix="job.")
     try:
         await ctx.schedules.create(schedule)
     except ScheduleExists:

@@ -17,6 +17,7 @@ from dockyard.bus.permissions import inbox_prefix
 from dockyard.bus.signing import ClaimKeyError, ClaimSigner
 from dockyard.bus.topology import ensure_topology
 from dockyard.config import ConfigError, Settings
+from dockyard.core.registries import RegistryPolicy
 from dockyard.handling.batching import CommandBatcher
 from dockyard.job_logs.position import stored_log
 from dockyard.process import gc_policy
@@ -153,4 +154,5 @@ def _context(
         nats_ready=nats_ready,
         batcher=batcher,
         bounds=settings.spec_bounds,
+        registries=RegistryPolicy.of(settings.allowed_registries),
     )
