@@ -33,7 +33,12 @@ from nats.js.api import StorageType, StreamConfig
 from dockyard.bus.topology import MAX_MSG_BYTES
 from dockyard.embedded import nats_server_binary
 from dockyard.orchestrator.config import DRAIN_S, STOP_GRACE_S
-from dockyard.stack.deployment_credentials import MOUNT, DeploymentCredentials, Layout
+from dockyard.stack.deployment_credentials import (
+    MOUNT,
+    DeploymentCredentials,
+    Layout,
+    cluster_certificates,
+)
 from tests.support.nats_conf import Config, NatsConfError, Value, dumps, loads
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -716,6 +721,17 @@ def test_nats_cluster_nodes_route_to_each_other() -> None:
         # Each node names the two others (by the host name each runs as), at their route port.
         assert targets == {(other, cluster_ports[other]) for other in names if other != name}
         assert all(str(route).startswith("nats-route://") for route in routes)
+        # Routes are TLS both ways, verified, and carry the route password.
+        cluster = block(node, "cluster")
+        tls = block(cluster, "tls")
+        assert tls["verify"] is True and {"cert_file", "key_file", "ca_file"} <= set(tls)
+        assert text(tls, "cert_file") == f"{CERTS_MOUNT}{name}.pem"
+        authorization = block(cluster, "authorization")
+        for route in routes:
+            parts = urlsplit(str(route))
+            assert parts.username == authorization["user"], route
+            assert parts.password == authorization["password"], route
+        assert "CHANGE-ME" in text(authorization, "password")  # an obvious placeholder
 
 
 def test_nats_cluster_compose_runs_each_node_with_its_own_config_and_volume() -> None:
@@ -727,15 +743,31 @@ def test_nats_cluster_compose_runs_each_node_with_its_own_config_and_volume() ->
     for name, service in services(document).items():
         volumes = service["volumes"]
         assert f"./{name}.conf:/etc/nats/nats.conf:ro" in volumes
+        assert f"./certs:{CERTS_MOUNT.rstrip('/')}:ro" in volumes
         assert f"{name}-data:/data" in volumes and f"{name}-data" in declared
         host_ports += [str(mapping).rsplit(":", 1)[0] for mapping in service["ports"]]
     assert len(host_ports) == len(set(host_ports)), "two nodes publish the same host port"
 
 
+CERTS_MOUNT = "/etc/nats/certs/"
+
+
+def with_certs(config_text: str, certs: Path) -> str:
+    """A cluster node's config reading its route certificates from `certs` (made by
+    `dockyard credentials cluster`) instead of where the deploy files mount them."""
+    return config_text.replace(CERTS_MOUNT, f"{certs}/")
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("path", [SINGLE_NATS, *CLUSTER_CONFS], ids=lambda p: p.name)
-def test_nats_server_accepts_the_config(path: Path) -> None:
+def test_nats_server_accepts_the_config(path: Path, tmp_path: Path) -> None:
     # nats-server's own checker: it refuses unknown keys and bad values, which ours would not.
+    # It also opens the certificates, so a cluster node's are made where its copy reads them.
+    if path in CLUSTER_CONFS:
+        cluster_certificates(tmp_path / "certs", ["nats-1", "nats-2", "nats-3"])
+        checked = tmp_path / path.name
+        checked.write_text(with_certs(path.read_text(), tmp_path / "certs"))
+        path = checked
     result = subprocess.run(
         [str(nats_server_binary()), "-t", "-c", str(path)],
         capture_output=True,
@@ -786,10 +818,15 @@ def local_copy(config: Config, node: Node, nodes: Mapping[str, Node], store: Pat
     cluster = copy["cluster"]
     cluster["listen"] = f"127.0.0.1:{node.cluster_port}"
     cluster["routes"] = [
-        f"nats-route://127.0.0.1:{nodes[host_port(route)[0]].cluster_port}"
+        urlsplit(route)
+        ._replace(
+            netloc=f"{urlsplit(route).netloc.rsplit('@', 1)[0]}@127.0.0.1:"
+            f"{nodes[host_port(route)[0]].cluster_port}"
+        )
+        .geturl()
         for route in cluster["routes"]
     ]
-    return cast(Config, copy)
+    return cast(Config, json.loads(with_certs(json.dumps(copy), store.parent / "certs")))
 
 
 @pytest.fixture
@@ -801,6 +838,8 @@ def nats_cluster(tmp_path: Path) -> Iterator[list[Node]]:
         text(c, "server_name"): Node(text(c, "server_name"), next(ports), next(ports), next(ports))
         for c in configs
     }
+    # Route TLS verifies names: the routes here go to 127.0.0.1, so the certificates name it.
+    cluster_certificates(tmp_path / "certs", list(nodes), extra_hosts=["127.0.0.1"])
     processes: list[subprocess.Popen[bytes]] = []
     try:
         for config in configs:
@@ -939,3 +978,57 @@ async def test_nats_cluster_forms_and_keeps_a_stream_at_three_replicas(
 
         # Acked once a majority has it; the third copy follows within moments.
         await until(stored_everywhere, "the message is not on all three nodes", within_s=5)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+async def test_a_node_without_a_certificate_of_the_clusters_ca_cannot_join(
+    nats_cluster: list[Node], tmp_path: Path
+) -> None:
+    # It knows the route password and speaks TLS, with a certificate of another CA.
+    cluster_certificates(tmp_path / "other-ca", ["intruder"], extra_hosts=["127.0.0.1"])
+    client, cluster_port, http_port = free_ports(3)
+    target = nats_cluster[0]
+    certs = tmp_path / "other-ca"
+    config = {
+        "server_name": "intruder",
+        "listen": f"127.0.0.1:{client}",
+        "http": f"127.0.0.1:{http_port}",
+        "cluster": {
+            "name": "dockyard",
+            "listen": f"127.0.0.1:{cluster_port}",
+            "tls": {
+                "cert_file": str(certs / "intruder.pem"),
+                "key_file": str(certs / "intruder-key.pem"),
+                "ca_file": str(certs / "ca.pem"),
+                "verify": True,
+                "timeout": 3,
+            },
+            "routes": [
+                "nats-route://dockyard-route:CHANGE-ME-route-password"
+                f"@127.0.0.1:{target.cluster_port}"
+            ],
+        },
+    }
+    (tmp_path / "intruder.conf").write_text(dumps(cast(Config, config)))
+    with (tmp_path / "intruder.log").open("wb") as log:
+        intruder = subprocess.Popen(  # noqa: ASYNC220 - it returns at once; the server runs on
+            [str(nats_server_binary()), "-c", str(tmp_path / "intruder.conf")],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        timeout = aiohttp.ClientTimeout(total=2)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+
+            async def tried() -> bool:
+                return "TLS" in (tmp_path / "intruder.log").read_text()
+
+            await until(tried, "the intruder never tried the route", within_s=20)
+            await asyncio.sleep(2)  # a route would be up by now
+            for node in nats_cluster:
+                routez = await get_json(http, f"{node.monitor}/routez")
+                peers = {route.get("remote_name") for route in routez["routes"]}
+                assert "intruder" not in peers, node.name
+    finally:
+        intruder.kill()
+        intruder.wait()

@@ -119,6 +119,35 @@ def init(directory: Path, orchestrators: int, queues: str | None) -> None:
     click.echo(f"credentials ready in {directory}: {', '.join(written)}")
 
 
+@credentials.command("cluster")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--nodes",
+    default="nats-1,nats-2,nats-3",
+    show_default=True,
+    help="The nodes' host names, comma-separated: each gets a certificate naming it.",
+)
+def cluster(directory: Path, nodes: str) -> None:
+    """Make route TLS for a NATS cluster: a CA and a certificate per node (kept if there).
+
+    Mount DIRECTORY at /etc/nats/certs on every node (deploy/nats/cluster/). Keep ca-key.pem
+    off the nodes once they are made.
+    """
+    from dockyard.stack.deployment_credentials import cluster_certificates
+
+    names = [n.strip() for n in nodes.split(",") if n.strip()]
+    if not names:
+        fail("--nodes: name at least one node")
+    try:
+        written = cluster_certificates(directory, names)
+    except OSError as error:
+        fail(f"cannot make the certificates in {directory}: {error}")
+    click.echo(
+        f"route certificates in {directory}: {len(written) // 2} made, "
+        f"{len(names) - len(written) // 2} kept"
+    )
+
+
 def _keys(directory: Path) -> dict[str, Path]:
     """The claim public key, when `dockyard up` made it there. (The secrets key joins it
     once sealed secrets are built.)"""

@@ -89,11 +89,18 @@ class Authority:
         """A server certificate valid for each of `hosts` (DNS names or IP literals)."""
         return self._issue(name, hosts, ExtendedKeyUsageOID.SERVER_AUTH)
 
+    def node(self, name: str, hosts: Sequence[str]) -> IssuedPair:
+        """A cluster node's certificate: routes are TLS both ways, each end both server and
+        client, and verifies the other's name."""
+        return self._issue(
+            name, hosts, ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH
+        )
+
     def client(self, name: str) -> IssuedPair:
         """A client certificate for mutual TLS, named `name`."""
         return self._issue(name, [name], ExtendedKeyUsageOID.CLIENT_AUTH)
 
-    def _issue(self, name: str, hosts: Sequence[str], usage: x509.ObjectIdentifier) -> IssuedPair:
+    def _issue(self, name: str, hosts: Sequence[str], *usages: x509.ObjectIdentifier) -> IssuedPair:
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         cert = (
@@ -105,7 +112,7 @@ class Authority:
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=SERVER_DAYS))
             .add_extension(x509.SubjectAlternativeName(_names(hosts)), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .sign(self._key, hashes.SHA256())
         )

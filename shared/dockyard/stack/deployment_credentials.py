@@ -210,3 +210,30 @@ def _write(path: Path, data: bytes, owner: tuple[int, int] | None) -> None:
 def _chown(path: Path, owner: tuple[int, int]) -> None:
     if os.geteuid() == 0:  # only root can give files away; others keep what they make
         os.chown(path, *owner, follow_symlinks=False)
+
+
+def cluster_certificates(
+    directory: Path, nodes: Sequence[str], extra_hosts: Sequence[str] = ()
+) -> list[Path]:
+    """Route TLS for a NATS cluster (deploy/nats/cluster/): a CA kept in `directory` and, per
+    node, a certificate naming it (and `extra_hosts`), made where missing. The files written.
+
+    Each node mounts the directory at /etc/nats/certs; routes verify both ends against ca.pem,
+    so only a node holding a certificate of this CA can join.
+    """
+    directory = Path(directory).absolute()
+    _directory(directory, (os.geteuid(), os.getegid()))
+    authority = read_authority(directory)
+    if authority is None:
+        authority = Authority.new("Dockyard NATS cluster CA")
+        _write(directory / "ca-key.pem", authority.key_pem, None)
+        _write(directory / "ca.pem", authority.cert_pem, None)
+    written = []
+    for node in nodes:
+        cert, key = directory / f"{node}.pem", directory / f"{node}-key.pem"
+        if not (cert.is_file() and key.is_file()):
+            pair = authority.node(node, [node, *extra_hosts])
+            _write(key, pair.key, None)
+            _write(cert, pair.cert, None)
+            written += [cert, key]
+    return written
