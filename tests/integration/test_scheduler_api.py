@@ -232,7 +232,8 @@ async def test_events_are_the_history_without_gaps(client: TestClient[Any, Any])
 async def test_health_and_openapi(client: TestClient[Any, Any]) -> None:
     assert (await client.get("/healthz")).status == 200
     assert (await client.get("/readyz")).status == 200
-    metrics = await (await client.get("/metrics")).text()
+    assert (await client.get("/metrics")).status == 401
+    metrics = await (await client.get("/metrics", headers=ADMIN)).text()
     assert "dockyard_jobs_submitted" in metrics
     document = await (await client.get("/openapi.json")).json()
     assert document["openapi"].startswith("3.") and "/v1/jobs" in document["paths"]

@@ -11,13 +11,19 @@ from dockyard.log_relay import http_api
 from dockyard.log_relay.context import CONTEXT, RelayContext
 from dockyard.log_relay.ws import SOCKETS, close_sockets
 from dockyard.web import health
+from dockyard.web.access import access_middleware
 from dockyard.web.errors import error_middleware
 
 
 def build_app(ctx: RelayContext) -> web.Application:
     # CORS outside the error middleware, so that error answers reach the page too.
     app = web.Application(
-        middlewares=[http_api.cors_middleware, error_middleware, http_api.unavailable_middleware],
+        middlewares=[
+            access_middleware(ctx.metrics.auth_failures.inc),
+            http_api.cors_middleware,
+            error_middleware,
+            http_api.unavailable_middleware,
+        ],
         client_max_size=64 * 1024,
     )
     app[CONTEXT] = ctx
@@ -25,7 +31,10 @@ def build_app(ctx: RelayContext) -> web.Application:
     app.add_routes(http_api.routes())
     app.add_routes(
         health.routes(
-            {"postgresql": ctx.database_ready, "nats": ctx.nats_ready}, partial(_metrics, ctx)
+            {"postgresql": ctx.database_ready, "nats": ctx.nats_ready},
+            partial(_metrics, ctx),
+            # Read at each request: the tokens are the context's (tests swap them).
+            metrics_guard=lambda request: ctx.tokens.require_admin(request),
         )
     )
     app.on_shutdown.append(close_sockets)

@@ -51,6 +51,11 @@ class RelayMetrics:
             ["code"],
             registry=r,
         )
+        self.auth_failures = Counter(
+            "dockyard_http_auth_failures",
+            "Requests refused for a missing or invalid token (401); alert on a surge",
+            registry=r,
+        )
         self.pending = Gauge(
             "dockyard_log_pending_batches",
             "Log batches waiting in JetStream for the relay",

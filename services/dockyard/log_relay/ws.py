@@ -23,6 +23,7 @@ from dockyard.log_relay.follow import TRY_AGAIN_LATER, follow
 from dockyard.log_relay.room import Follower, Room
 from dockyard.process.cancelling import cancel_and_wait
 from dockyard.store.ports import StoreUnavailable
+from dockyard.web.access import note_tenant
 from dockyard.web.errors import ApiError, invalid
 
 log = logging.getLogger("dockyard.log_relay.ws")
@@ -52,6 +53,7 @@ def ws_tenant(ctx: RelayContext, request: web.Request) -> str:
             tenant = ctx.tokens.tenant_of(item[len(BEARER_PREFIX) :])
             if tenant is None:
                 raise ApiError(401, "unauthorized", "the token is not valid")
+            note_tenant(request, tenant)
             return tenant
     raise ApiError(401, "unauthorized", "a bearer token is required")
 

@@ -10,22 +10,29 @@ from aiohttp import web
 from dockyard.scheduler import jobs_api, page_routes, schedules_api
 from dockyard.scheduler.context import CONTEXT, Context
 from dockyard.web import health
+from dockyard.web.access import access_middleware
 from dockyard.web.errors import error_middleware
 
 
 def build_app(ctx: Context) -> web.Application:
     # client_max_size a little over the limit so the handler can answer a precise 413.
-    app = web.Application(middlewares=[error_middleware], client_max_size=jobs_api.MAX_BODY + 1)
+    app = web.Application(
+        middlewares=[access_middleware(ctx.metrics.auth_failures.inc), error_middleware],
+        client_max_size=jobs_api.MAX_BODY + 1,
+    )
     app[CONTEXT] = ctx
     app.add_routes(jobs_api.routes())
     app.add_routes(schedules_api.routes())
     app.add_routes(
         health.routes(
-            {"postgresql": ctx.database_ready, "nats": ctx.nats_ready}, partial(_metrics, ctx)
+            {"postgresql": ctx.database_ready, "nats": ctx.nats_ready},
+            partial(_metrics, ctx),
+            # Read at each request: the tokens are the context's (tests swap them).
+            metrics_guard=lambda request: ctx.tokens.require_admin(request),
         )
     )
     app.router.add_get("/openapi.json", _openapi)
-    app.add_routes(page_routes.routes())
+    app.add_routes(page_routes.routes(ctx.page))
     return app
 
 

@@ -13,6 +13,7 @@ from dockyard.core.spec_bounds import SpecBounds
 from dockyard.handling.batching import CommandBatcher
 from dockyard.handling.execute import Clock, Outcome, execute, utc_now
 from dockyard.scheduler.metrics import SchedulerMetrics
+from dockyard.scheduler.page_routes import RelayAddress
 from dockyard.scheduler.schedule_store import InMemoryScheduleStore, ScheduleStore
 from dockyard.store.ports import EventStore, JobViews
 from dockyard.web.auth import Tokens
@@ -41,6 +42,8 @@ class Context:
     bounds: SpecBounds = field(default_factory=SpecBounds)
     # DOCKYARD_ALLOWED_REGISTRIES: the registries a job's images may come from.
     registries: RegistryPolicy = field(default_factory=RegistryPolicy)
+    # Where the web page finds the log relay; None: from the environment when the app is built.
+    page: RelayAddress | None = None
 
     async def execute(
         self, job_id: str, command: Command, *, meta: Metadata | None = None

@@ -47,8 +47,6 @@ def pg_gauges(
         counts = {**terminal, **{r["status"]: r["n"] for r in live}}
         for status in STATUSES:
             metrics.jobs_by_status.labels(status).set(counts.get(status, 0))
-        metrics.queue_depth.clear()
-        for row in depth:
-            metrics.queue_depth.labels(row["queue"]).set(row["n"])
+        metrics.set_queue_depths((row["queue"], row["n"]) for row in depth)
 
     return refresh

@@ -1,8 +1,14 @@
-"""The scheduler's Prometheus metrics, in a registry of its own (tests run many apps)."""
+"""The scheduler's Prometheus metrics, in a registry of its own (tests run many apps).
+
+Queue labels are the queues the operator named (DOCKYARD_QUEUES) and `other` for the rest:
+a tenant may submit to any queue name, and each new one must not add series for the life of
+the process (security review F15).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -10,13 +16,16 @@ from dockyard.core.events import Event, type_name
 from dockyard.core.state import Job
 from dockyard.store.ports import EventStore, PendingAppend, Position, RecordedEvent
 
+OTHER_QUEUE: Final = "other"
+
 
 class SchedulerMetrics:
-    def __init__(self) -> None:
+    def __init__(self, queues: Iterable[str] = ("default",)) -> None:
+        self.queues = frozenset(queues)
         self.registry = CollectorRegistry()
         self.jobs_submitted = Counter(
             "dockyard_jobs_submitted",
-            "Jobs accepted by the API",
+            "Jobs accepted by the API, by queue (a queue not in DOCKYARD_QUEUES: other)",
             ["queue"],
             registry=self.registry,
         )
@@ -28,7 +37,7 @@ class SchedulerMetrics:
         )
         self.queue_depth = Gauge(
             "dockyard_queue_depth",
-            "Jobs queued and not yet claimed",
+            "Jobs queued and not yet claimed, by queue (a queue not in DOCKYARD_QUEUES: other)",
             ["queue"],
             registry=self.registry,
         )
@@ -51,6 +60,11 @@ class SchedulerMetrics:
             ["kind"],
             registry=self.registry,
         )
+        self.auth_failures = Counter(
+            "dockyard_http_auth_failures",
+            "Requests refused for a missing or invalid token (401); alert on a surge",
+            registry=self.registry,
+        )
         self.dispatch_latency = Histogram(
             "dockyard_dispatch_latency_seconds",
             "From queued to claimed",
@@ -58,8 +72,21 @@ class SchedulerMetrics:
             registry=self.registry,
         )
 
+    def queue_label(self, queue: str) -> str:
+        return queue if queue in self.queues else OTHER_QUEUE
+
     def submitted(self, queue: str) -> None:
-        self.jobs_submitted.labels(queue).inc()
+        self.jobs_submitted.labels(self.queue_label(queue)).inc()
+
+    def set_queue_depths(self, depths: Iterable[tuple[str, int]]) -> None:
+        """Queued jobs per queue, those of unnamed queues summed under `other`."""
+        summed: dict[str, int] = {}
+        for queue, count in depths:
+            label = self.queue_label(queue)
+            summed[label] = summed.get(label, 0) + count
+        self.queue_depth.clear()
+        for label, count in summed.items():
+            self.queue_depth.labels(label).set(count)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

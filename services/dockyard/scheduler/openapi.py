@@ -60,6 +60,7 @@ _REF = "#/components/schemas/{name}"
 _ERRORS = {
     "400": "malformed body",
     "401": "missing or bad token",
+    "403": "a tenant's token where the admin token is needed",
     "404": "unknown id, or another tenant's",
     "409": "conflict",
     "413": "body over 1 MiB",
@@ -205,14 +206,14 @@ def _paths() -> dict[str, Any]:
         },
         "/metrics": {
             "get": {
-                "summary": "Prometheus metrics",
+                "summary": "Prometheus metrics (the admin token)",
                 "operationId": "metrics",
-                "security": [],
                 "responses": {
                     "200": {
                         "description": "Prometheus text",
                         "content": {"text/plain": {"schema": {"type": "string"}}},
-                    }
+                    },
+                    **_answers({}, ("401", "403")),
                 },
             }
         },

@@ -1,18 +1,24 @@
 """The web page at `GET /`: one HTML file, a stylesheet and a script, no build step.
 
 The page calls this scheduler's API on its own origin and the log relay (another origin) for
-the logs; `/config.json` tells it where the relay is: DOCKYARD_LOGS_URL when set, otherwise
-the host the browser used for the page with DOCKYARD_LOGS_LISTEN's port.
+the logs; `/config.json` tells it where the relay is, and the CSP's `connect-src` allows only
+that. Both come from configuration, never from the request's `Host` header, which decides
+where the page sends its token (security review F17): DOCKYARD_LOGS_URL when set; else, when
+the page was loaded from one of its own origins (DOCKYARD_ALLOWED_ORIGINS), that origin's
+scheme and host with DOCKYARD_LOGS_LISTEN's port; else DOCKYARD_LOGS_LISTEN itself.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
+from urllib.parse import urlsplit
 
 import msgspec
 from aiohttp import web
+from msgspec import Struct
 
 from dockyard import config
 
@@ -21,14 +27,47 @@ _STATIC: Final = {"app.css": "text/css", "app.js": "text/javascript"}
 _NO_CACHE: Final = {"Cache-Control": "no-cache"}
 
 
-def routes(logs_url: str | None = None) -> list[web.RouteDef]:
-    """`/`, `/static/app.css`, `/static/app.js` and `/config.json` (logs_url: the relay's
-    base URL as the browser reaches it; None: worked out per request, see above)."""
+class RelayAddress(Struct, frozen=True, kw_only=True):
+    """Where the page finds the log relay, worked out from configuration alone."""
+
+    explicit: str | None = None  # DOCKYARD_LOGS_URL
+    port: int = 8701  # DOCKYARD_LOGS_LISTEN's
+    listen_host: str = "127.0.0.1"  # DOCKYARD_LOGS_LISTEN's, loopback if it is every interface
+    page_origins: tuple[str, ...] = ()  # DOCKYARD_ALLOWED_ORIGINS
+
+    @classmethod
+    def from_settings(cls, settings: config.Settings, env: Mapping[str, str]) -> RelayAddress:
+        host, port = settings.logs_listen
+        return cls(
+            explicit=(env.get("DOCKYARD_LOGS_URL") or "").rstrip("/") or None,
+            port=port,
+            listen_host="127.0.0.1" if host in ("0.0.0.0", "::", "") else host,
+            page_origins=settings.allowed_origins,
+        )
+
+    def for_host(self, host: str | None) -> str:
+        """The relay's base URL for a page loaded from `host` (the Host header's name)."""
+        if self.explicit:
+            return self.explicit
+        wanted = (host or "").lower()
+        for origin in self.page_origins:
+            parts = urlsplit(origin)
+            if parts.hostname and parts.hostname.lower() == wanted and parts.scheme:
+                return f"{parts.scheme}://{_bracketed(parts.hostname)}:{self.port}"
+        return f"http://{_bracketed(self.listen_host)}:{self.port}"
+
+
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def routes(relay: RelayAddress | None = None) -> list[web.RouteDef]:
+    """`/`, `/static/app.css`, `/static/app.js` and `/config.json` (relay: None reads it
+    from the environment now, once)."""
+    where = relay or RelayAddress.from_settings(config.load(), os.environ)
 
     def relay_url(request: web.Request) -> str:
-        if logs_url:
-            return logs_url.rstrip("/")
-        return _relay_url_for(request)
+        return where.for_host(request.url.host)
 
     async def index(request: web.Request) -> web.FileResponse:
         relay = relay_url(request)
@@ -62,14 +101,3 @@ def routes(logs_url: str | None = None) -> list[web.RouteDef]:
         web.get("/static/{name}", static, allow_head=False),
         web.get("/config.json", page_config, allow_head=False),
     ]
-
-
-def _relay_url_for(request: web.Request) -> str:
-    explicit = os.environ.get("DOCKYARD_LOGS_URL")
-    if explicit:
-        return explicit.rstrip("/")
-    _, port = config.load().logs_listen
-    host = request.url.host or "127.0.0.1"
-    if ":" in host:  # an IPv6 literal
-        host = f"[{host}]"
-    return f"{request.scheme}://{host}:{port}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from contextlib import AsyncExitStack
 from functools import partial
 
@@ -29,6 +30,7 @@ from dockyard.scheduler.due import PgDueJobs, run_due_ticker
 from dockyard.scheduler.firing import run_firing
 from dockyard.scheduler.gauges import pg_gauges
 from dockyard.scheduler.metrics import CountingStore, SchedulerMetrics
+from dockyard.scheduler.page_routes import RelayAddress
 from dockyard.scheduler.reports import ReportConsumer
 from dockyard.scheduler.schedule_store import PgScheduleStore
 from dockyard.scheduler.undeliverable import FailUndeliverableJobs
@@ -56,7 +58,7 @@ async def run_scheduler(settings: Settings) -> None:
         stack.push_async_callback(pool.close)
         pg_store = PgEventStore(pool)
         stack.push_async_callback(pg_store.close)
-        metrics = SchedulerMetrics()
+        metrics = SchedulerMetrics(settings.queues)
         store = CountingStore(pg_store, metrics)
         nc = await connection.connect(
             settings.nats_url,
@@ -155,4 +157,5 @@ def _context(
         batcher=batcher,
         bounds=settings.spec_bounds,
         registries=RegistryPolicy.of(settings.allowed_registries),
+        page=RelayAddress.from_settings(settings, os.environ),
     )

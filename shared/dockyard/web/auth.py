@@ -6,6 +6,7 @@ import hmac
 
 from aiohttp import web
 
+from dockyard.web.access import note_tenant
 from dockyard.web.errors import ApiError
 
 ADMIN = "admin"
@@ -33,7 +34,14 @@ class Tokens:
         tenant = self.tenant_of(token.strip())
         if tenant is None:
             raise ApiError(401, "unauthorized", "the token is not valid")
+        note_tenant(request, tenant)
         return tenant
+
+    def require_admin(self, request: web.Request) -> None:
+        """401 without a valid token, 403 for a tenant's: what only the operator may read
+        (/metrics names every tenant's queues and counts)."""
+        if self.authenticate(request) != ADMIN:
+            raise ApiError(403, "forbidden", "this needs the admin token")
 
 
 def can_see(tenant: str, owner: str) -> bool:

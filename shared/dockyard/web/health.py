@@ -23,7 +23,12 @@ def routes(
     probes: Mapping[str, Probe],
     render_metrics: Callable[[], Awaitable[bytes]],
     reasons: Mapping[str, Reason] | None = None,
+    *,
+    metrics_guard: Callable[[web.Request], None] | None = None,
 ) -> list[web.RouteDef]:
+    """metrics_guard raises an ApiError for a caller who may not read /metrics (the scheduler
+    and the log relay: the admin token; a metrics-only listener: nobody)."""
+
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
@@ -36,6 +41,8 @@ def routes(
         return error_response(ApiError(503, "not_ready", f"not answering: {down}", checks))
 
     async def metrics(request: web.Request) -> web.Response:
+        if metrics_guard is not None:
+            metrics_guard(request)
         return web.Response(body=await render_metrics(), headers={"Content-Type": PROMETHEUS_TEXT})
 
     return [
