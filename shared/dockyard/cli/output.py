@@ -11,6 +11,9 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+
+from dockyard.cli.terminal import for_stream, strip_controls
 
 STATUS_COLOURS = {
     "scheduled": "blue",
@@ -69,7 +72,7 @@ def print_job(job: dict[str, Any]) -> None:
     ]
     for name, value in rows:
         if value is not None:
-            click.echo(f"{name + ':':<14}{value}")
+            click.echo(f"{name + ':':<14}{for_stream(str(value), sys.stdout)}")
 
 
 _JOB_COLUMNS = ("ID", "STATUS", "ATTEMPT", "EXIT", "QUEUE", "IMAGE", "COMMAND", "CREATED")
@@ -95,8 +98,10 @@ def print_jobs(jobs: Sequence[dict[str, Any]]) -> None:
     if sys.stdout.isatty():
         table = Table(*_JOB_COLUMNS, box=None, header_style="bold")
         for row in rows:
-            row[1] = f"[{STATUS_COLOURS.get(row[1], 'white')}]{row[1]}[/]"
-            table.add_row(*row)
+            # Text, not markup: a command or image is the tenant's, and must not style the table.
+            cells: list[Text | str] = [Text(strip_controls(cell)) for cell in row]
+            cells[1] = f"[{STATUS_COLOURS.get(row[1], 'white')}]{row[1]}[/]"
+            table.add_row(*cells)
         Console().print(table)
     else:
         print_plain_table(_JOB_COLUMNS, rows)
@@ -119,15 +124,22 @@ def print_events(events: Sequence[dict[str, Any]]) -> None:
 
 
 def print_line(line: dict[str, Any]) -> None:
-    """A job's stdout to stdout; its stderr and Dockyard's own `system` lines to stderr."""
+    """A job's stdout to stdout; its stderr and Dockyard's own `system` lines to stderr.
+
+    On a terminal without the job's escape sequences and control characters (terminal.py);
+    piped, exactly as the job wrote it (color=True: click would strip colour codes).
+    """
     text = str(line.get("text", ""))
     stream = line.get("stream")
     if stream == "stdout":
-        click.echo(text)
+        click.echo(for_stream(text, sys.stdout), color=True)
     elif stream == "system":
-        click.secho(f"[dockyard] {text}", err=True, fg="cyan", dim=True)
+        shown = for_stream(text, sys.stderr)
+        click.secho(f"[dockyard] {shown}", err=True, fg="cyan", dim=True)
+    elif sys.stderr.isatty():
+        click.secho(for_stream(text, sys.stderr), err=True, fg="red")
     else:
-        click.secho(text, err=True, fg="red" if sys.stderr.isatty() else None)
+        click.echo(text, err=True, color=True)
     sys.stdout.flush()
 
 
