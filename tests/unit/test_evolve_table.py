@@ -22,6 +22,7 @@ from dockyard.core import (
 )
 from dockyard.core import events as ev
 from dockyard.core.resource_names import container_name
+from dockyard.core.usage import Usage
 from tests.unit.builders import JOB, T0, Scenario, spec
 
 SUBMIT = SubmitJob(tenant="acme", spec=spec())
@@ -61,6 +62,9 @@ EVENTS: dict[str, Any] = {
         **B, attempt=1, kind="container", name=container_name(JOB, 1)
     ),
     "container_started": ev.ContainerStarted(**B, attempt=1, container_id="c", orchestrator="o1"),
+    "usage_recorded": ev.UsageRecorded(
+        **B, attempt=1, usage=Usage(cpu_s=1.0), limits_hit=("pids",)
+    ),
     "job_succeeded": ev.JobSucceeded(**B, attempt=1),
     "job_failed": ev.JobFailed(**B, attempt=1, reason="exit_code", error="e", exit_code=1),
     "job_timed_out": ev.JobTimedOut(**B, attempt=1, error="t", duration_s=1.0),
@@ -88,6 +92,7 @@ ALLOWED: dict[str, set[str]] = {
         ({"job_scheduled", "schedule_fired", "job_queued"} if status == "scheduled" else set())
         | ({"job_claimed"} if status == "queued" else set())
         | ({"container_started"} if status == "starting" else set())
+        | ({"usage_recorded"} if status == "running" else set())
         | (TERMINAL_EVENT if status in ACTIVE else set())
         | ({"cancel_requested", "job_cancelled"} if status in LIVE else set())
         # A job that cannot be delivered fails before it starts (FailUndeliverable).

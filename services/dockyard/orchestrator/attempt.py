@@ -22,6 +22,7 @@ from opentelemetry import trace
 from dockyard.core.commands import PlannedResource, ReportExit, ReportStarted
 from dockyard.core.events import NO_METADATA, Metadata
 from dockyard.core.spec import JobSpec
+from dockyard.core.usage import Limits
 from dockyard.orchestrator.config import OrchestratorConfig
 from dockyard.orchestrator.images import Images
 from dockyard.orchestrator.joblog import JobLog
@@ -33,11 +34,13 @@ from dockyard.orchestrator.outcome import (
     not_started_report,
     outcome_of,
     stopped_note,
+    with_usage,
 )
 from dockyard.orchestrator.ports import LogSinkPort, ReportSink
 from dockyard.orchestrator.reporter import utc_now
 from dockyard.orchestrator.resources import AttemptResources, ContainerKind
 from dockyard.orchestrator.ticket import Ticket
+from dockyard.orchestrator.usage_sampler import Final, UsageSampler
 from dockyard.process.cancelling import cancel_and_wait, to_completion
 from dockyard.runtime.hardening import plan_job
 from dockyard.runtime.ports import (
@@ -87,6 +90,7 @@ class AttemptContext:
     clock: Callable[[], datetime] = utc_now
     engine: str | None = None  # the Docker engine's ID, named in every ledger intent
     deployment: str | None = None  # the installation's id, a label on all it creates
+    usage: UsageSampler | None = None  # follows each job container while it runs
 
 
 class Attempt:
@@ -306,6 +310,8 @@ class Attempt:
                 reader = asyncio.create_task(self._log.read(chunks))
                 await runtime.start(container_id)
                 began, started_at = loop.time(), ctx.clock()
+                if ctx.usage is not None:
+                    ctx.usage.watch(claim.job_id, claim.attempt, container_id, claim.spec)
                 trace.get_current_span().add_event("started")
                 started = asyncio.create_task(
                     ctx.reports.send(
@@ -320,6 +326,7 @@ class Attempt:
                 wait = asyncio.create_task(runtime.wait(container_id))
                 stop = await self._supervise(wait, container_id, began + claim.spec.timeout_s)
                 status = await wait
+                final = self._final_usage(status.oom_killed)
                 trace.get_current_span().add_event("exited")
                 # To the microsecond: uvloop's clock counts whole milliseconds, and their
                 # difference in floats can fall just short (0.15 read 0.1499999999942).
@@ -327,14 +334,28 @@ class Attempt:
                 ran = Ran(status=status, duration_s=duration_s, started_at=started_at)
                 await started
                 await self._finish_reading(reader)
-            return exit_report(claim.attempt, ran, stop, memory_mb=claim.spec.resources.memory_mb)
+            report = exit_report(claim.attempt, ran, stop, memory_mb=claim.spec.resources.memory_mb)
+            if final is None:
+                return report
+            return with_usage(
+                report,
+                _limits(claim.spec),
+                usage=final.usage,
+                hits=final.limits_hit,
+                disk_mb=final.disk_mb,
+            )
         except ContainerRuntimeError as exc:
             self._log.note(f"container error: {exc.message}")
             if started is not None:
                 await started  # the exit report must come after it
             return failed_report(claim.attempt, exc, ran)
         finally:
+            self._final_usage(False)  # an error path: stop following it all the same
             await cancel_and_wait([reader, wait, started])
+
+    def _final_usage(self, oom_killed: bool) -> Final | None:
+        usage = self._ctx.usage
+        return usage.finish(self.claim.job_id, oom_killed=oom_killed) if usage else None
 
     async def _supervise(
         self, wait: asyncio.Task[ExitStatus], container_id: str, deadline: float
@@ -386,6 +407,11 @@ class Attempt:
             return False
         finally:
             await cancel_and_wait([task])
+
+
+def _limits(spec: JobSpec) -> Limits:
+    r = spec.resources
+    return Limits(memory_mb=r.memory_mb, pids=r.pids, cpus=r.cpus)
 
 
 def _report_attributes(report: ReportExit) -> dict[str, str | int | float]:

@@ -22,6 +22,9 @@ STOP_GRACE_S: Final = 10.0
 # With the 10 s stop grace and the reports, an orchestrator is gone within ~35 s, inside the
 # 40 s a supervisor such as systemd or Kubernetes (30 s + margin) is usually told to wait.
 DRAIN_S: Final = 20.0
+# Usage: every job container is read this often, and reported at most this often.
+USAGE_SAMPLE_S: Final = 1.0
+USAGE_REPORT_S: Final = 5.0
 
 # The orchestrator's own variables, as the configuration reference shows them.
 VARIABLES: Final = (
@@ -40,6 +43,23 @@ VARIABLES: Final = (
         default="none (`dockyard up`: `127.0.0.1:8702` when free)",
         meaning="`host:port` for the orchestrator's `/metrics`, `/healthz` and `/readyz`; off "
         "by default, since orchestrators sharing a host would each need a port.",
+        read_by=("orchestrator",),
+        group="orchestrator",
+    ),
+    Variable(
+        name="DOCKYARD_USAGE_SAMPLE_S",
+        default=f"{USAGE_SAMPLE_S:g}",
+        meaning="seconds between two readings of each running job's CPU, memory, processes "
+        "and I/O (its cgroup files; the job view's `usage` and `limits_hit`); `0` turns "
+        "sampling off (then jobs show no usage).",
+        read_by=("orchestrator",),
+        group="orchestrator",
+    ),
+    Variable(
+        name="DOCKYARD_USAGE_REPORT_S",
+        default=f"{USAGE_REPORT_S:g}",
+        meaning="a running job's usage is reported to the scheduler at most this often (and "
+        "only when it changed); the final figures go with its exit.",
         read_by=("orchestrator",),
         group="orchestrator",
     ),
@@ -91,6 +111,8 @@ class OrchestratorConfig(Struct, frozen=True, kw_only=True):
     # The scheduler's public claim nkey: only answers it signed are run. None: any answer is
     # (development; the orchestrator warns at start).
     claim_public_key: str | None = None
+    usage_sample_s: float = USAGE_SAMPLE_S
+    usage_report_s: float = USAGE_REPORT_S
     # DOCKYARD_ALLOWED_REGISTRIES, checked again before every pull.
     registries: RegistryPolicy = RegistryPolicy()
 
@@ -132,7 +154,23 @@ class OrchestratorConfig(Struct, frozen=True, kw_only=True):
             if drain_s < 0:
                 raise ConfigError("DOCKYARD_DRAIN_S: must be at least 0")
             config = replace(config, drain_s=drain_s)
-        return config
+        sample_s = _seconds(env, "DOCKYARD_USAGE_SAMPLE_S", USAGE_SAMPLE_S)
+        report_s = _seconds(env, "DOCKYARD_USAGE_REPORT_S", USAGE_REPORT_S)
+        return replace(config, usage_sample_s=sample_s, usage_report_s=report_s)
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    """A number of seconds, at least 0, or ConfigError naming the variable."""
+    value = env.get(name)
+    if not value:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ConfigError(f"{name}: {value!r} is not a number") from None
+    if not seconds >= 0 or seconds == float("inf"):
+        raise ConfigError(f"{name}: must be a number of seconds, at least 0")
+    return seconds
 
 
 def _claim_public_key(value: str | None) -> str | None:

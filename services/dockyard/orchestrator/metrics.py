@@ -13,6 +13,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from dockyard.core.log_line import LogLine
+from dockyard.core.usage import DISK_PREFIX, Usage
 from dockyard.orchestrator.ports import LogSinkPort
 from dockyard.web import health
 
@@ -66,6 +67,35 @@ class OrchestratorMetrics:
             "1 while its Docker engine answers; 0 while it does not (and nothing is claimed)",
             registry=r,
         )
+
+        self.job_cpu_seconds = Histogram(
+            "dockyard_orchestrator_job_cpu_seconds",
+            "CPU time one attempt used, by queue",
+            ["queue"],
+            buckets=(0.01, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600),
+            registry=r,
+        )
+        self.job_memory_peak = Histogram(
+            "dockyard_orchestrator_job_memory_peak_bytes",
+            "Peak memory of one attempt (its tmpfs included), by queue",
+            ["queue"],
+            buckets=tuple(mb * 1024 * 1024 for mb in (8, 32, 64, 128, 256, 512, 1024, 4096)),
+            registry=r,
+        )
+        self.limits_hit = Counter(
+            "dockyard_orchestrator_limits_hit",
+            "Attempts that reached a limit, by kind: memory, pids, cpu (throttled), disk",
+            ["kind"],
+            registry=r,
+        )
+
+    def observe_usage(self, queue: str, usage: Usage | None, hits: tuple[str, ...]) -> None:
+        """An attempt's final usage, where one was read."""
+        if usage is not None:
+            self.job_cpu_seconds.labels(queue).observe(usage.cpu_s)
+            self.job_memory_peak.labels(queue).observe(usage.memory_peak_mb * 1024 * 1024)
+        for hit in hits:
+            self.limits_hit.labels("disk" if hit.startswith(DISK_PREFIX) else hit).inc()
 
     def watch(self, *, running: Callable[[], int], nats_connected: Callable[[], bool]) -> None:
         """Read the gauges from the orchestrator at each scrape."""

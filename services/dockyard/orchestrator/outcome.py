@@ -11,9 +11,11 @@ from datetime import datetime
 from typing import Literal
 
 from msgspec import Struct
+from msgspec.structs import replace
 
 from dockyard.core.commands import ReportExit
 from dockyard.core.reasons import Reason
+from dockyard.core.usage import Limits, Usage, limit_words
 from dockyard.runtime.ports import ContainerRuntimeError, ExitStatus
 
 StopKind = Literal["timeout", "cancel", "stop_order", "shutdown"]
@@ -68,6 +70,27 @@ def exit_report(attempt: int, ran: Ran, stop: StopRequest | None, *, memory_mb: 
     if code == 0:
         return report()
     return report("exit_code", f"the command exited with code {code}")
+
+
+def with_usage(
+    report: ReportExit,
+    limits: Limits,
+    *,
+    usage: Usage | None,
+    hits: tuple[str, ...] = (),
+    disk_mb: dict[str, int] | None = None,
+) -> ReportExit:
+    """The report with the attempt's final usage, and a failed one's error naming the limits
+    it reached (an OOM kill's error says so already)."""
+    if usage is None and not hits:
+        return report
+    error = report.error
+    if error is not None and outcome_of(report) != "succeeded":
+        named = [h for h in hits if not (h == "memory" and report.reason == "oom_killed")]
+        words = limit_words(named, limits, disk_mb)
+        if words:
+            error = f"{error}; {words}"
+    return replace(report, usage=usage, limits_hit=hits, error=error)
 
 
 def not_started_report(attempt: int, stop: StopRequest) -> ReportExit:

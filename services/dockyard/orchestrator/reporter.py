@@ -20,6 +20,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Final
 
+import msgspec
 from msgspec.structs import replace
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
@@ -33,6 +34,7 @@ from dockyard.core.commands import (
     ReleaseResource,
     ReportExit,
     ReportStarted,
+    ReportUsage,
 )
 from dockyard.orchestrator.retrying import until_stored
 from dockyard.telemetry import tracing
@@ -52,6 +54,10 @@ def report_id(job_id: str, command: ReportCommand) -> str:
             return f"{job_id}:{attempt}:started"
         case ReportExit(attempt=attempt):
             return f"{job_id}:{attempt}:exit"
+        case ReportUsage(attempt=attempt):
+            # The same figures are the same fact; each new sample a new one.
+            figures = hashlib.blake2b(msgspec.json.encode(command), digest_size=8).hexdigest()
+            return f"{job_id}:{attempt}:usage:{figures}"
         case RecordResource(attempt=attempt, kind=kind, name=name):
             return f"{job_id}:{attempt}:intend:{kind}:{name}"
         case ReleaseResource(attempt=attempt, kind=kind, name=name):

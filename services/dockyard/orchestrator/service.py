@@ -44,6 +44,7 @@ from dockyard.orchestrator.registry import Registry
 from dockyard.orchestrator.reporter import Reporter
 from dockyard.orchestrator.retrying import ENGINE_RETRY, until_stored
 from dockyard.orchestrator.ticket import Ticket
+from dockyard.orchestrator.usage_sampler import UsageSampler
 from dockyard.process import gc_policy
 from dockyard.process.cancelling import cancel_and_wait
 from dockyard.runtime.docker import DockerRuntime, required_engine_id
@@ -100,6 +101,13 @@ class Orchestrator:
         self._ask = observed_ask(ask or self._claim_asker(), self.metrics)
         self._slots = asyncio.Semaphore(config.max_jobs)
         self._attempts: set[asyncio.Task[None]] = set()
+        self.usage = UsageSampler(
+            self.reporter,
+            runtime,
+            orchestrator=config.orchestrator_id,
+            sample_s=config.usage_sample_s,
+            report_s=config.usage_report_s,
+        )
         self._context = AttemptContext(
             config=config,
             runtime=runtime,
@@ -108,6 +116,7 @@ class Orchestrator:
             log_sink=self._log_sink,
             engine=engine,
             deployment=deployment,
+            usage=self.usage if self.usage.enabled else None,
         )
         self.finished = 0
         self.recovered: list[tuple[str, int]] = []
@@ -128,6 +137,7 @@ class Orchestrator:
         await self.heartbeats.beat()
         await self.control.start()
         heartbeat = asyncio.create_task(self.heartbeats.run())
+        sampler = asyncio.create_task(self.usage.run(), name="usage sampler")
         claimers: list[asyncio.Task[None]] = []
         engine: list[asyncio.Task[None]] = []
         try:
@@ -156,7 +166,7 @@ class Orchestrator:
             await asyncio.gather(*claimers, return_exceptions=True)
             await self._drain()
             await self.control.stop()
-            await cancel_and_wait([heartbeat, *engine])
+            await cancel_and_wait([heartbeat, sampler, *engine])
             await self.heartbeats.withdraw()
             log.info("orchestrator.stopped finished=%d", self.finished)
 
@@ -199,6 +209,7 @@ class Orchestrator:
         finally:
             self.metrics.log_dropped.inc(attempt.dropped_bytes)
         self.metrics.finished.labels(outcome_of(report)).inc()
+        self.metrics.observe_usage(attempt.claim.spec.queue, report.usage, report.limits_hit)
         self.finished += 1
         log.info(
             "orchestrator.attempt_done job=%s attempt=%d exit_code=%s reason=%s",

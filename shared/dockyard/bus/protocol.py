@@ -30,6 +30,7 @@ from dockyard.core.commands import (
     ReleaseResource,
     ReportExit,
     ReportStarted,
+    ReportUsage,
 )
 from dockyard.core.events import Metadata
 from dockyard.core.log_line import LogLine
@@ -37,7 +38,14 @@ from dockyard.core.spec import JobSpec
 
 T = TypeVar("T")
 
-ReportCommand = ReportStarted | ReportExit | RecordResource | ReleaseResource | MarkOrchestratorLost
+ReportCommand = (
+    ReportStarted
+    | ReportExit
+    | ReportUsage
+    | RecordResource
+    | ReleaseResource
+    | MarkOrchestratorLost
+)
 
 
 class Report(Struct, frozen=True, kw_only=True):

@@ -13,6 +13,7 @@ from dockyard.core.commands import (
     ReleaseResource,
     ReportExit,
     ReportStarted,
+    ReportUsage,
     RequestCancel,
     SubmitJob,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "ReleaseResource",
     "ReportExit",
     "ReportStarted",
+    "ReportUsage",
     "RequestCancel",
     "SpecError",
     "StaleAttempt",

@@ -9,6 +9,7 @@ from msgspec import Struct
 from dockyard.core.events import Metadata, ReleaseHow, ResourceKind
 from dockyard.core.reasons import Reason
 from dockyard.core.spec import JobSpec
+from dockyard.core.usage import Usage
 
 
 class CommandBase(Struct, frozen=True, kw_only=True, tag_field="command"):
@@ -80,6 +81,18 @@ class ReportExit(CommandBase, tag="report_exit", frozen=True, kw_only=True):
     # The orchestrator that ran the attempt: decide refuses an exit from any other. None from
     # the janitor (it ends stuck jobs itself) and from earlier versions (refused off NATS).
     orchestrator: str | None = None
+    # The attempt's final usage and the limits it reached (None: nothing was read).
+    usage: Usage | None = None
+    limits_hit: tuple[str, ...] = ()
+
+
+class ReportUsage(CommandBase, tag="report_usage", frozen=True, kw_only=True):
+    """What a running attempt has used so far; the latest one counts."""
+
+    attempt: int
+    orchestrator: str
+    usage: Usage
+    limits_hit: tuple[str, ...] = ()
 
 
 class RequestCancel(CommandBase, tag="request_cancel", frozen=True, kw_only=True):
@@ -113,6 +126,7 @@ Command = (
     | ReleaseResource
     | ReportStarted
     | ReportExit
+    | ReportUsage
     | RequestCancel
     | MarkOrchestratorLost
     | FailUndeliverable

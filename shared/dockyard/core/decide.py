@@ -24,6 +24,7 @@ from dockyard.core.commands import (
     ReleaseResource,
     ReportExit,
     ReportStarted,
+    ReportUsage,
     RequestCancel,
     SubmitJob,
 )
@@ -54,6 +55,7 @@ from dockyard.core.events import (
     ResourceReleased,
     RetryScheduled,
     ScheduleFired,
+    UsageRecorded,
 )
 from dockyard.core.reasons import Reason
 from dockyard.core.resource_names import is_attempt_name
@@ -213,6 +215,8 @@ def _(cmd: ReportExit, job: Job, m: _Maker) -> list[Event]:
                 exit_code=0,
                 duration_s=cmd.duration_s,
                 started_at=cmd.started_at,
+                usage=cmd.usage,
+                limits_hit=cmd.limits_hit,
             )
         ]
     reason: Reason = cmd.reason or "exit_code"
@@ -220,6 +224,19 @@ def _(cmd: ReportExit, job: Job, m: _Maker) -> list[Event]:
     if job.cancel_requested:
         reason = "cancelled"
     return _end_attempt(job, m, reason, error, cmd.exit_code, cmd.duration_s, cmd)
+
+
+@_decide.register
+def _(cmd: ReportUsage, job: Job, m: _Maker) -> list[Event]:
+    # A late or early sample is dropped, not refused: the exit carries the final figures.
+    if cmd.attempt != job.attempt or job.status != "running":
+        return []
+    _require_holder(job, cmd.attempt, cmd.orchestrator)
+    if cmd.usage == job.usage and set(cmd.limits_hit) <= set(job.limits_hit):
+        return []
+    return [
+        UsageRecorded(**m.base(), attempt=cmd.attempt, usage=cmd.usage, limits_hit=cmd.limits_hit)
+    ]
 
 
 @_decide.register
@@ -269,6 +286,8 @@ def _end_attempt(
     exit_report: ReportExit | None,
 ) -> list[Event]:
     started_at = exit_report.started_at if exit_report else None
+    usage = exit_report.usage if exit_report else None
+    hits = exit_report.limits_hit if exit_report else ()
     attempt = job.attempt
     if should_retry(job.spec.retry, job.attempt, reason, exit_code):
         delay = backoff_s(job.spec.retry, job.attempt)
@@ -282,12 +301,20 @@ def _end_attempt(
                 exit_code=exit_code,
                 due_at=m.ctx.now + timedelta(seconds=delay),
                 backoff_s=delay,
+                usage=usage,
+                limits_hit=hits,
             )
         ]
     if reason == "cancelled":
         return [
             JobCancelled(
-                **m.base(), attempt=attempt, error=error, exit_code=exit_code, started_at=started_at
+                **m.base(),
+                attempt=attempt,
+                error=error,
+                exit_code=exit_code,
+                started_at=started_at,
+                usage=usage,
+                limits_hit=hits,
             )
         ]
     if reason == "timed_out":
@@ -299,6 +326,8 @@ def _end_attempt(
                 duration_s=duration_s,
                 exit_code=exit_code,
                 started_at=started_at,
+                usage=usage,
+                limits_hit=hits,
             )
         ]
     return [
@@ -309,6 +338,8 @@ def _end_attempt(
             error=error,
             exit_code=exit_code,
             started_at=started_at,
+            usage=usage,
+            limits_hit=hits,
         )
     ]
 

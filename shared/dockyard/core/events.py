@@ -14,6 +14,7 @@ from msgspec import Struct
 
 from dockyard.core.reasons import Reason
 from dockyard.core.spec import JobSpec
+from dockyard.core.usage import Usage
 
 ResourceKind = Literal["container", "network", "sidecar"]
 ReleaseHow = Literal["removed", "gone"]
@@ -95,11 +96,22 @@ class ContainerStarted(EventBase, tag="container_started", kw_only=True, frozen=
     orchestrator: str
 
 
+class UsageRecorded(EventBase, tag="usage_recorded", kw_only=True, frozen=True):
+    """What the running attempt has used so far (at most one per job per report period)."""
+
+    attempt: int
+    usage: Usage
+    limits_hit: tuple[str, ...] = ()
+
+
 class JobSucceeded(EventBase, tag="job_succeeded", kw_only=True, frozen=True):
     attempt: int
     exit_code: int = 0
     duration_s: float = 0.0
     started_at: datetime | None = None
+    # The attempt's final usage (None from earlier versions, or where none was read).
+    usage: Usage | None = None
+    limits_hit: tuple[str, ...] = ()
 
 
 class JobFailed(EventBase, tag="job_failed", kw_only=True, frozen=True):
@@ -108,6 +120,8 @@ class JobFailed(EventBase, tag="job_failed", kw_only=True, frozen=True):
     error: str
     exit_code: int | None = None
     started_at: datetime | None = None
+    usage: Usage | None = None
+    limits_hit: tuple[str, ...] = ()
 
 
 class JobTimedOut(EventBase, tag="job_timed_out", kw_only=True, frozen=True):
@@ -116,6 +130,8 @@ class JobTimedOut(EventBase, tag="job_timed_out", kw_only=True, frozen=True):
     duration_s: float
     exit_code: int | None = None
     started_at: datetime | None = None
+    usage: Usage | None = None
+    limits_hit: tuple[str, ...] = ()
 
 
 class CancelRequested(EventBase, tag="cancel_requested", kw_only=True, frozen=True):
@@ -127,6 +143,8 @@ class JobCancelled(EventBase, tag="job_cancelled", kw_only=True, frozen=True):
     error: str
     exit_code: int | None = None
     started_at: datetime | None = None
+    usage: Usage | None = None
+    limits_hit: tuple[str, ...] = ()
 
 
 class OrchestratorLost(EventBase, tag="orchestrator_lost", kw_only=True, frozen=True):
@@ -147,6 +165,8 @@ class RetryScheduled(EventBase, tag="retry_scheduled", kw_only=True, frozen=True
     exit_code: int | None = None
     due_at: datetime
     backoff_s: float
+    usage: Usage | None = None  # the failed attempt's final usage
+    limits_hit: tuple[str, ...] = ()
 
 
 Event = (
@@ -158,6 +178,7 @@ Event = (
     | ResourceIntended
     | ResourceReleased
     | ContainerStarted
+    | UsageRecorded
     | JobSucceeded
     | JobFailed
     | JobTimedOut
@@ -176,6 +197,7 @@ EVENT_TYPES: tuple[type[EventBase], ...] = (
     ResourceIntended,
     ResourceReleased,
     ContainerStarted,
+    UsageRecorded,
     JobSucceeded,
     JobFailed,
     JobTimedOut,

@@ -32,10 +32,12 @@ from dockyard.core.events import (
     ResourceReleased,
     RetryScheduled,
     ScheduleFired,
+    UsageRecorded,
     type_name,
 )
 from dockyard.core.reasons import Reason
 from dockyard.core.spec import JobSpec
+from dockyard.core.usage import Usage, merged
 
 Status = Literal[
     "scheduled", "queued", "starting", "running", "succeeded", "failed", "timed_out", "cancelled"
@@ -71,6 +73,9 @@ class Job(Struct, frozen=True, kw_only=True):
     # The job's trace (its JobSubmitted's): events decided later for the job carry it too.
     traceparent: str | None = None
     tracestate: str | None = None
+    # The last attempt's usage (None until its container starts) and the limits it reached.
+    usage: Usage | None = None
+    limits_hit: tuple[str, ...] = ()
 
     @property
     def finished(self) -> bool:
@@ -187,14 +192,30 @@ def _(event: ResourceReleased, job: Job) -> Job:
 def _(event: ContainerStarted, job: Job) -> Job:
     _require(job, event, {"starting"}, "only a starting job can start running")
     _fence(job, event.attempt)
-    return replace(job, status="running", started_at=event.at, container_id=event.container_id)
+    return replace(
+        job,
+        status="running",
+        started_at=event.at,
+        container_id=event.container_id,
+        usage=Usage(),
+        limits_hit=(),
+    )
+
+
+@_apply.register
+def _(event: UsageRecorded, job: Job) -> Job:
+    _require(job, event, {"running"}, "only a running attempt uses anything")
+    _fence(job, event.attempt)
+    return replace(job, usage=event.usage, limits_hit=merged(job.limits_hit, event.limits_hit))
 
 
 @_apply.register
 def _(event: JobSucceeded, job: Job) -> Job:
     _require(job, event, ACTIVE, "only a running attempt can succeed")
     _fence(job, event.attempt)
-    return _finish(job, event, "succeeded", None, None, event.exit_code, event.started_at)
+    return _used(
+        _finish(job, event, "succeeded", None, None, event.exit_code, event.started_at), event
+    )
 
 
 @_apply.register
@@ -202,8 +223,9 @@ def _(event: JobFailed, job: Job) -> Job:
     # A job that never started fails too when it cannot be delivered (FailUndeliverable).
     _require(job, event, {"scheduled", "queued", *ACTIVE}, "a finished job cannot fail")
     _fence(job, event.attempt)
-    return _finish(
-        job, event, "failed", event.reason, event.error, event.exit_code, event.started_at
+    return _used(
+        _finish(job, event, "failed", event.reason, event.error, event.exit_code, event.started_at),
+        event,
     )
 
 
@@ -211,9 +233,10 @@ def _(event: JobFailed, job: Job) -> Job:
 def _(event: JobTimedOut, job: Job) -> Job:
     _require(job, event, ACTIVE, "only a running attempt can time out")
     _fence(job, event.attempt)
-    return _finish(
+    timed_out = _finish(
         job, event, "timed_out", "timed_out", event.error, event.exit_code, event.started_at
     )
+    return _used(timed_out, event)
 
 
 @_apply.register
@@ -226,9 +249,10 @@ def _(event: CancelRequested, job: Job) -> Job:
 def _(event: JobCancelled, job: Job) -> Job:
     _require(job, event, {"scheduled", "queued", *ACTIVE}, "a finished job cannot be cancelled")
     _fence(job, event.attempt)
-    return _finish(
+    cancelled = _finish(
         job, event, "cancelled", "cancelled", event.error, event.exit_code, event.started_at
     )
+    return _used(cancelled, event)
 
 
 @_apply.register
@@ -245,7 +269,7 @@ def _(event: RetryScheduled, job: Job) -> Job:
     if event.next_attempt != job.attempt + 1:
         raise IllegalTransition(job.id, job.status, "retry_scheduled", "attempts go up by one")
     return replace(
-        job,
+        _used(job, event),
         status="scheduled",
         attempt=event.next_attempt,
         due_at=event.due_at,
@@ -276,6 +300,19 @@ def _finish(
         exit_code=exit_code,
         finished_at=event.at,
         started_at=job.started_at or started_at,
+    )
+
+
+def _used(
+    job: Job, event: JobSucceeded | JobFailed | JobTimedOut | JobCancelled | RetryScheduled
+) -> Job:
+    """The attempt's final figures, where its end carried them (earlier versions' did not)."""
+    if event.usage is None and not event.limits_hit:
+        return job
+    return replace(
+        job,
+        usage=event.usage if event.usage is not None else job.usage,
+        limits_hit=merged(job.limits_hit, event.limits_hit),
     )
 
 

@@ -11,6 +11,7 @@ from dockyard.core.events import EventBase
 from dockyard.core.reasons import Reason
 from dockyard.core.spec import JobSpec, Sidecar, Timestamp
 from dockyard.core.state import Job, Status
+from dockyard.core.usage import Usage
 
 E = TypeVar("E", bound=EventBase)
 
@@ -31,6 +32,9 @@ class JobView(Struct, frozen=True, kw_only=True):
     finished_at: Timestamp | None
     spec: JobSpec
     version: int
+    # The last attempt's figures: null until its container starts, final once it ends.
+    usage: Usage | None = None
+    limits_hit: list[str] = []
 
 
 MASK = "***"
@@ -97,4 +101,6 @@ def job_view(job: Job) -> JobView:
         finished_at=job.finished_at,
         spec=masked_spec(job.spec),
         version=job.version,
+        usage=job.usage,
+        limits_hit=list(job.limits_hit),
     )

@@ -25,6 +25,8 @@ from yarl import URL
 
 from dockyard.core.events import ReleaseHow
 from dockyard.core.spec import PullPolicy
+from dockyard.core.usage import Counters
+from dockyard.runtime.cgroups import counters_from_stats
 from dockyard.runtime.hardening import check_hardened
 from dockyard.runtime.ports import (
     AlreadyExists,
@@ -178,6 +180,12 @@ class DockerRuntime:
             oom_killed=bool(state["OOMKilled"]),
             ran_s=_ran_s(state),
         )
+
+    async def usage_stats(self, container_id: str) -> Counters | None:
+        async with self._call(f"read the usage of container {container_id}"):
+            answer = await self._docker.containers.container(container_id).stats(stream=False)
+        stats = answer[0] if isinstance(answer, list) and answer else answer
+        return counters_from_stats(stats) if isinstance(stats, dict) else None
 
     async def list_labelled(self, labels: Mapping[str, str | None]) -> list[Resource]:
         wanted = [key if value is None else f"{key}={value}" for key, value in labels.items()]

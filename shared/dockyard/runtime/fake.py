@@ -18,6 +18,7 @@ from typing import Literal
 
 from dockyard.core.events import ReleaseHow
 from dockyard.core.spec import PullPolicy
+from dockyard.core.usage import Counters
 from dockyard.runtime.hardening import check_hardened
 from dockyard.runtime.ports import (
     AlreadyExists,
@@ -110,6 +111,7 @@ class FakeRuntime:
         self._containers: dict[str, _Container] = {}
         self._networks: dict[str, _Network] = {}
         self._ids = itertools.count(1)
+        self.usage: dict[str, Counters] = {}  # container name -> what usage_stats answers
 
     def program(self, command: Sequence[str], script: Script) -> None:
         """Containers created with exactly this command run `script`."""
@@ -238,6 +240,13 @@ class FakeRuntime:
             oom_killed=exit is not None and exit.oom_killed,
             ran_s=_ran_s(container),
         )
+
+    async def usage_stats(self, container_id: str) -> Counters | None:
+        """What `usage[name]` holds for a running container (tests set it), else None."""
+        container = self._get("usage_stats", container_id)
+        if container.status != "running":
+            return None
+        return self.usage.get(container.plan.name)
 
     async def list_labelled(self, labels: Mapping[str, str | None]) -> list[Resource]:
         self._enter("list_labelled", ",".join(labels))

@@ -17,6 +17,7 @@ from msgspec import Struct
 from dockyard.core.events import ReleaseHow
 from dockyard.core.reasons import Reason
 from dockyard.core.spec import PullPolicy
+from dockyard.core.usage import Counters
 
 OutputStream = Literal["stdout", "stderr"]
 Chunk = tuple[OutputStream, bytes]
@@ -171,6 +172,11 @@ class ContainerRuntime(Protocol):
         ...
 
     async def inspect(self, container_id: str) -> ContainerState: ...
+
+    async def usage_stats(self, container_id: str) -> Counters | None:
+        """The container's counters from the engine (slow: about 2 s a call), for where its
+        cgroup files cannot be read (runtime.cgroups); None once it has stopped."""
+        ...
 
     async def list_labelled(self, labels: Mapping[str, str | None]) -> list[Resource]:
         """Containers (running or not) and networks carrying every label (any value if None)."""
