@@ -117,7 +117,7 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         name="DOCKYARD_API_LISTEN",
         default=DEFAULTS["DOCKYARD_API_LISTEN"],
         meaning="`host:port` of the scheduler: the API, the web page, `/healthz`, `/readyz`, "
-        "`/metrics`.",
+        "`/metrics` (the `admin` token).",
         read_by=("scheduler", "`dockyard up`"),
         group="http",
     ),
@@ -125,8 +125,10 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         name="DOCKYARD_LOGS_LISTEN",
         default=DEFAULTS["DOCKYARD_LOGS_LISTEN"],
         meaning="`host:port` of the log relay: log pages, the log WebSocket, `/healthz`, "
-        "`/readyz`, `/metrics`. The web page finds the relay on this port of the host it was "
-        "loaded from, unless `DOCKYARD_LOGS_URL` says otherwise.",
+        "`/readyz`, `/metrics` (the `admin` token). Unless `DOCKYARD_LOGS_URL` says otherwise, "
+        "the web page finds the relay on this port of the page's own origin it was loaded from "
+        "(one of `DOCKYARD_ALLOWED_ORIGINS`), else at this address (loopback if it is every "
+        "interface); never at a host a request's `Host` header names.",
         read_by=("log-relay", "scheduler", "`dockyard up`"),
         group="http",
     ),
@@ -143,8 +145,9 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         default="the web page's own origin (from `DOCKYARD_API_LISTEN`; listening on every "
         "interface: its loopback names only)",
         meaning="origins (`scheme://host:port`, comma-separated) allowed to open the log "
-        "WebSocket; any other `Origin` is refused with 403 before the upgrade.",
-        read_by=("log-relay",),
+        "WebSocket; any other `Origin` is refused with 403 before the upgrade. The scheduler "
+        "takes them as the web page's own origins, to tell the page where the relay is.",
+        read_by=("log-relay", "scheduler"),
         group="http",
     ),
     Variable(
@@ -159,7 +162,8 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         name="DOCKYARD_QUEUES",
         default=DEFAULTS["DOCKYARD_QUEUES"],
         meaning="queues, comma-separated: the ones an orchestrator serves; every service "
-        "creates the work consumers of the queues it names at start.",
+        "creates the work consumers of the queues it names at start. The scheduler's are also "
+        "the queue labels of its metrics: every other queue is counted as `other`.",
         read_by=_SERVICES,
         group="orchestrator",
     ),
@@ -314,8 +318,7 @@ VARIABLES: Final[tuple[Variable, ...]] = (
     ),
     Variable(
         name="DOCKYARD_LOGS_URL",
-        default="`http://127.0.0.1:8701` (the web page: the host it was loaded from, with "
-        "`DOCKYARD_LOGS_LISTEN`'s port)",
+        default="`http://127.0.0.1:8701` (the web page: see `DOCKYARD_LOGS_LISTEN`)",
         meaning="the log relay's base URL as clients reach it: the CLI's, and the one the "
         "scheduler tells the web page (set it when a proxy serves the relay elsewhere).",
         read_by=("CLI", "scheduler"),
