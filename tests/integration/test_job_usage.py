@@ -43,12 +43,19 @@ def settled(job: Job) -> bool:
 async def run_sampled(
     control: ControlPlane, docker: aiodocker.Docker, nats_url: str, job_spec: object
 ) -> tuple[str, Job]:
+    """Run one job; its limits hit are counted once each in the orchestrator's metrics."""
     orchestrator_id = new_orchestrator_id()
-    async with running_orchestrator(nats_url, orchestrator_id, **SAMPLING):
+    async with running_orchestrator(nats_url, orchestrator_id, **SAMPLING) as orchestrator:
         job_id = await control.submit(job_spec)  # type: ignore[arg-type]
         job = await control.wait_for(job_id, settled, 60, "settled")
+        metrics = orchestrator.metrics.render().decode()
     await assert_nothing_left(docker, orchestrator_id)
     assert_one_start_per_attempt(await control.events(job_id))
+    for hit in job.limits_hit:
+        kind = hit.split(":")[0]
+        assert f'dockyard_orchestrator_limits_hit_total{{kind="{kind}"}} 1.0' in metrics
+    assert 'dockyard_orchestrator_job_cpu_seconds_count{queue="default"} 1.0' in metrics
+    assert 'dockyard_orchestrator_job_memory_peak_bytes_count{queue="default"} 1.0' in metrics
     return job_id, job
 
 

@@ -65,6 +65,8 @@ def print_job(job: dict[str, Any]) -> None:
         ("command", command_text(spec)),
         ("queue", spec.get("queue")),
         ("orchestrator", job.get("orchestrator")),
+        ("usage", usage_words(job)),
+        ("limits hit", limits_words(job)),
         ("created", job.get("created_at")),
         ("queued", job.get("queued_at")),
         ("started", job.get("started_at")),
@@ -73,6 +75,51 @@ def print_job(job: dict[str, Any]) -> None:
     for name, value in rows:
         if value is not None:
             click.echo(f"{name + ':':<14}{for_stream(str(value), sys.stdout)}")
+
+
+def usage_words(job: dict[str, Any]) -> str | None:
+    """'CPU 1.2 s · peak 48 MiB of 512 · 13 of 256 processes' (and I/O, throttling if any)."""
+    usage = job.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    resources = (job.get("spec") or {}).get("resources") or {}
+    memory = f"peak {_figure(usage.get('memory_peak_mb'))} MiB"
+    if resources.get("memory_mb"):
+        memory += f" of {resources['memory_mb']}"
+    pids = f"{usage.get('pids_peak', 0)} processes"
+    if resources.get("pids"):
+        pids = f"{usage.get('pids_peak', 0)} of {resources['pids']} processes"
+    parts = [f"CPU {_figure(usage.get('cpu_s'))} s", memory, pids]
+    if usage.get("io_read_mb") or usage.get("io_write_mb"):
+        read, wrote = _figure(usage.get("io_read_mb")), _figure(usage.get("io_write_mb"))
+        parts.append(f"read {read} MiB, wrote {wrote} MiB")
+    if usage.get("cpu_throttled_s"):
+        parts.append(f"throttled {_figure(usage.get('cpu_throttled_s'))} s")
+    return " · ".join(parts)
+
+
+_LIMIT_NAMES = {"memory": "memory", "pids": "processes", "cpu": "CPU (throttled)"}
+
+
+def limits_words(job: dict[str, Any]) -> str | None:
+    """'processes, /tmp full', or None when no limit was reached."""
+    hits = job.get("limits_hit") or []
+    names = [
+        f"{hit.removeprefix('disk:')} full"
+        if hit.startswith("disk:")
+        else _LIMIT_NAMES.get(hit, hit)
+        for hit in hits
+        if isinstance(hit, str)
+    ]
+    return ", ".join(names) or None
+
+
+def _figure(value: Any) -> str:
+    """1.2, 48, 0.03: as few digits as say it."""
+    number = float(value or 0)
+    if number >= 10:
+        return f"{number:.0f}"
+    return f"{number:.2g}" if number < 1 else f"{number:.1f}"
 
 
 _JOB_COLUMNS = ("ID", "STATUS", "ATTEMPT", "EXIT", "QUEUE", "IMAGE", "COMMAND", "CREATED")
