@@ -39,6 +39,7 @@ from dockyard.bus import (
     names,
     protocol,
 )
+from dockyard.bus.connection import Security
 from dockyard.bus.errors import BusError
 from dockyard.bus.signing import ClaimSigner
 from dockyard.config import load
@@ -93,10 +94,13 @@ class ControlPlane:
         job_cache: JobCache | None = None,
         claim_signer: ClaimSigner | None = None,
         answer_claims: bool = True,
+        security: Security | None = None,
     ) -> None:
         """`due_tick_s`, `relay_poll_s`: short for tests that wait on retries or on events no
         notification announces; benchmarks pass the service's. `claim_signer` signs the claim
-        answers; `answer_claims=False` leaves claims to someone else (a forger, in tests)."""
+        answers; `answer_claims=False` leaves claims to someone else (a forger, in tests).
+        `security`: its NATS credentials and TLS (the scheduler's, on a NATS that asks)."""
+        self.security = security
         self.claim_signer = claim_signer
         self.answer_claims = answer_claims
         self.nats_url = nats_url
@@ -131,7 +135,7 @@ class ControlPlane:
     async def __aenter__(self) -> ControlPlane:
         self._pool = await create_pool(self.database_url)
         self._store = PgEventStore(self._pool)
-        self._nc = await connect(self.nats_url, "test control plane")
+        self._nc = await connect(self.nats_url, "test control plane", security=self.security)
         self._js = jetstream(self._nc)
         self._deployment = await ensure_topology(self._js, queues=self.queues, lease_s=TEST_LEASE_S)
         # Shared, as the scheduler's service shares it.

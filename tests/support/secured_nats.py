@@ -14,7 +14,7 @@ from nats.aio.client import Client as NatsClient
 
 from dockyard.bus.connection import Security, connect_options
 from dockyard.bus.permissions import Role
-from dockyard.embedded.nats import EmbeddedNats
+from dockyard.embedded.nats import EmbeddedNats, NatsTls
 from dockyard.stack.nats_credentials import NatsCredentials
 
 
@@ -34,10 +34,10 @@ class SecuredNats:
 
 
 @contextlib.asynccontextmanager
-async def secured_nats(base: Path) -> AsyncIterator[SecuredNats]:
+async def secured_nats(base: Path, tls: NatsTls | None = None) -> AsyncIterator[SecuredNats]:
     identities = NatsCredentials(base / "credentials")
     identities.ensure()
-    server = EmbeddedNats(base / "nats", auth=identities.server_config())
+    server = EmbeddedNats(base / "nats", auth=identities.server_config(), tls=tls)
     await server.start()
     try:
         yield SecuredNats(server, identities)
