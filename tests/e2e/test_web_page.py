@@ -22,10 +22,11 @@ from aiohttp import web
 
 from dockyard.scheduler.app import build_app
 from dockyard.scheduler.context import Context
+from dockyard.scheduler.page_routes import RelayAddress
 from dockyard.store.pool import create_pool
 from dockyard.store.read_model import PgJobViews
 from dockyard.web.auth import Tokens
-from tests.support.log_relay import TOKENS, RelayProcess, eventually
+from tests.support.log_relay import TOKENS, RelayProcess, eventually, free_port
 from tests.support.orchestration import ControlPlane, running_orchestrator
 
 CHROMIUM = "/usr/bin/chromium"
@@ -65,13 +66,21 @@ async def stack(
     """Scheduler (API + page) on a real port, its control plane, an orchestrator, the relay."""
     pool = await create_pool(database_url)
     async with ControlPlane(nats_url, database_url) as plane:
-        ctx = Context(store=plane.store, views=PgJobViews(pool), tokens=Tokens(TOKENS))
-        runner = web.AppRunner(build_app(ctx), access_log=None, shutdown_timeout=2.0)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        page_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        # The page's relay URL is configuration, read when the app is built: the page's port
+        # is chosen first, so that the relay can allow its origin.
+        page_port = free_port()
+        page_url = f"http://127.0.0.1:{page_port}"
         relay = RelayProcess(nats_url, database_url, origins=page_url)
         monkeypatch.setenv("DOCKYARD_LOGS_URL", relay.url)
+        ctx = Context(
+            store=plane.store,
+            views=PgJobViews(pool),
+            tokens=Tokens(TOKENS),
+            page=RelayAddress(explicit=relay.url),
+        )
+        runner = web.AppRunner(build_app(ctx), access_log=None, shutdown_timeout=2.0)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", page_port).start()
         await relay.start()
         try:
             async with running_orchestrator(nats_url):
