@@ -5,6 +5,7 @@ Decoded strictly: a malformed value stops the process with a message naming the 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from collections.abc import Mapping
@@ -13,6 +14,7 @@ from typing import Final, TypeVar
 from msgspec import Struct
 
 from dockyard.core.spec_bounds import SpecBounds
+from dockyard.core.tenant_limits import TenantPolicies, decode_tenant_limits
 
 T = TypeVar("T", int, float)
 
@@ -265,6 +267,31 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         group="job limits",
     ),
     Variable(
+        name="DOCKYARD_EGRESS_DENY",
+        default="`default`: 169.254.0.0/16, this host's own addresses and those of the NATS "
+        "and PostgreSQL it is configured with",
+        meaning="comma-separated IPv4 addresses and CIDRs that containers on `egress` networks "
+        "cannot reach; the word `default` stands for the default list (`default,10.0.0.0/8` "
+        "adds to it). The orchestrator enforces it with iptables rules on its job bridges, and "
+        "besides keeps every job network (`isolated` too) off the host's own services. An "
+        "orchestrator that cannot install the rules says so on `/readyz` and in its log and "
+        "takes no `egress` job. `none` turns the list and the rules off (a rootless engine).",
+        read_by=("orchestrator",),
+        group="job limits",
+    ),
+    Variable(
+        name="DOCKYARD_TENANT_LIMITS",
+        default="none",
+        meaning='JSON file: `{"<tenant>" or "*": {"max_running", "max_queued", '
+        '"max_schedules", "submit_per_s", "weight", "allow_egress", "allow_root"}}`, every key '
+        "optional. `allow_egress` (default true): false refuses `network: egress` with 422 "
+        "naming `network`; `allow_root` (default false): true allows `user` uid 0 and "
+        "`read_only: false`, else refused with 422 naming the field. A tenant without an entry "
+        'gets `"*"`\'s.',
+        read_by=("scheduler",),
+        group="job limits",
+    ),
+    Variable(
         name="DOCKYARD_JANITOR_INTERVAL_S",
         default=DEFAULTS["DOCKYARD_JANITOR_INTERVAL_S"],
         meaning="seconds from the start of one sweep to the start of the next.",
@@ -368,6 +395,11 @@ class Settings(Struct, frozen=True, kw_only=True):
     # DOCKYARD_ALLOWED_REGISTRIES as given (core.registries.RegistryPolicy reads it); empty:
     # any registry by name.
     allowed_registries: tuple[str, ...] = ()
+    # DOCKYARD_EGRESS_DENY's entries (`default` among them stands for the default list);
+    # None: `none`, the list and its rules are off.
+    egress_deny: tuple[str, ...] | None = ("default",)
+    # DOCKYARD_TENANT_LIMITS: what each tenant is allowed (the scheduler's).
+    tenant_limits: TenantPolicies = TenantPolicies()
 
 
 def load(env: Mapping[str, str] | None = None) -> Settings:
@@ -406,6 +438,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         claim_public_key=env.get("DOCKYARD_CLAIM_PUBLIC_KEY") or None,
         spec_bounds=spec_bounds(env),
         allowed_registries=allowed_registries(env.get("DOCKYARD_ALLOWED_REGISTRIES", "")),
+        egress_deny=egress_deny(env.get("DOCKYARD_EGRESS_DENY", "")),
+        tenant_limits=tenant_limits(env.get("DOCKYARD_TENANT_LIMITS", "")),
     )
 
 
@@ -461,6 +495,43 @@ def allowed_registries(text: str) -> tuple[str, ...]:
                 "(`host` or `host:port`, no scheme or path)"
             )
     return entries
+
+
+def egress_deny(text: str) -> tuple[str, ...] | None:
+    """DOCKYARD_EGRESS_DENY: `none`, or IPv4 addresses/CIDRs and `default` (unset: default)."""
+    if text.strip().lower() == "none":
+        return None
+    entries = tuple(e.strip() for e in text.split(",") if e.strip()) or ("default",)
+    for entry in entries:
+        if entry == "default":
+            continue
+        try:
+            network = ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"DOCKYARD_EGRESS_DENY: {entry!r} is not an IPv4 address or CIDR "
+                "(or `default`, or `none` alone)"
+            ) from None
+        if network.version != 4:
+            raise ConfigError(
+                f"DOCKYARD_EGRESS_DENY: {entry!r} is IPv6; job networks are IPv4 only"
+            )
+    return entries
+
+
+def tenant_limits(path: str) -> TenantPolicies:
+    """DOCKYARD_TENANT_LIMITS: the JSON file it names, or ConfigError saying what is wrong."""
+    if not path:
+        return TenantPolicies()
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except OSError as exc:
+        raise ConfigError(f"DOCKYARD_TENANT_LIMITS: cannot read {path}: {exc.strerror}") from None
+    try:
+        return decode_tenant_limits(data)
+    except ValueError as exc:
+        raise ConfigError(f"DOCKYARD_TENANT_LIMITS: {path}: {exc}") from None
 
 
 # The deploy files' stand-in for every password and token (deploy/env/*.env).

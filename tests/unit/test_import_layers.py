@@ -24,7 +24,8 @@ ALLOWED: dict[str, set[str]] = {
     "process": set(),
     "embedded": set(),
     "client": set(),
-    "config": {"core.spec_bounds"},  # the job limits it reads, as the core takes them
+    # The job limits and tenant rules it reads, as the core takes them.
+    "config": {"core.spec_bounds", "core.tenant_limits"},
     "telemetry": {"core"},
     "store": {"core", "process"},
     "handling": {"core", "store", "process"},

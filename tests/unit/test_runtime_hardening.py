@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -9,9 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dockyard.bus.names import LABEL_ATTEMPT, LABEL_JOB, LABEL_ORCHESTRATOR, LABEL_TIMEOUT
-from dockyard.core.spec import JobSpec, Resources, Sidecar
+from dockyard.core.spec import JobSpec, Resources, Sidecar, SpecError, check_spec
 from dockyard.runtime import JobPlan, check_hardened, container_name, network_name, plan_job
-from dockyard.runtime.hardening import MIB
+from dockyard.runtime.hardening import MIB, bridge_name
 
 JOB = "0190f0c2-0000-7000-8000-000000000001"
 LABELS = {LABEL_JOB: JOB, LABEL_ATTEMPT: "2", LABEL_ORCHESTRATOR: "orc-1"}
@@ -30,6 +31,7 @@ def test_job_container_has_the_full_hardened_profile() -> None:
         "Memory": 300 * MIB,
         "MemorySwap": 300 * MIB,
         "PidsLimit": 100,
+        "OomScoreAdj": 500,
         "Ulimits": [{"Name": "nofile", "Soft": 1024, "Hard": 4096}],
         "CapDrop": ["ALL"],
         "CapAdd": [],
@@ -125,7 +127,9 @@ def test_isolated_network_is_internal_labelled_and_shared_by_name() -> None:
         "EnableIPv6": False,
         "CheckDuplicate": True,
         "Labels": LABELS,
+        "Options": {"com.docker.network.bridge.name": bridge_name(net)},
     }
+    assert re.fullmatch(r"dyj[0-9a-f]{12}", bridge_name(net))  # 15: the kernel's limit
     side = plan.sidecars[0]
     assert (side.name, side.role) == (f"dockyard-{JOB}-2-db", "sidecar")
     assert side.config["NetworkingConfig"] == {"EndpointsConfig": {net: {"Aliases": ["db"]}}}
@@ -151,6 +155,26 @@ def test_sidecars_get_the_same_profile_and_limits_as_the_job() -> None:
     assert side["Image"] == "other/image:1" and side["Env"] == ["X=1"]
     assert side["User"] == job["User"] and side["Labels"] == LABELS
     assert side["HostConfig"]["LogConfig"]["Type"] == "json-file"
+
+
+def test_sidecars_share_the_jobs_budget_instead_of_multiplying_it() -> None:
+    sidecars = tuple(Sidecar(name=f"s{i}", image="busybox") for i in range(3))
+    plan = _plan(resources=Resources(cpus=2.0, memory_mb=512, pids=100), sidecars=sidecars)
+
+    hosts = [c.config["HostConfig"] for c in (plan.job, *plan.sidecars)]
+    assert {h["Memory"] for h in hosts} == {128 * MIB}
+    assert {h["NanoCpus"] for h in hosts} == {500_000_000}
+    assert {h["PidsLimit"] for h in hosts} == {25}
+    assert plan.job.config["HostConfig"]["Tmpfs"]["/tmp"].endswith("size=64m")
+
+
+def test_a_budget_too_small_to_share_is_refused_naming_the_field() -> None:
+    sidecars = tuple(Sidecar(name=f"s{i}", image="busybox") for i in range(3))
+    spec = JobSpec(image="busybox", resources=Resources(memory_mb=20), sidecars=sidecars)
+
+    with pytest.raises(SpecError) as caught:
+        check_spec(spec)
+    assert caught.value.field == "resources.memory_mb" and "at least 24" in str(caught.value)
 
 
 def _hardened() -> dict[str, Any]:
@@ -199,11 +223,14 @@ def test_every_valid_spec_gives_a_hardened_labelled_plan(
         sidecars=tuple(Sidecar(name=f"s{i}", image="busybox") for i in range(sidecars)),
     )
 
+    count = 1 + sidecars
     for container in (plan.job, *plan.sidecars):
         check_hardened(container.config)
         host = container.config["HostConfig"]
-        assert host["Memory"] == host["MemorySwap"] == memory_mb * MIB
-        assert host["NanoCpus"] >= 1 and host["PidsLimit"] == pids
+        assert host["Memory"] == host["MemorySwap"] == (memory_mb // count) * MIB
+        assert host["PidsLimit"] == pids // count
+        assert host["NanoCpus"] == round(cpus / count * 1e9)
+        assert host["OomScoreAdj"] == 500
         extra = {LABEL_TIMEOUT: "3600"} if container.role == "job" else {}
         assert container.config["Labels"] == {**LABELS, **extra}
     if plan.network is not None:

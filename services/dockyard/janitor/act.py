@@ -172,6 +172,7 @@ class Executor:
             attempt=action.attempt,
             queue=action.queue,
             event_id=action.event_id,
+            egress=action.egress,
         )
 
         async def offered() -> PubAck:

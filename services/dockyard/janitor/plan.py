@@ -121,6 +121,7 @@ class Reoffer(Struct, frozen=True, kw_only=True, tag="reoffer"):
     queue: str
     event_id: str
     queued_s: float
+    egress: bool = False
 
     step: ClassVar[Step] = "reoffer"
 
@@ -361,6 +362,7 @@ def plan_reoffers(world: World, policy: Policy) -> list[Reoffer]:
                 queue=job.spec.queue,
                 event_id=facts.queued_event_id,
                 queued_s=queued_s,
+                egress=job.spec.effective_network == "egress",
             )
         )
     return actions

@@ -149,10 +149,13 @@ class Claimer:
         ask: Ask,
         engine: str | None = None,
         engine_up: Callable[[asyncio.Event], Awaitable[bool]] | None = None,
+        egress_ok: Callable[[], bool] | None = None,
     ) -> None:
         """`engine_up(stopping)`: True once the Docker engine answers, False if stopping
-        first; asked before each batch, so that nothing is claimed while it is away."""
+        first; asked before each batch, so that nothing is claimed while it is away.
+        `egress_ok()`: whether `egress` offers may be claimed (the deny list is enforced)."""
         self._engine_up = engine_up
+        self._egress_ok = egress_ok
         self._nc = nc
         self._js = js
         self._queue = queue
@@ -235,6 +238,17 @@ class Claimer:
             return False
         if self._registry.is_done(offer.job_id, offer.attempt):
             await _quietly(msg.ack())  # ran here already (or was recovered): never again
+            return False
+        if offer.egress and self._egress_ok is not None and not self._egress_ok():
+            # Unclaimed, handed back: an orchestrator that enforces the deny list takes it.
+            log.info(
+                "orchestrator.egress_offer_left job=%s attempt=%d: the egress deny list is "
+                "not enforced here",
+                offer.job_id,
+                offer.attempt,
+                extra={"event": "orchestrator.egress_offer_left", "job": offer.job_id},
+            )
+            await self._retry_later(msg)
             return False
         request = protocol.ClaimRequest(
             job_id=offer.job_id,

@@ -47,6 +47,15 @@ VARIABLES: Final = (
         group="orchestrator",
     ),
     Variable(
+        name="DOCKYARD_IPTABLES",
+        default="`iptables`",
+        meaning="the iptables command the orchestrator writes the egress rules with "
+        "(`DOCKYARD_EGRESS_DENY`); `<it>-restore` must sit beside it. Use the one the engine "
+        "uses (`iptables -V` says nf_tables or legacy).",
+        read_by=("orchestrator",),
+        group="orchestrator",
+    ),
+    Variable(
         name="DOCKYARD_USAGE_SAMPLE_S",
         default=f"{USAGE_SAMPLE_S:g}",
         meaning="seconds between two readings of each running job's CPU, memory, processes "
@@ -115,6 +124,12 @@ class OrchestratorConfig(Struct, frozen=True, kw_only=True):
     usage_report_s: float = USAGE_REPORT_S
     # DOCKYARD_ALLOWED_REGISTRIES, checked again before every pull.
     registries: RegistryPolicy = RegistryPolicy()
+    # DOCKYARD_EGRESS_DENY's entries (`default` expands at each install); None: no rules at
+    # all. from_settings gives the contract's default; a config built in code (tests) none.
+    egress_deny: tuple[str, ...] | None = None
+    # The servers whose addresses `default` adds: DOCKYARD_NATS_URL, DOCKYARD_DATABASE_URL.
+    egress_servers: tuple[str, ...] = ()
+    iptables: str = "iptables"
 
     @property
     def claim_backoff(self) -> Backoff:
@@ -144,6 +159,9 @@ class OrchestratorConfig(Struct, frozen=True, kw_only=True):
             metrics_listen=parse_listen("DOCKYARD_METRICS_LISTEN", metrics) if metrics else None,
             claim_public_key=_claim_public_key(settings.claim_public_key),
             registries=RegistryPolicy.of(settings.allowed_registries),
+            egress_deny=settings.egress_deny,
+            egress_servers=(settings.nats_url, settings.database_url),
+            iptables=env.get("DOCKYARD_IPTABLES") or "iptables",
         )
         drain = env.get("DOCKYARD_DRAIN_S")
         if drain:

@@ -30,6 +30,8 @@ from dockyard.orchestrator.attempt import Attempt, AttemptContext, Claim
 from dockyard.orchestrator.claimer import Ask, Claimer, claim_asker
 from dockyard.orchestrator.config import OrchestratorConfig
 from dockyard.orchestrator.control import Control
+from dockyard.orchestrator.egress import EgressGuard
+from dockyard.orchestrator.egress_rules import EgressChains
 from dockyard.orchestrator.engine_health import PING_TIMEOUT_S, EngineHealth
 from dockyard.orchestrator.fencing import StaleWatch
 from dockyard.orchestrator.heartbeat import Heartbeats
@@ -83,6 +85,12 @@ class Orchestrator:
         self.control = Control(nc, js, config.orchestrator_id, self.registry)
         self.stale = StaleWatch(self.registry, functools.partial(later_attempt_claimed, js))
         self.engine = EngineHealth(runtime, on_back=self._reconcile)
+        self.egress = EgressGuard(
+            EgressChains.of(config.orchestrator_id),
+            config.egress_deny,
+            servers=config.egress_servers,
+            iptables=config.iptables,
+        )
         self.heartbeats = Heartbeats(
             js,
             self.registry,
@@ -141,10 +149,13 @@ class Orchestrator:
         claimers: list[asyncio.Task[None]] = []
         engine: list[asyncio.Task[None]] = []
         try:
+            # Before any claim: an egress job starts only behind the rules (or is left).
+            await self.egress.install()
             self.recovered = await self._recover(stop)
             if stop.is_set():
                 return  # stopped while waiting for the engine: nothing was claimed
             engine.append(asyncio.create_task(self.engine.run(), name="engine health"))
+            engine.append(asyncio.create_task(self.egress.run(), name="egress rules"))
             claimers = [
                 asyncio.create_task(self._claimer(queue).run(stopping), name=f"claimer {queue}")
                 for queue in config.queues
@@ -167,6 +178,7 @@ class Orchestrator:
             await self._drain()
             await self.control.stop()
             await cancel_and_wait([heartbeat, sampler, *engine])
+            await self.egress.remove()  # nothing of ours runs any more
             await self.heartbeats.withdraw()
             log.info("orchestrator.stopped finished=%d", self.finished)
 
@@ -258,6 +270,7 @@ class Orchestrator:
     async def _reconcile(self) -> None:
         """The engine is back after an outage: end what the outage left of attempts that no
         longer run here (stopped and reported, as after a restart), then claim again."""
+        await self.egress.check()  # an engine restart may have flushed DOCKER-USER
         found = await self._recovery(keep=self._runs_here).run()
         log.info(
             "orchestrator.engine_reconciled attempts=%d",
@@ -290,6 +303,7 @@ class Orchestrator:
             ask=self._ask,
             engine=self._context.engine,
             engine_up=self.engine.wait_up,
+            egress_ok=lambda: self.egress.allows_egress,
         )
 
     def _recovery(self, keep: Callable[[str, int], bool] | None = None) -> Recovery:
@@ -340,8 +354,11 @@ class Orchestrator:
         async def docker() -> bool:
             return self.engine.up
 
-        probes = {"nats": nats, "docker": docker, "claiming": ready}
-        reasons = {"docker": lambda: self.engine.error}
+        async def egress() -> bool:
+            return self.egress.allows_egress
+
+        probes = {"nats": nats, "docker": docker, "claiming": ready, "egress": egress}
+        reasons = {"docker": lambda: self.engine.error, "egress": lambda: self.egress.error}
         return await serve_metrics(
             self.metrics, probes, *self.config.metrics_listen, reasons=reasons
         )

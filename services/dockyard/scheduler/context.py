@@ -10,6 +10,7 @@ from aiohttp import web
 from dockyard.core import Command, Metadata
 from dockyard.core.registries import RegistryPolicy
 from dockyard.core.spec_bounds import SpecBounds
+from dockyard.core.tenant_limits import TenantPolicies
 from dockyard.handling.batching import CommandBatcher
 from dockyard.handling.execute import Clock, Outcome, execute, utc_now
 from dockyard.scheduler.metrics import SchedulerMetrics
@@ -42,6 +43,8 @@ class Context:
     bounds: SpecBounds = field(default_factory=SpecBounds)
     # DOCKYARD_ALLOWED_REGISTRIES: the registries a job's images may come from.
     registries: RegistryPolicy = field(default_factory=RegistryPolicy)
+    # DOCKYARD_TENANT_LIMITS: what each tenant's specs may ask for (egress, uid 0).
+    tenants: TenantPolicies = field(default_factory=TenantPolicies)
     # Where the web page finds the log relay; None: from the environment when the app is built.
     page: RelayAddress | None = None
 

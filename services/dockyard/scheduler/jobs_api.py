@@ -23,6 +23,7 @@ from dockyard.core.spec import (
 )
 from dockyard.core.spec_bounds import check_maxima, left_out, with_defaults
 from dockyard.core.state import STATUSES
+from dockyard.core.tenant_limits import check_tenant_spec
 from dockyard.core.view import masked_event
 from dockyard.scheduler.context import Context, ctx_of
 from dockyard.store.ports import DuplicateIdempotencyKey, InvalidCursor, JobView
@@ -107,6 +108,7 @@ async def submit(request: web.Request) -> web.Response:
     spec = with_defaults(convert_spec(written), left_out(written), ctx.bounds)
     check_maxima(spec, ctx.bounds)
     check_images(spec, ctx.registries)
+    check_tenant_spec(spec, ctx.tenants.of(tenant))
     if spec.idempotency_key is not None:
         existing = await _idempotent(ctx, tenant, spec.idempotency_key)
         if existing is not None:

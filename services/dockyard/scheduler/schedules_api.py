@@ -6,6 +6,7 @@ import msgspec
 from aiohttp import web
 
 from dockyard.core.registries import check_images
+from dockyard.core.tenant_limits import check_tenant_spec
 from dockyard.scheduler.context import ctx_of
 from dockyard.scheduler.jobs_api import json_response, parse_json_object, read_body
 from dockyard.scheduler.schedule_store import ScheduleExists
@@ -21,6 +22,7 @@ async def create(request: web.Request) -> web.Response:
     parse_json_object(body)
     schedule = parse_schedule(body, tenant, ctx.clock(), ctx.bounds)
     check_images(schedule.job, ctx.registries, prefix="job.")
+    check_tenant_spec(schedule.job, ctx.tenants.of(tenant), prefix="job.")
     try:
         await ctx.schedules.create(schedule)
     except ScheduleExists:

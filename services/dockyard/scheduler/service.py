@@ -157,5 +157,6 @@ def _context(
         batcher=batcher,
         bounds=settings.spec_bounds,
         registries=RegistryPolicy.of(settings.allowed_registries),
+        tenants=settings.tenant_limits,
         page=RelayAddress.from_settings(settings, os.environ),
     )

@@ -29,6 +29,8 @@ class WorkOffer(Struct, frozen=True, kw_only=True):
     attempt: int
     queue: str
     event_id: str
+    # The job asks for an `egress` network (False in offers of earlier versions).
+    egress: bool = False
 
 
 _offer_encoder = msgspec.json.Encoder()
@@ -37,7 +39,11 @@ _offer_decoder = msgspec.json.Decoder(WorkOffer)
 
 def work_offer_for(event: JobQueued) -> WorkOffer:
     return WorkOffer(
-        job_id=event.job_id, attempt=event.attempt, queue=event.queue, event_id=event.event_id
+        job_id=event.job_id,
+        attempt=event.attempt,
+        queue=event.queue,
+        event_id=event.event_id,
+        egress=event.egress,
     )
 
 

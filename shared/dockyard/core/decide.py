@@ -60,6 +60,7 @@ from dockyard.core.events import (
 from dockyard.core.reasons import Reason
 from dockyard.core.resource_names import is_attempt_name
 from dockyard.core.retry import backoff_s, should_retry
+from dockyard.core.spec import JobSpec
 from dockyard.core.state import ACTIVE, Job, resource_key
 
 NewId = Callable[[], str]
@@ -112,7 +113,9 @@ def _submit(cmd: SubmitJob, m: _Maker) -> list[Event]:
     if run_at is not None and run_at > m.ctx.now:
         events.append(JobScheduled(**m.base(), due_at=run_at))
     else:
-        events.append(JobQueued(**m.base(), attempt=1, queue=cmd.spec.queue))
+        events.append(
+            JobQueued(**m.base(), attempt=1, queue=cmd.spec.queue, egress=_egress(cmd.spec))
+        )
     return events
 
 
@@ -125,7 +128,13 @@ def _decide(command: Command, job: Job, m: _Maker) -> list[Event]:  # pragma: no
 def _(cmd: EnqueueDue, job: Job, m: _Maker) -> list[Event]:
     if job.status != "scheduled" or (job.due_at is not None and job.due_at > m.ctx.now):
         return []
-    return [JobQueued(**m.base(), attempt=job.attempt, queue=job.spec.queue)]
+    return [
+        JobQueued(**m.base(), attempt=job.attempt, queue=job.spec.queue, egress=_egress(job.spec))
+    ]
+
+
+def _egress(spec: JobSpec) -> bool:
+    return spec.effective_network == "egress"
 
 
 @_decide.register

@@ -62,6 +62,9 @@ class ScheduleFired(EventBase, tag="schedule_fired", kw_only=True, frozen=True):
 class JobQueued(EventBase, tag="job_queued", kw_only=True, frozen=True):
     attempt: int
     queue: str
+    # The job asks for an `egress` network: its offer says so, so that an orchestrator that
+    # cannot enforce the egress deny list leaves it for another without claiming it.
+    egress: bool = False
 
 
 class JobClaimed(EventBase, tag="job_claimed", kw_only=True, frozen=True):

@@ -13,6 +13,7 @@ from dockyard.core.reasons import RETRYABLE_REASONS, Reason
 
 # Bounds a demanding operator would want enforced before anything is stored.
 MIN_MEMORY_MB = 6  # the engine itself refuses less than 6 MiB
+MIN_CPUS = 0.01  # and less than a hundredth of a CPU
 MAX_SIDECARS = 8
 MAX_NAME = 63
 
@@ -180,6 +181,38 @@ def check_spec(spec: JobSpec) -> None:
         raise SpecError("retry.max_backoff_s", "max_backoff_s must be at least backoff_s")
     if spec.run_at is not None and spec.run_at.tzinfo is None:
         raise SpecError("run_at", "run_at needs a time zone offset (RFC 3339)")
+    _check_share(spec)
+
+
+def container_share(spec: JobSpec) -> Resources:
+    """What each container of an attempt gets: `resources` is the budget of the job and its
+    sidecars together, split equally (so sidecars never multiply it)."""
+    count = 1 + len(spec.sidecars)
+    whole = spec.resources
+    if count == 1:
+        return whole
+    return Resources(
+        cpus=whole.cpus / count, memory_mb=whole.memory_mb // count, pids=whole.pids // count
+    )
+
+
+def _check_share(spec: JobSpec) -> None:
+    """A budget too small to split: each container needs what the engine accepts at least."""
+    count = 1 + len(spec.sidecars)
+    if count == 1:
+        return
+    whole = spec.resources
+    for field, value, least in (
+        ("cpus", whole.cpus, MIN_CPUS),
+        ("memory_mb", whole.memory_mb, MIN_MEMORY_MB),
+        ("pids", whole.pids, 1),
+    ):
+        if value < least * count:
+            raise SpecError(
+                f"resources.{field}",
+                f"the job and its {count - 1} sidecar(s) share resources.{field} equally, so "
+                f"it must be at least {least * count:g} ({least:g} each)",
+            )
 
 
 def _check_secrets(prefix: str, env: dict[str, str], secrets: tuple[str, ...]) -> None:

@@ -8,6 +8,7 @@ spec's limits with swap = memory, a nofile ulimit, never privileged, never any h
 from __future__ import annotations
 
 import copy
+import hashlib
 from typing import Any, Final
 
 from dockyard.bus.names import (
@@ -21,7 +22,7 @@ from dockyard.bus.names import (
 # The names live in the core, which refuses a ledger entry under any other name.
 from dockyard.core.resource_names import container_name as container_name
 from dockyard.core.resource_names import network_name as network_name
-from dockyard.core.spec import JobSpec, Sidecar
+from dockyard.core.spec import JobSpec, Resources, Sidecar, container_share
 from dockyard.runtime.ports import ContainerPlan, JobPlan, NetworkPlan
 
 MIB = 1024 * 1024
@@ -42,6 +43,12 @@ SIDECAR_LOG: Final = {"Type": "json-file", "Config": {"max-size": "1m", "max-fil
 # copy it to disk again (unbounded with json-file's defaults) and costs 3-6x read throughput.
 JOB_LOG: Final = {"Type": "none", "Config": {}}
 _FORBIDDEN_HOST_KEYS = ("Binds", "Mounts", "VolumesFrom", "Devices")
+# Every job network's bridge is named `dyj<12 hex>`, so the egress rules can match all of them
+# with one `-i dyj+` and nothing else on the host (orchestrator/egress_rules.py).
+BRIDGE_PREFIX: Final = "dyj"
+BRIDGE_OPTION: Final = "com.docker.network.bridge.name"
+# The host's OOM killer picks the highest score: a job (or sidecar) before any service.
+OOM_SCORE_ADJ: Final = 500
 
 
 def labels_for(
@@ -66,14 +73,17 @@ def plan_job(
     mode = spec.effective_network
     network = None if mode == "none" else _network_plan(job_id, attempt, mode, labels)
     net_name = "none" if network is None else network.name
+    # The spec's resources are the attempt's budget: the job and its sidecars share it.
+    share = container_share(spec)
     sidecars = tuple(
         _sidecar_plan(
-            spec, sidecar, container_name(job_id, attempt, sidecar.name), net_name, labels
+            spec, sidecar, container_name(job_id, attempt, sidecar.name), net_name, labels, share
         )
         for sidecar in spec.sidecars
     )
     job_config = _container_config(
         spec,
+        share,
         image=spec.image,
         command=spec.command,
         env=spec.env,
@@ -98,15 +108,27 @@ def _network_plan(job_id: str, attempt: int, mode: str, labels: dict[str, str]) 
         # Engines before API 1.44 accept a duplicate name unless asked to check.
         "CheckDuplicate": True,
         "Labels": dict(labels),
+        "Options": {BRIDGE_OPTION: bridge_name(name)},
     }
     return NetworkPlan(name=name, config=config)
 
 
+def bridge_name(network: str) -> str:
+    """The host interface of a job network: 15 characters, the kernel's limit."""
+    return BRIDGE_PREFIX + hashlib.sha256(network.encode()).hexdigest()[:12]
+
+
 def _sidecar_plan(
-    spec: JobSpec, sidecar: Sidecar, name: str, network: str, labels: dict[str, str]
+    spec: JobSpec,
+    sidecar: Sidecar,
+    name: str,
+    network: str,
+    labels: dict[str, str],
+    share: Resources,
 ) -> ContainerPlan:
     config = _container_config(
         spec,
+        share,
         image=sidecar.image,
         command=sidecar.command,
         env=sidecar.env,
@@ -120,6 +142,7 @@ def _sidecar_plan(
 
 def _container_config(
     spec: JobSpec,
+    share: Resources,
     *,
     image: str,
     command: list[str] | None,
@@ -141,7 +164,7 @@ def _container_config(
         "Tty": False,
         "StopSignal": STOP_SIGNAL,
         "StopTimeout": STOP_TIMEOUT_S,
-        "HostConfig": _host_config(spec, network),
+        "HostConfig": _host_config(spec, share, network),
     }
     if command is not None:
         config["Cmd"] = list(command)
@@ -151,20 +174,21 @@ def _container_config(
     return config
 
 
-def _host_config(spec: JobSpec, network: str) -> dict[str, Any]:
-    memory = spec.resources.memory_mb * MIB
+def _host_config(spec: JobSpec, share: Resources, network: str) -> dict[str, Any]:
+    memory = share.memory_mb * MIB
     return {
-        "NanoCpus": round(spec.resources.cpus * 1e9),
+        "NanoCpus": round(share.cpus * 1e9),
         "Memory": memory,
         "MemorySwap": memory,  # swap = memory: no swap beyond the limit
-        "PidsLimit": spec.resources.pids,
+        "PidsLimit": share.pids,
+        "OomScoreAdj": OOM_SCORE_ADJ,
         "Ulimits": [{"Name": "nofile", "Soft": NOFILE_SOFT, "Hard": NOFILE_HARD}],
         "CapDrop": ["ALL"],
         "CapAdd": [],
         "SecurityOpt": ["no-new-privileges"],
         "Privileged": False,
         "ReadonlyRootfs": spec.read_only,
-        "Tmpfs": _tmpfs(spec),
+        "Tmpfs": _tmpfs(spec, share),
         "NetworkMode": network,
         "IpcMode": "private",
         # A tiny init as PID 1 forwards SIGTERM (a shell as PID 1 ignores it) and reaps zombies.
@@ -174,8 +198,8 @@ def _host_config(spec: JobSpec, network: str) -> dict[str, Any]:
     }
 
 
-def _tmpfs(spec: JobSpec) -> dict[str, str]:
-    half = max(1, spec.resources.memory_mb // 2)
+def _tmpfs(spec: JobSpec, share: Resources) -> dict[str, str]:
+    half = max(1, share.memory_mb // 2)
     # mode=1777: writable by any uid (default 65534), like /tmp on a host. But where the image
     # has the directory, runc chmods the mount to the image's mode after mounting (0755 for a
     # root-owned `WORKDIR /app`), and Docker 20.10 has no `notmpcopyup` and does the same for
