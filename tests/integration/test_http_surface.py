@@ -22,7 +22,7 @@ from dockyard.scheduler.page_routes import RelayAddress
 from dockyard.store.memory import InMemoryEventStore
 from dockyard.web.access import redacted_query
 from dockyard.web.auth import Tokens
-from tests.support.log_relay import relay_in_process
+from tests.support.log_relay import PAGE_ORIGIN, relay_in_process
 
 ACME_TOKEN = "acme-t0ken-DO-NOT-LOG"
 ADMIN_TOKEN = "admin-t0ken-DO-NOT-LOG"
@@ -200,9 +200,18 @@ async def test_relay_metrics_need_the_admin_token_and_its_requests_are_logged(
                 missing = f"{relay.url}/v1/jobs/{'0' * 8}-0000-0000-0000-{'0' * 12}/logs"
                 async with http.get(missing, headers=ACME) as unknown:
                     assert unknown.status == 404
+                # The browser's way: the token in the WebSocket subprotocol header.
+                with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                    await http.ws_connect(
+                        f"{relay.ws_url}{missing.removeprefix(relay.url)}/ws",
+                        protocols=["dockyard.v1", f"bearer.{ACME_TOKEN}"],
+                        headers={"Origin": PAGE_ORIGIN},
+                    )
+                assert refused.value.status == 404
     assert "dockyard_log_lines_persisted" in text
     assert "dockyard_http_auth_failures_total 1.0" in text
     fields = [(r.tenant, r.path, r.status) for r in access_records(caplog)]  # type: ignore[attr-defined]
     assert fields[:2] == [(None, "/metrics", 401), ("acme", "/metrics", 403)]
-    assert fields[-1][0::2] == ("acme", 404)
+    assert fields[-2][0::2] == ("acme", 404)
+    assert fields[-1][0::2] == ("acme", 404) and fields[-1][1].endswith("/logs/ws")
     assert_no_token_logged(caplog)
