@@ -39,6 +39,7 @@ _MARKER_BY_FOLDER = {
     "unit": "unit",
     "integration": "integration",
     "e2e": "e2e",
+    "cluster": "cluster",
     "benchmarks": "benchmark",
 }
 
