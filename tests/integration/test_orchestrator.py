@@ -202,6 +202,19 @@ async def test_pull_from_an_unreachable_registry_says_unreachable(
     assert job.error == "image could not be pulled from 127.0.0.1:9: unreachable"
 
 
+async def test_a_job_stored_with_a_loopback_registry_fails_before_the_engine_is_asked(
+    control: ControlPlane, docker: aiodocker.Docker, nats_url: str
+) -> None:
+    # Stored past the API's check (as by an earlier version): the orchestrator checks again.
+    job_spec = spec("127.0.0.1:9/nothing/here:1", "true", retry={"max_attempts": 3})
+    job_id, job = await run_one(control, docker, nats_url, job_spec)
+    assert (job.status, job.reason, job.attempt) == ("failed", "image_pull_failed", 1)
+    assert job.error is not None
+    assert job.error.startswith("image could not be pulled from 127.0.0.1:9: not allowed")
+    texts = [line.text for line in await control.log_lines(job_id)]
+    assert texts[-1] == f"image pull failed: {job.error}"
+
+
 async def test_timeout_sends_sigterm_then_sigkill_after_the_grace(
     control: ControlPlane, docker: aiodocker.Docker, nats_url: str, busybox_image: str
 ) -> None:

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dockyard.core.registries import RegistryPolicy, check_images, registry_of, split_host
-from dockyard.core.spec import JobSpec, SpecError, convert_spec
+from dockyard.core.spec import IMAGE_PATTERN, JobSpec, SpecError, convert_spec
 
 pytestmark = pytest.mark.unit
 
@@ -158,3 +158,12 @@ def test_public_names_on_any_port_are_allowed(
     assert registry_of(ref) == f"{host}{port}"
     assert ANY.refusal(ref) is None
     assert RegistryPolicy(("elsewhere.example",)).refusal(ref) is not None
+
+
+@given(st.from_regex(IMAGE_PATTERN, fullmatch=True).filter(lambda r: len(r) <= 512))
+def test_every_reference_the_spec_accepts_has_a_registry_and_an_answer(ref: str) -> None:
+    registry = registry_of(ref)
+    assert registry == "docker.io" or ref.lower().startswith(registry + "/")
+    why = ANY.refusal(ref)
+    assert why is None or registry in why
+    assert RegistryPolicy((registry,)).refusal(ref) is None  # listed: always allowed
