@@ -31,6 +31,7 @@ _WHY: Final = (
     ("unauthorized", ("denied", "forbidden")),
     ("not found", ("manifest unknown", "name unknown", "not found", "does not exist")),
     ("not found", ("no such image",)),
+    ("not done in time", ("not done after",)),  # Dockyard's own pull timeout
     (
         "unreachable",
         (
@@ -38,7 +39,6 @@ _WHY: Final = (
             "connection refused",
             "no such host",
             "timeout",
-            "not done after",
             "network is unreachable",
             "connection reset",
             "tls:",

@@ -9,6 +9,7 @@ to DEBUG, so a scraper does not drown the log.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -27,6 +28,8 @@ TENANT: Final = web.RequestKey("dockyard.tenant", str)
 _PROBES: Final = frozenset({"/healthz", "/readyz", "/metrics"})
 _SECRET_WORDS: Final = ("token", "secret", "password", "passwd", "auth", "key", "bearer", "sig")
 REDACTED: Final = "***"
+# The status recorded for a request whose client went away before the answer (nginx's 499).
+CLIENT_GONE: Final = 499
 
 
 def note_tenant(request: web.Request, tenant: str) -> None:
@@ -68,6 +71,9 @@ def access_middleware(
             return response
         except web.HTTPException as http:  # redirects and the like, raised past the errors
             status = http.status
+            raise
+        except asyncio.CancelledError:
+            status = CLIENT_GONE
             raise
         finally:
             if status == 401 and on_auth_failure is not None:
