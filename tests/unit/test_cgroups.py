@@ -193,3 +193,13 @@ def test_parsers_skip_what_they_do_not_know() -> None:
     assert cgroups.parse_blkio("Total 5\n8:0 Read x\n") == (0, 0)
     assert cgroups.parse_io_stat("8:0 rbytes=1 wbytes=oops\n") == (1, 0)
     assert (cgroups.parse_max("max\n"), cgroups.parse_max("32\n")) == (None, 32)
+
+
+def test_cgroups_reachable_here_or_not(tmp_path: Path) -> None:
+    assert not cgroups.reachable(tmp_path)
+    write_v1(tmp_path)
+    assert cgroups.reachable(tmp_path)
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    write_v2(v2)
+    assert cgroups.reachable(v2)

@@ -91,6 +91,7 @@ async def test_without_cgroup_files_the_engines_stats_stand_in(tmp_path: Path) -
     runtime.usage[container_name(JOB, 1)] = Counters(cpu_usec=1_500_000, pids_current=3)
     usage = sampler(runtime, reports, tmp_path, clock)
     usage.watch(JOB, 1, container_id, spec)
+    usage.tick()  # read at the next tick (here: asked of the engine)
     await settle()
     clock.now = 1.0
     usage.tick()
@@ -113,7 +114,8 @@ async def test_a_failing_stats_call_or_report_loses_only_that_sample(tmp_path: P
     container_id = await started(runtime, spec)
     runtime.fail("usage_stats", RuntimeUnavailable("engine busy"))
     usage = sampler(runtime, reports, tmp_path, clock)
-    usage.watch(JOB, 1, container_id, spec)  # the first stats call fails
+    usage.watch(JOB, 1, container_id, spec)
+    usage.tick()  # the first stats call fails
     await settle()
     runtime.usage[container_name(JOB, 1)] = Counters(cpu_usec=2_000_000)
     usage.tick()
@@ -149,6 +151,7 @@ async def test_the_final_figures_are_the_last_reading_while_it_ran(tmp_path: Pat
     directory = write_cgroup(tmp_path, container_id, **{"pids.events": "max 9\n"})
     usage = sampler(runtime, reports, tmp_path)
     usage.watch(JOB, 1, container_id, spec)
+    usage.tick()
     for path in directory.iterdir():  # the engine removes the cgroup as the container stops
         path.unlink()
     final = usage.finish(JOB)
@@ -248,3 +251,18 @@ async def test_an_attempt_reports_its_usage_and_names_the_limit(tmp_path: Path) 
     assert "pids" in report.limits_hit
     assert report.error is not None
     assert report.error.endswith("; the job reached its limit of 32 processes (fork failed)")
+
+
+async def test_where_cgroups_show_a_container_without_one_has_stopped(tmp_path: Path) -> None:
+    runtime, reports = fake_runtime(), Reports()
+    spec = job_spec()
+    container_id = await started(runtime, spec)
+    write_cgroup(tmp_path, "another-container")  # the files show here, not this one's
+    runtime.usage[container_name(JOB, 1)] = Counters(cpu_usec=1)
+    usage = sampler(runtime, reports, tmp_path)
+    usage.watch(JOB, 1, container_id, spec)
+    await settle()
+    assert ("usage_stats", container_id) not in runtime.calls  # the engine is not asked
+    final = usage.finish(JOB)
+    assert final is not None and final.usage == Usage()
+    await runtime.stop(container_id, 0)

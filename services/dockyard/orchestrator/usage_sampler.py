@@ -49,7 +49,8 @@ class _Watch:
     container_id: str
     limits: Limits
     mounts: tuple[str, ...]
-    cgroup: cgroups.Cgroup | None
+    cgroup: cgroups.Cgroup | None = None
+    located: bool = False  # looked for its cgroup once (found or not)
     usage: Usage = field(default_factory=Usage)
     hits: tuple[str, ...] = ()
     disk_mb: dict[str, int] = field(default_factory=dict)
@@ -79,6 +80,9 @@ class UsageSampler:
         self._clock = clock
         self._root = cgroup_root
         self._watches: dict[str, _Watch] = {}
+        # Where the cgroup files show, a container without one has already stopped (a
+        # trivial job often has by now): asking the engine would cost more than it tells.
+        self._files_here = cgroups.reachable(cgroup_root)
         self.samples = 0  # readings taken, and the CPU they cost (for the benchmark)
         self.sample_cpu_s = 0.0
 
@@ -87,22 +91,21 @@ class UsageSampler:
         return self.sample_s > 0
 
     def watch(self, job_id: str, attempt: int, container_id: str, spec: JobSpec) -> None:
-        """Follow a job container that has just started; its first reading is taken now."""
+        """Follow a job container that has just started."""
         if not self.enabled:
             return
         resources = spec.resources
         limits = Limits(memory_mb=resources.memory_mb, pids=resources.pids, cpus=resources.cpus)
-        watch = _Watch(
+        # Located and read at the next tick, not now: most trivial jobs are gone by then, and
+        # a reading at their start would say nothing (this keeps the per-job cost down).
+        self._watches[job_id] = _Watch(
             job_id=job_id,
             attempt=attempt,
             container_id=container_id,
             limits=limits,
             mounts=tuple(dict.fromkeys(("/tmp", spec.workdir))),
-            cgroup=cgroups.locate(container_id, self._root),
             reported_at=self._clock(),
         )
-        self._watches[job_id] = watch
-        self._sample(watch)
 
     def finish(self, job_id: str, *, oom_killed: bool = False) -> Final | None:
         """Stop following the job: its final figures (one more reading if the cgroup is
@@ -143,8 +146,11 @@ class UsageSampler:
                 self._report(watch, now)
 
     def _sample(self, watch: _Watch) -> None:
+        if not watch.located:
+            watch.cgroup, watch.located = cgroups.locate(watch.container_id, self._root), True
         if watch.cgroup is None:
-            self._ask_engine(watch)
+            if not self._files_here:
+                self._ask_engine(watch)
             return
         began = time.process_time()
         counters = cgroups.read(watch.cgroup)

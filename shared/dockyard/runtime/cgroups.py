@@ -35,6 +35,14 @@ class Cgroup:
         return self.dirs[controller] if self.version == 1 else self.dirs["unified"]
 
 
+def reachable(root: Path = ROOT) -> bool:
+    """Whether the engine's cgroups show here at all (same host, cgroupfs mounted). Where they
+    do, a container whose directory is missing has stopped: no need to ask the engine."""
+    if (root / "cgroup.controllers").exists():
+        return (root / "system.slice").is_dir() or (root / "docker").is_dir()
+    return any((root / base / "docker").is_dir() for base in ("memory", "pids"))
+
+
 def locate(container_id: str, root: Path = ROOT) -> Cgroup | None:
     """The container's cgroup, or None where its files are not reachable from here (another
     host's engine, a cgroup parent of the operator's choosing): then use the engine's stats."""
