@@ -54,7 +54,8 @@ def deny_networks(entries: Iterable[str]) -> tuple[str, ...]:
         network = ipaddress.ip_network(entry.strip(), strict=False)
         if not isinstance(network, ipaddress.IPv4Network):
             raise ValueError(f"{entry!r}: job networks are IPv4 only; give IPv4 networks")
-        found[str(network)] = None
+        # The conntrack match prints a single address without its /32.
+        found[str(network.network_address) if network.prefixlen == 32 else str(network)] = None
     return tuple(found)
 
 
