@@ -23,6 +23,7 @@ from dockyard.runtime import (
     LogPump,
     plan_job,
 )
+from dockyard.runtime.ports import ContainerError
 from tests.contracts.runtime import run_to_end
 
 
@@ -142,6 +143,64 @@ async def test_a_root_owned_0755_workdir_and_tmp_are_writable_by_the_job_user(
     assert lines["stdout"][3].startswith("drwxr-xr-x")  # the image's mode, and ours to write
 
 
+async def _build(docker: aiodocker.Docker, tag: str, dockerfile: bytes) -> None:
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(dockerfile)
+        tar.addfile(info, io.BytesIO(dockerfile))
+    context.seek(0)
+    await docker.images.build(fileobj=context, encoding="identity", tag=tag, rm=True, forcerm=True)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def volume_image(docker: aiodocker.Docker, busybox_image: str) -> AsyncIterator[str]:
+    """An image declaring two VOLUMEs, built here and removed."""
+    tag = f"dockyard-test/volumes:{uuid.uuid4().hex[:12]}"
+    await _build(docker, tag, f"FROM {busybox_image}\nVOLUME /data /var/cache/x\n".encode())
+    try:
+        yield tag
+    finally:
+        await docker.images.delete(tag, force=True)
+
+
+async def test_image_volumes_are_size_capped_tmpfs_never_disk_volumes(
+    jobs: Jobs, docker: aiodocker.Docker, volume_image: str
+) -> None:
+    jobs.image = volume_image
+    script = (
+        "touch /data/a && echo data-rw; grep -E ' /(data|var/cache/x) ' /proc/mounts | "
+        "cut -d' ' -f1-3; dd if=/dev/zero of=/data/big bs=1M count=100 2>/dev/null "
+        "|| echo data-full"
+    )
+    plan = jobs.plan(script, resources=Resources(memory_mb=256))
+    container_id = await jobs.runtime.create_container(plan.job)
+    info = await docker.containers.container(container_id).show()
+    assert info["Mounts"] == []  # no anonymous volume was made
+    await jobs.runtime.remove(container_id)
+
+    status, lines = await jobs.run(script, resources=Resources(memory_mb=256))
+
+    assert status.exit_code == 0, lines
+    assert lines["stdout"] == [
+        "data-rw", "tmpfs /data tmpfs", "tmpfs /var/cache/x tmpfs", "data-full"
+    ]  # fmt: skip
+
+
+async def test_an_image_with_too_many_volumes_is_refused_saying_why(
+    jobs: Jobs, docker: aiodocker.Docker, busybox_image: str
+) -> None:
+    tag = f"dockyard-test/many-volumes:{uuid.uuid4().hex[:12]}"
+    paths = " ".join(f"/v{i}" for i in range(17))
+    await _build(docker, tag, f"FROM {busybox_image}\nVOLUME {paths}\n".encode())
+    try:
+        jobs.image = tag
+        with pytest.raises(ContainerError, match="declares 17 VOLUMEs; at most 16"):
+            await jobs.runtime.create_container(jobs.plan("true").job)
+    finally:
+        await docker.images.delete(tag, force=True)
+
+
 async def test_tmpfs_is_size_capped(jobs: Jobs) -> None:
     status, lines = await jobs.run(
         "head -c 20m /dev/zero > /tmp/big 2>/dev/null || echo full",
@@ -188,6 +247,7 @@ async def test_inspect_shows_the_profile_and_labels(jobs: Jobs, docker: aiodocke
     assert host["ReadonlyRootfs"] is True and not host.get("Binds")
     assert (host["Memory"], host["MemorySwap"]) == (64 << 20, 64 << 20)
     assert (host["NanoCpus"], host["PidsLimit"]) == (500_000_000, 50)
+    assert host["OomScoreAdj"] == 500  # the host's OOM killer takes a job before a service
     assert info["Mounts"] == []
     assert plan.job.config["Labels"].items() <= info["Config"]["Labels"].items()
 
@@ -210,6 +270,9 @@ async def test_a_sidecar_is_reachable_by_name_on_an_internal_network(
     assert (status.exit_code, lines["stdout"]) == (0, ["hello-from-sidecar"])
     network = await (await docker.networks.get(plan.network.name)).show()
     assert network["Internal"] is True
+    # Its bridge carries the name the egress rules match (`-i dyj+`).
+    bridge = network["Options"]["com.docker.network.bridge.name"]
+    assert bridge.startswith("dyj") and len(bridge) == 15
     assert network["Labels"][LABEL_JOB] == plan.job.config["Labels"][LABEL_JOB]
 
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from dockyard.bus.names import LABEL_ATTEMPT, LABEL_JOB, LABEL_ORCHESTRATOR, LABEL_TIMEOUT
 from dockyard.core.spec import JobSpec, Resources, Sidecar, SpecError, check_spec
 from dockyard.runtime import JobPlan, check_hardened, container_name, network_name, plan_job
-from dockyard.runtime.hardening import MIB, bridge_name
+from dockyard.runtime.hardening import MIB, bridge_name, with_image_volumes
 
 JOB = "0190f0c2-0000-7000-8000-000000000001"
 LABELS = {LABEL_JOB: JOB, LABEL_ATTEMPT: "2", LABEL_ORCHESTRATOR: "orc-1"}
@@ -236,3 +236,24 @@ def test_every_valid_spec_gives_a_hardened_labelled_plan(
     if plan.network is not None:
         assert plan.network.config["Labels"] == LABELS
     assert len({c.name for c in (plan.job, *plan.sidecars)}) == 1 + sidecars
+
+
+def test_image_volumes_become_capped_tmpfs_owned_by_the_job_user() -> None:
+    plan = _plan(resources=Resources(memory_mb=64))
+    config = with_image_volumes(plan.job.config, ["/data/", "/var/lib/x", "/tmp"])
+    tmpfs = config["HostConfig"]["Tmpfs"]
+
+    assert tmpfs["/data"] == tmpfs["/var/lib/x"]
+    assert tmpfs["/data"] == "rw,nosuid,nodev,mode=1777,uid=65534,gid=65534,noexec,size=32m"
+    assert tmpfs["/tmp"] == plan.job.config["HostConfig"]["Tmpfs"]["/tmp"]  # already one
+    assert "/data" not in plan.job.config["HostConfig"]["Tmpfs"]  # the plan is unchanged
+    check_hardened(config)
+
+
+@pytest.mark.parametrize(
+    ("volumes", "problem"),
+    [([f"/v{i}" for i in range(17)], "declares 17 VOLUMEs"), (["/"], "absolute path")],
+)
+def test_image_volumes_that_cannot_be_tmpfs_are_refused(volumes: list[str], problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        with_image_volumes(_plan().job.config, volumes)

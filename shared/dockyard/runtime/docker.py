@@ -27,7 +27,7 @@ from dockyard.core.events import ReleaseHow
 from dockyard.core.spec import PullPolicy
 from dockyard.core.usage import Counters
 from dockyard.runtime.cgroups import counters_from_stats
-from dockyard.runtime.hardening import check_hardened
+from dockyard.runtime.hardening import check_hardened, with_image_volumes
 from dockyard.runtime.ports import (
     AlreadyExists,
     Chunk,
@@ -110,12 +110,24 @@ class DockerRuntime:
 
     async def create_container(self, plan: ContainerPlan) -> str:
         try:
-            check_hardened(plan.config)
+            volumes = await self._image_volumes(plan.config["Image"])
+            config = with_image_volumes(plan.config, volumes) if volumes else plan.config
+            check_hardened(config)
         except ValueError as exc:
             raise ContainerError(f"refused to create {plan.name}: {exc}") from None
         async with self._call(f"create container {plan.name}"):
-            container = await self._docker.containers.create(plan.config, name=plan.name)
+            container = await self._docker.containers.create(config, name=plan.name)
         return str(container.id)
+
+    async def _image_volumes(self, ref: str) -> list[str]:
+        """The VOLUMEs the image declares (none if the engine does not know the image: the
+        create then fails saying so)."""
+        try:
+            async with self._call(f"inspect image {ref}"):
+                data = await self._docker.images.inspect(ref)
+        except (NotFound, ImagePullFailed):
+            return []
+        return list((data.get("Config") or {}).get("Volumes") or {})
 
     async def start(self, container_id: str) -> None:
         async with self._call(f"start container {container_id}"):

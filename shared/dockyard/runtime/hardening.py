@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import posixpath
+from collections.abc import Iterable
 from typing import Any, Final
 
 from dockyard.bus.names import (
@@ -34,6 +36,10 @@ NOFILE_HARD = 4096
 # would end in an OOM kill instead of a clear "No space left on device".
 TMP_MAX_MB = 64
 WORKDIR_MAX_MB = 256
+# An image's VOLUMEs become tmpfs mounts of this size at most (never disk-backed volumes);
+# an image that declares more than MAX_VOLUMES of them is refused.
+VOLUME_MAX_MB = 64
+MAX_VOLUMES = 16
 # The contract: SIGTERM, then SIGKILL after 10 s; also what a bare `docker stop` will do.
 STOP_SIGNAL = "SIGTERM"
 STOP_TIMEOUT_S = 10
@@ -209,6 +215,29 @@ def _tmpfs(spec: JobSpec, share: Resources) -> dict[str, str]:
     # The workdir is where jobs build and run their own programs, so it stays executable.
     mounts[spec.workdir] = f"{common},exec,size={min(WORKDIR_MAX_MB, half)}m"
     return mounts
+
+
+def with_image_volumes(config: dict[str, Any], volumes: Iterable[str]) -> dict[str, Any]:
+    """The create request with each of the image's VOLUMEs as a size-capped tmpfs: the engine
+    makes no anonymous disk-backed volume where a tmpfs is mounted, and that volume would be
+    writable past the read-only root and the caps (security review F10). ValueError says why
+    an image cannot run so."""
+    paths = sorted({posixpath.normpath(path) for path in volumes})
+    if len(paths) > MAX_VOLUMES:
+        raise ValueError(
+            f"the image declares {len(paths)} VOLUMEs; at most {MAX_VOLUMES} are mounted "
+            "(as size-capped tmpfs)"
+        )
+    if any(not path.startswith("/") or path == "/" for path in paths):
+        raise ValueError("the image declares a VOLUME that is not an absolute path below /")
+    updated = copy.deepcopy(config)
+    host = updated["HostConfig"]
+    half = max(1, host["Memory"] // MIB // 2)
+    common = "rw,nosuid,nodev,mode=1777" + _owner_options(updated["User"])
+    for path in paths:
+        # /tmp and the workdir are tmpfs already; what sits below them is inside those.
+        host["Tmpfs"].setdefault(path, f"{common},noexec,size={min(VOLUME_MAX_MB, half)}m")
+    return updated
 
 
 def _owner_options(user: str) -> str:
