@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from dockyard.core.registries import RegistryPolicy
@@ -65,3 +67,13 @@ async def test_pull_policy_never_keeps_dockyards_own_words() -> None:
     assert (
         raised.value.message == "image busybox:latest is not present and the pull policy is never"
     )
+
+
+async def test_the_operators_log_has_the_job_and_the_engines_words(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, "dockyard.orchestrator"), pytest.raises(ImagePullFailed):
+        await Images(FakeRuntime()).ensure("busybox:latest", "always", job="job-1")
+    [record] = caplog.records
+    assert record.job == "job-1"  # type: ignore[attr-defined]
+    assert "repository does not exist or no access" in record.getMessage()

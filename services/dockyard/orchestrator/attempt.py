@@ -261,7 +261,7 @@ class Attempt:
         with tracing.job_span(
             tracing.ORCHESTRATOR, "dockyard.image", attributes={"dockyard.image": ref}
         ):
-            task = asyncio.create_task(self._ctx.images.ensure(ref, pull))
+            task = asyncio.create_task(self._ctx.images.ensure(ref, pull, job=self.claim.job_id))
             try:
                 done, _ = await asyncio.wait({task}, timeout=PULL_NOTE_AFTER_S)
                 if not done:
@@ -277,7 +277,7 @@ class Attempt:
         async def pull_again() -> None:
             # The image was removed since it was last seen: pull per policy, once.
             self._ctx.images.forget(image)
-            await self._ctx.images.ensure(image, self.claim.spec.pull)
+            await self._ctx.images.ensure(image, self.claim.spec.pull, job=self.claim.job_id)
 
         with tracing.job_span(
             tracing.ORCHESTRATOR,

@@ -78,8 +78,9 @@ class Images:
         """True when `ensure` would have nothing to do (the dispatch path skips it then)."""
         return policy != "always" and self._known(ref)
 
-    async def ensure(self, ref: str, policy: PullPolicy) -> None:
-        """Per `policy`; raises ImagePullFailed in words for the tenant (see above)."""
+    async def ensure(self, ref: str, policy: PullPolicy, *, job: str | None = None) -> None:
+        """Per `policy`; raises ImagePullFailed in words for the tenant (see above). `job`
+        names the job in the operator's log line."""
         if self.fresh(ref, policy):
             return
         registry = registry_of(ref)
@@ -93,11 +94,12 @@ class Images:
             if policy == "never":
                 raise  # nothing was pulled: the words are Dockyard's own
             log.warning(
-                "orchestrator.image_pull_failed image=%s registry=%s engine=%s",
+                "orchestrator.image_pull_failed job=%s image=%s registry=%s engine=%s",
+                job,
                 ref,
                 registry,
                 exc.message,
-                extra={"event": "orchestrator.image_pull_failed", "image": ref},
+                extra={"event": "orchestrator.image_pull_failed", "job": job, "image": ref},
             )
             words = pull_failure_words(exc.message)
             raise ImagePullFailed(f"image could not be pulled from {registry}: {words}") from None
