@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dockyard import config
 from dockyard.core.registries import RegistryPolicy, check_images, registry_of, split_host
 from dockyard.core.spec import IMAGE_PATTERN, JobSpec, SpecError, convert_spec
 
@@ -167,3 +168,12 @@ def test_every_reference_the_spec_accepts_has_a_registry_and_an_answer(ref: str)
     why = ANY.refusal(ref)
     assert why is None or registry in why
     assert RegistryPolicy((registry,)).refusal(ref) is None  # listed: always allowed
+
+
+def test_the_setting_takes_hosts_and_refuses_urls() -> None:
+    env = {"DOCKYARD_ALLOWED_REGISTRIES": " Ghcr.io , 127.0.0.1:5000 ,"}
+    assert config.load(env).allowed_registries == ("ghcr.io", "127.0.0.1:5000")
+    assert config.load({}).allowed_registries == ()
+    for bad in ("https://ghcr.io", "ghcr.io/acme", "a b"):
+        with pytest.raises(config.ConfigError, match="DOCKYARD_ALLOWED_REGISTRIES"):
+            config.load({"DOCKYARD_ALLOWED_REGISTRIES": bad})
