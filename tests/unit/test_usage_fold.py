@@ -184,3 +184,15 @@ def test_higher_never_lowers_a_figure(a: Usage, b: Usage) -> None:
     both = higher(a, b)
     assert both.cpu_s >= max(a.cpu_s, b.cpu_s) and both.pids_peak >= max(a.pids_peak, b.pids_peak)
     assert higher(both, a) == both
+
+
+def test_the_job_containers_limits_are_its_share_with_sidecars() -> None:
+    body = {
+        "image": "busybox",
+        "resources": {"cpus": 2.0, "memory_mb": 512, "pids": 64},
+        "sidecars": [{"name": "db", "image": "busybox"}],
+    }
+    spec = msgspec.convert(body, JobSpec)
+    assert Limits.of_job(spec) == Limits(memory_mb=256, pids=32, cpus=1.0)
+    alone = msgspec.convert({"image": "busybox", "resources": {"pids": 64}}, JobSpec)
+    assert Limits.of_job(alone).pids == 64

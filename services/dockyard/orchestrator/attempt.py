@@ -339,7 +339,7 @@ class Attempt:
                 return report
             return with_usage(
                 report,
-                _limits(claim.spec),
+                Limits.of_job(claim.spec),
                 usage=final.usage,
                 hits=final.limits_hit,
                 disk_mb=final.disk_mb,
@@ -407,11 +407,6 @@ class Attempt:
             return False
         finally:
             await cancel_and_wait([task])
-
-
-def _limits(spec: JobSpec) -> Limits:
-    r = spec.resources
-    return Limits(memory_mb=r.memory_mb, pids=r.pids, cpus=r.cpus)
 
 
 def _report_attributes(report: ReportExit) -> dict[str, str | int | float]:

@@ -94,8 +94,7 @@ class UsageSampler:
         """Follow a job container that has just started."""
         if not self.enabled:
             return
-        resources = spec.resources
-        limits = Limits(memory_mb=resources.memory_mb, pids=resources.pids, cpus=resources.cpus)
+        limits = Limits.of_job(spec)
         # Located and read at the next tick, not now: most trivial jobs are gone by then, and
         # a reading at their start would say nothing (this keeps the per-job cost down).
         self._watches[job_id] = _Watch(

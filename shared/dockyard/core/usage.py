@@ -11,6 +11,8 @@ from typing import Final
 
 from msgspec import Struct
 
+from dockyard.core.spec import JobSpec, container_share
+
 MIB: Final = 1024 * 1024
 # "At the limit": a peak within this fraction of it (the kernel reclaims just below it).
 AT_LIMIT: Final = 0.98
@@ -54,11 +56,17 @@ class Counters(Struct, frozen=True, kw_only=True):
 
 
 class Limits(Struct, frozen=True, kw_only=True):
-    """The limits an attempt runs under, as the spec gave them."""
+    """The limits the job container runs under."""
 
     memory_mb: int
     pids: int
     cpus: float
+
+    @classmethod
+    def of_job(cls, spec: JobSpec) -> Limits:
+        """The job container's share of the spec's resources (its sidecars get the rest)."""
+        share = container_share(spec)
+        return cls(memory_mb=share.memory_mb, pids=share.pids, cpus=share.cpus)
 
 
 def usage_of(counters: Counters, peaks: Usage | None = None) -> Usage:
