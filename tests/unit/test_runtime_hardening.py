@@ -12,7 +12,12 @@ from hypothesis import strategies as st
 from dockyard.bus.names import LABEL_ATTEMPT, LABEL_JOB, LABEL_ORCHESTRATOR, LABEL_TIMEOUT
 from dockyard.core.spec import JobSpec, Resources, Sidecar, SpecError, check_spec
 from dockyard.runtime import JobPlan, check_hardened, container_name, network_name, plan_job
-from dockyard.runtime.hardening import MIB, bridge_name, with_image_volumes
+from dockyard.runtime.hardening import (
+    MIB,
+    bridge_name,
+    with_image_volumes,
+    with_isolated_gateway,
+)
 
 JOB = "0190f0c2-0000-7000-8000-000000000001"
 LABELS = {LABEL_JOB: JOB, LABEL_ATTEMPT: "2", LABEL_ORCHESTRATOR: "orc-1"}
@@ -136,6 +141,19 @@ def test_isolated_network_is_internal_labelled_and_shared_by_name() -> None:
     assert side.config["HostConfig"]["NetworkMode"] == net
     assert plan.job.config["NetworkingConfig"] == {"EndpointsConfig": {net: {}}}
     assert plan.job.config["HostConfig"]["NetworkMode"] == net
+
+
+def test_isolated_networks_keep_their_gateway_off_the_host_where_the_engine_can() -> None:
+    isolated = _plan(network="isolated").network
+    egress = _plan(network="egress").network
+    assert isolated is not None and egress is not None
+
+    newer = with_isolated_gateway(isolated.config, "1.48")
+    assert newer["Options"]["com.docker.network.bridge.gateway_mode_ipv4"] == "isolated"
+    assert "com.docker.network.bridge.gateway_mode_ipv4" not in isolated.config["Options"]
+    assert with_isolated_gateway(isolated.config, "1.41") == isolated.config  # Docker 20.10
+    assert with_isolated_gateway(egress.config, "1.50") == egress.config  # NAT needs it
+    assert with_isolated_gateway(isolated.config, "garbage") == isolated.config
 
 
 def test_egress_network_is_not_internal() -> None:

@@ -27,7 +27,7 @@ from dockyard.core.events import ReleaseHow
 from dockyard.core.spec import PullPolicy
 from dockyard.core.usage import Counters
 from dockyard.runtime.cgroups import counters_from_stats
-from dockyard.runtime.hardening import check_hardened, with_image_volumes
+from dockyard.runtime.hardening import check_hardened, with_image_volumes, with_isolated_gateway
 from dockyard.runtime.ports import (
     AlreadyExists,
     Chunk,
@@ -63,6 +63,7 @@ class DockerRuntime:
         self._docker = docker
         self._timeout = call_timeout_s
         self._pull_timeout = pull_timeout_s
+        self._api: str | None = None
 
     async def ping(self, timeout_s: float) -> None:
         # GET /_ping: the engine's own liveness check, the cheapest call it answers.
@@ -95,9 +96,19 @@ class DockerRuntime:
             raise ImagePullFailed(exc.message) from exc
 
     async def create_network(self, plan: NetworkPlan) -> str:
+        config = plan.config
+        if config.get("Internal"):
+            config = with_isolated_gateway(config, await self._api_version())
         async with self._call(f"create network {plan.name}"):
-            network = await self._docker.networks.create(plan.config)
+            network = await self._docker.networks.create(config)
         return str(network.id)
+
+    async def _api_version(self) -> str:
+        """The engine's API version, asked once."""
+        if self._api is None:
+            async with self._call("ask the engine's version"):
+                self._api = str((await self._docker.version()).get("ApiVersion") or "0")
+        return self._api
 
     async def remove_network(self, name_or_id: str) -> ReleaseHow:
         try:

@@ -119,6 +119,30 @@ def _network_plan(job_id: str, attempt: int, mode: str, labels: dict[str, str]) 
     return NetworkPlan(name=name, config=config)
 
 
+# Docker 28 (API 1.48) can keep an internal network's gateway address off the host, so that
+# nothing on the host is reachable from it; 20.10 does not know the option (the orchestrator's
+# INPUT rules cover that there: orchestrator/egress_rules.py).
+GATEWAY_MODE_OPTION: Final = "com.docker.network.bridge.gateway_mode_ipv4"
+GATEWAY_MODE_API: Final = (1, 48)
+
+
+def with_isolated_gateway(config: dict[str, Any], api_version: str) -> dict[str, Any]:
+    """An `isolated` network's create request with its gateway off the host, where the
+    engine's API version knows the option; the request unchanged otherwise."""
+    if not config.get("Internal") or _api(api_version) < GATEWAY_MODE_API:
+        return config
+    updated = copy.deepcopy(config)
+    updated.setdefault("Options", {})[GATEWAY_MODE_OPTION] = "isolated"
+    return updated
+
+
+def _api(version: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in version.split("."))
+    except ValueError:
+        return (0,)
+
+
 def bridge_name(network: str) -> str:
     """The host interface of a job network: 15 characters, the kernel's limit."""
     return BRIDGE_PREFIX + hashlib.sha256(network.encode()).hexdigest()[:12]
