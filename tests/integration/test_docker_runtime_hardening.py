@@ -23,6 +23,7 @@ from dockyard.runtime import (
     LogPump,
     plan_job,
 )
+from dockyard.runtime.hardening import can_cap_writable_layer
 from dockyard.runtime.ports import ContainerError
 from tests.contracts.runtime import run_to_end
 
@@ -199,6 +200,24 @@ async def test_an_image_with_too_many_volumes_is_refused_saying_why(
             await jobs.runtime.create_container(jobs.plan("true").job)
     finally:
         await docker.images.delete(tag, force=True)
+
+
+async def test_a_writable_root_is_capped_only_where_the_storage_driver_can(
+    jobs: Jobs, docker: aiodocker.Docker
+) -> None:
+    info = await docker.system.info()
+    status = dict(info.get("DriverStatus") or [])
+    sized = can_cap_writable_layer(info["Driver"], status.get("Backing Filesystem", ""))
+    plan = jobs.plan("touch /written && echo root-rw", read_only=False)
+    container_id = await jobs.runtime.create_container(plan.job)
+    shown = await docker.containers.container(container_id).show()
+    await jobs.runtime.remove(container_id)
+
+    expected = {"size": "1024M"} if sized else None
+    assert shown["HostConfig"].get("StorageOpt") == expected  # none here: overlay2 on ext4
+    # (A tenant with allow_root: the root directory is root's to write.)
+    status_, lines = await jobs.run("touch /written && echo root-rw", read_only=False, user="0:0")
+    assert (status_.exit_code, lines["stdout"]) == (0, ["root-rw"])
 
 
 async def test_tmpfs_is_size_capped(jobs: Jobs) -> None:

@@ -15,8 +15,10 @@ from dockyard.runtime import JobPlan, check_hardened, container_name, network_na
 from dockyard.runtime.hardening import (
     MIB,
     bridge_name,
+    can_cap_writable_layer,
     with_image_volumes,
     with_isolated_gateway,
+    with_writable_cap,
 )
 
 JOB = "0190f0c2-0000-7000-8000-000000000001"
@@ -275,3 +277,27 @@ def test_image_volumes_become_capped_tmpfs_owned_by_the_job_user() -> None:
 def test_image_volumes_that_cannot_be_tmpfs_are_refused(volumes: list[str], problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
         with_image_volumes(_plan().job.config, volumes)
+
+
+@pytest.mark.parametrize(
+    ("driver", "backing", "capped"),
+    [
+        ("overlay2", "xfs", True),
+        ("overlay2", "extfs", False),  # this machine: /var/lib/docker on ext4
+        ("btrfs", "btrfs", True),
+        ("zfs", "zfs", True),
+        ("vfs", "extfs", False),
+    ],
+)
+def test_a_writable_layer_is_capped_where_the_driver_can(
+    driver: str, backing: str, capped: bool
+) -> None:
+    assert can_cap_writable_layer(driver, backing) is capped
+
+
+def test_only_a_writable_root_gets_the_storage_cap() -> None:
+    writable = with_writable_cap(_plan(read_only=False).job.config)
+    assert writable["HostConfig"]["StorageOpt"] == {"size": "1024M"}
+    read_only = _plan().job.config
+    assert with_writable_cap(read_only) is read_only
+    check_hardened(writable)

@@ -27,7 +27,13 @@ from dockyard.core.events import ReleaseHow
 from dockyard.core.spec import PullPolicy
 from dockyard.core.usage import Counters
 from dockyard.runtime.cgroups import counters_from_stats
-from dockyard.runtime.hardening import check_hardened, with_image_volumes, with_isolated_gateway
+from dockyard.runtime.hardening import (
+    can_cap_writable_layer,
+    check_hardened,
+    with_image_volumes,
+    with_isolated_gateway,
+    with_writable_cap,
+)
 from dockyard.runtime.ports import (
     AlreadyExists,
     Chunk,
@@ -64,6 +70,7 @@ class DockerRuntime:
         self._timeout = call_timeout_s
         self._pull_timeout = pull_timeout_s
         self._api: str | None = None
+        self._can_size: bool | None = None
 
     async def ping(self, timeout_s: float) -> None:
         # GET /_ping: the engine's own liveness check, the cheapest call it answers.
@@ -103,6 +110,16 @@ class DockerRuntime:
             network = await self._docker.networks.create(config)
         return str(network.id)
 
+    async def _sized(self) -> bool:
+        """Whether the engine's storage driver can cap a writable layer, asked once."""
+        if self._can_size is None:
+            async with self._call("ask the engine's storage driver"):
+                info = await self._docker.system.info()
+            status = dict((pair[0], pair[1]) for pair in info.get("DriverStatus") or [])
+            backing = str(status.get("Backing Filesystem", ""))
+            self._can_size = can_cap_writable_layer(str(info.get("Driver", "")), backing)
+        return self._can_size
+
     async def _api_version(self) -> str:
         """The engine's API version, asked once."""
         if self._api is None:
@@ -123,6 +140,8 @@ class DockerRuntime:
         try:
             volumes = await self._image_volumes(plan.config["Image"])
             config = with_image_volumes(plan.config, volumes) if volumes else plan.config
+            if not config["HostConfig"].get("ReadonlyRootfs", True) and await self._sized():
+                config = with_writable_cap(config)
             check_hardened(config)
         except ValueError as exc:
             raise ContainerError(f"refused to create {plan.name}: {exc}") from None

@@ -136,6 +136,30 @@ def with_isolated_gateway(config: dict[str, Any], api_version: str) -> dict[str,
     return updated
 
 
+# `read_only: false` (tenants with allow_root only) gets a writable layer of at most this size
+# where the storage driver can cap it: overlay2 on xfs (mounted with pquota, else the engine
+# refuses the create saying so), btrfs, zfs, devicemapper. Elsewhere (overlay2 on ext4, as on
+# this machine) it cannot be capped, and docs/operations.md says so.
+WRITABLE_MAX_MB: Final = 1024
+_SIZED_DRIVERS: Final = frozenset({"btrfs", "zfs", "devicemapper"})
+
+
+def can_cap_writable_layer(driver: str, backing_filesystem: str) -> bool:
+    """Whether the engine's storage driver takes `StorageOpt size` (from `docker info`)."""
+    if driver == "overlay2":
+        return backing_filesystem == "xfs"
+    return driver in _SIZED_DRIVERS
+
+
+def with_writable_cap(config: dict[str, Any], size_mb: int = WRITABLE_MAX_MB) -> dict[str, Any]:
+    """A writable-root container's create request with its writable layer capped."""
+    if config["HostConfig"].get("ReadonlyRootfs", True):
+        return config
+    updated = copy.deepcopy(config)
+    updated["HostConfig"]["StorageOpt"] = {"size": f"{size_mb}M"}
+    return updated
+
+
 def _api(version: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in version.split("."))
