@@ -78,7 +78,6 @@ def check_tenant_spec(spec: JobSpec, limits: TenantLimits, prefix: str = "") -> 
     if not spec.read_only and not limits.allow_root:
         raise SpecError(
             f"{prefix}read_only",
-            "read_only: false (a writable root file system, not capped in size on this "
-            "installation) is not allowed for this tenant (allow_root in "
-            "DOCKYARD_TENANT_LIMITS); write to /tmp or the workdir instead",
+            "read_only: false (a writable root file system) is not allowed for this tenant "
+            "(allow_root in DOCKYARD_TENANT_LIMITS); write to /tmp or the workdir instead",
         )
