@@ -201,3 +201,57 @@ async def test_the_page_tails_a_job_live_through_a_relay_restart(
             await browser.close()
     if os.environ.get("DOCKYARD_SCREENSHOTS") is None:
         shutil.rmtree(shots, ignore_errors=True)
+
+
+# About 3 s of CPU, then 20 MiB held in /tmp for 8 s: two usage reports or more at 5 s each.
+USAGE_SCRIPT = (
+    "i=0; while [ $i -lt 1500000 ]; do i=$((i+1)); done; head -c 20m /dev/zero > /tmp/held; sleep 8"
+)
+
+
+async def test_the_job_page_shows_usage_and_a_live_chart_of_cpu_and_memory(
+    stack: dict[str, Any], busybox_image: str, tmp_path: Path
+) -> None:
+    async_playwright = _browser_or_fail()
+    shots = _screenshots(tmp_path)
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 900})
+            problems: list[str] = []
+            page.on("pageerror", lambda error: problems.append(str(error)))
+            await page.goto(stack["page_url"] + "/")
+            await page.wait_for_selector("#token-dialog[open]")
+            await page.fill("#token-input", "acme-token")
+            await page.click("#token-form button[type=submit]")
+            await page.fill("#submit-form input[name=image]", busybox_image)
+            await page.fill("#submit-form input[name=command]", USAGE_SCRIPT)
+            await page.click("#submit-form button[type=submit]")
+            await page.wait_for_url("**/#/jobs/*")
+
+            # While it runs: the chart appears, drawn in the page, and says it is live.
+            await page.wait_for_selector("#job-status.running", timeout=30_000)
+            await page.wait_for_selector("#job-usage:not([hidden])", timeout=30_000)
+            assert "(live)" in (await page.text_content("#usage-legend") or "")
+            drawn = await page.evaluate(
+                "(() => { const c = document.querySelector('#usage-chart');"
+                " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+                " let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i]) n++; return n; })()"
+            )
+            assert drawn > 100, "nothing drawn on the chart"
+            await page.screenshot(path=str(shots / "job-usage-live.png"))
+
+            # Once it ended: the final figures in words, and the chart says so.
+            await page.wait_for_selector("#job-status.succeeded", timeout=60_000)
+            await wait_until(
+                page, "document.querySelector('#usage-legend').textContent.includes('(final)')"
+            )
+            facts = await page.text_content("#job-facts") or ""
+            assert "Usage" in facts and "CPU" in facts and "of 512" in facts
+            assert int(await page.get_attribute("#usage-chart", "data-samples") or 0) >= 3
+            await page.screenshot(path=str(shots / "job-usage-final.png"), full_page=True)
+            assert problems == []
+        finally:
+            await browser.close()

@@ -227,6 +227,7 @@ function showJob(jobId) {
         lastVersion = job.version;
         const history = await api(`/v1/jobs/${jobId}/events`);
         renderEvents(history.events);
+        renderUsage(history.events, job);
       }
       if (FINISHED.has(job.status)) return false;
     } catch (error) {
@@ -286,6 +287,8 @@ function renderJob(job) {
   ];
   if (job.reason) facts.push(["Reason", job.reason]);
   if (job.error) facts.push(["Error", job.error]);
+  if (job.usage) facts.push(["Usage", usageWords(job)]);
+  if (job.limits_hit && job.limits_hit.length) facts.push(["Limits hit", limitsWords(job.limits_hit)]);
   $("job-facts").replaceChildren(
     ...facts.map(([name, value]) =>
       el("div", name === "Command" ? { class: "wide" } : {}, el("dt", { text: name }), el("dd", { text: value })),
@@ -307,6 +310,112 @@ function renderEvents(events) {
       ),
     ),
   );
+}
+
+// -- what the job used: in words, and a chart of CPU and memory drawn from its history
+
+function figure(value) {
+  const n = Number(value) || 0;
+  if (n >= 10) return n.toFixed(0);
+  return n < 1 ? String(Number(n.toPrecision(2))) : n.toFixed(1);
+}
+
+function usageWords(job) {
+  const u = job.usage;
+  const r = job.spec.resources || {};
+  const parts = [
+    `CPU ${figure(u.cpu_s)} s`,
+    `peak ${figure(u.memory_peak_mb)} MiB` + (r.memory_mb ? ` of ${r.memory_mb}` : ""),
+    r.pids ? `${u.pids_peak} of ${r.pids} processes` : `${u.pids_peak} processes`,
+  ];
+  if (u.io_read_mb || u.io_write_mb) {
+    parts.push(`read ${figure(u.io_read_mb)} MiB, wrote ${figure(u.io_write_mb)} MiB`);
+  }
+  if (u.cpu_throttled_s) parts.push(`throttled ${figure(u.cpu_throttled_s)} s`);
+  return parts.join(" · ");
+}
+
+const LIMIT_NAMES = { memory: "memory", pids: "processes", cpu: "CPU (throttled)" };
+
+function limitsWords(hits) {
+  return hits.map((hit) => (hit.startsWith("disk:") ? `${hit.slice(5)} full` : LIMIT_NAMES[hit] || hit)).join(", ");
+}
+
+// Samples of the last attempt: its usage_recorded events, and its end if that carried usage.
+function usageSamples(events, job) {
+  const points = [];
+  for (const event of events) {
+    const usage = event.data && event.data.usage;
+    if (!usage || event.data.attempt !== job.attempt) continue;
+    points.push({ t: Date.parse(event.at) / 1000, cpu: usage.cpu_s, memory: usage.memory_peak_mb });
+  }
+  if (job.started_at && points.length) points.unshift({ t: Date.parse(job.started_at) / 1000, cpu: 0, memory: 0 });
+  return points;
+}
+
+function renderUsage(events, job) {
+  const box = $("job-usage");
+  const points = usageSamples(events, job);
+  box.hidden = points.length < 2;
+  if (box.hidden) return;
+  const canvas = $("usage-chart");
+  const limits = job.spec.resources || {};
+  // CPU in cores over each interval between two samples, drawn as steps.
+  const cores = [];
+  for (let i = 1; i < points.length; i++) {
+    const dt = points[i].t - points[i - 1].t;
+    const v = dt > 0 ? Math.max(0, (points[i].cpu - points[i - 1].cpu) / dt) : 0;
+    cores.push({ t: points[i - 1].t, v }, { t: points[i].t, v });
+  }
+  const memory = points.map((p) => ({ t: p.t, v: p.memory }));
+  const cpuTop = Math.max(limits.cpus || 1, ...cores.map((p) => p.v));
+  const memoryTop = Math.max(limits.memory_mb || 1, ...memory.map((p) => p.v));
+  drawChart(canvas, points[0].t, points[points.length - 1].t, [
+    { points: cores, top: cpuTop, colour: "#2457d6" },
+    { points: memory, top: memoryTop, colour: "#d97706" },
+  ]);
+  canvas.dataset.samples = String(points.length);
+  const lastCores = cores[cores.length - 1].v;
+  $("usage-legend").replaceChildren(
+    el("span", { class: "cpu", text: `■ CPU ${figure(lastCores)} of ${figure(limits.cpus || 1)} cores` }),
+    " · ",
+    el("span", { class: "memory", text: `■ peak memory ${figure(memory[memory.length - 1].v)} of ${limits.memory_mb} MiB` }),
+    FINISHED.has(job.status) ? " (final)" : " (live)",
+  );
+}
+
+function drawChart(canvas, start, end, series) {
+  const ratio = window.devicePixelRatio || 1;
+  const width = canvas.clientWidth || canvas.width;
+  const height = canvas.clientHeight || canvas.height;
+  canvas.width = Math.round(width * ratio);
+  canvas.height = Math.round(height * ratio);
+  const g = canvas.getContext("2d");
+  g.setTransform(ratio, 0, 0, ratio, 0, 0);
+  g.clearRect(0, 0, width, height);
+  const pad = 8;
+  const span = Math.max(end - start, 1);
+  g.strokeStyle = "#e2e5ea";
+  g.lineWidth = 1;
+  for (const f of [0, 0.5, 1]) {
+    const y = pad + (height - 2 * pad) * f;
+    g.beginPath();
+    g.moveTo(pad, y);
+    g.lineTo(width - pad, y);
+    g.stroke();
+  }
+  for (const { points, top, colour } of series) {
+    g.strokeStyle = colour;
+    g.lineWidth = 2;
+    g.beginPath();
+    points.forEach((p, i) => {
+      const x = pad + ((p.t - start) / span) * (width - 2 * pad);
+      const y = height - pad - (p.v / top) * (height - 2 * pad);
+      if (i === 0) g.moveTo(x, y);
+      else g.lineTo(x, y);
+    });
+    g.stroke();
+  }
 }
 
 // -- the live log
