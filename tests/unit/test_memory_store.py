@@ -43,7 +43,10 @@ def test_job_view_has_exactly_the_contract_fields() -> None:
         "finished_at",
         "spec",
         "version",
+        "usage",
+        "limits_hit",
     ]
+    assert (view["usage"], view["limits_hit"]) == (None, [])  # not started yet
     assert view["created_at"] == "2026-03-01T12:00:00Z"
     assert view["queued_at"] == "2026-03-01T12:00:00Z"
     assert view["started_at"] is None
