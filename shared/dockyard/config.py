@@ -206,6 +206,18 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         read_by=("orchestrator", "`dockyard up`"),
         group="claims",
     ),
+    Variable(
+        name="DOCKYARD_SECRETS_KEY",
+        default="none (`dockyard up`: generated, `<data-dir>/credentials/secrets.key`)",
+        meaning="file holding the key that seals the values of a spec's `secrets` (the job's "
+        "and its sidecars'): 32 random bytes in base64, as `openssl rand -base64 32` prints "
+        "them. The scheduler seals them before anything is stored or published; only the "
+        "orchestrator that holds a job's claim opens them, just before creating its "
+        "containers. `new,old` (two files) seals with the first and opens with either "
+        "(rotation). Without it a spec with `secrets` is refused (422, field `secrets`).",
+        read_by=("scheduler", "orchestrator", "`dockyard up`"),
+        group="claims",
+    ),
     *(
         Variable(
             name=name,
@@ -390,6 +402,8 @@ class Settings(Struct, frozen=True, kw_only=True):
     # The claim key's file (scheduler) and its public half, or a file holding it (orchestrator).
     claim_key: str | None = None
     claim_public_key: str | None = None
+    # DOCKYARD_SECRETS_KEY as given: its files, comma-separated (dockyard.sealing reads them).
+    secrets_key: str | None = None
     # The operator's defaults and maxima of a job's resources and timeout (the scheduler's).
     spec_bounds: SpecBounds = SpecBounds()
     # DOCKYARD_ALLOWED_REGISTRIES as given (core.registries.RegistryPolicy reads it); empty:
@@ -436,6 +450,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         janitor_cron=env.get("DOCKYARD_JANITOR_CRON") or None,
         claim_key=env.get("DOCKYARD_CLAIM_KEY") or None,
         claim_public_key=env.get("DOCKYARD_CLAIM_PUBLIC_KEY") or None,
+        secrets_key=env.get("DOCKYARD_SECRETS_KEY") or None,
         spec_bounds=spec_bounds(env),
         allowed_registries=allowed_registries(env.get("DOCKYARD_ALLOWED_REGISTRIES", "")),
         egress_deny=egress_deny(env.get("DOCKYARD_EGRESS_DENY", "")),

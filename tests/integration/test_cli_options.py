@@ -29,7 +29,7 @@ from dockyard.store.pool import create_pool
 from dockyard.store.read_model import PgJobViews
 from dockyard.web.auth import Tokens
 from tests.support.log_relay import TOKENS, relay_in_process
-from tests.support.orchestration import ControlPlane, running_orchestrator
+from tests.support.orchestration import ControlPlane, running_orchestrator, secrets_ring
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -88,7 +88,12 @@ async def stack(nats_url: str, database_url: str, busybox_image: str) -> AsyncIt
     runner: web.AppRunner | None = None
     try:
         async with ControlPlane(nats_url, database_url) as plane:
-            ctx = Context(store=plane.store, views=PgJobViews(pool), tokens=Tokens(TOKENS))
+            ctx = Context(
+                store=plane.store,
+                views=PgJobViews(pool),
+                tokens=Tokens(TOKENS),
+                secrets=secrets_ring("scheduler"),
+            )
             runner = web.AppRunner(build_app(ctx), access_log=None, shutdown_timeout=2.0)
             await runner.setup()
             await web.TCPSite(runner, "127.0.0.1", 0).start()

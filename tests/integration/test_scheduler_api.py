@@ -20,6 +20,7 @@ from dockyard.store.pool import create_pool
 from dockyard.store.postgres import PgEventStore
 from dockyard.store.read_model import PgJobViews
 from dockyard.web.auth import Tokens
+from tests.support.orchestration import secrets_ring
 
 ACME = {"Authorization": "Bearer acme-token"}
 GLOBEX = {"Authorization": "Bearer globex-token"}
@@ -30,7 +31,9 @@ TOKENS = {"acme-token": "acme", "globex-token": "globex", "admin-token": "admin"
 @pytest_asyncio.fixture(loop_scope="session")
 async def memory_client() -> AsyncIterator[TestClient[Any, Any]]:
     memory = InMemoryEventStore()
-    ctx = Context(store=memory, views=memory, tokens=Tokens(TOKENS))
+    ctx = Context(
+        store=memory, views=memory, tokens=Tokens(TOKENS), secrets=secrets_ring("scheduler")
+    )
     async with TestClient(TestServer(build_app(ctx))) as test_client:
         yield test_client
 
@@ -41,7 +44,13 @@ async def postgres_client(database_url: str) -> AsyncIterator[TestClient[Any, An
     store = PgEventStore(pool)
     batcher = CommandBatcher(store)  # as the service runs: commands through the batcher
     try:
-        ctx = Context(store=store, views=PgJobViews(pool), tokens=Tokens(TOKENS), batcher=batcher)
+        ctx = Context(
+            store=store,
+            views=PgJobViews(pool),
+            tokens=Tokens(TOKENS),
+            batcher=batcher,
+            secrets=secrets_ring("scheduler"),
+        )
         async with TestClient(TestServer(build_app(ctx))) as test_client:
             yield test_client
     finally:

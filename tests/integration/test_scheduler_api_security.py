@@ -21,10 +21,11 @@ from dockyard.core.events import JobSubmitted
 from dockyard.scheduler.app import build_app
 from dockyard.scheduler.context import Context
 from dockyard.scheduler.schedule_store import PgScheduleStore
+from dockyard.sealing import is_sealed, job_scope, open_spec, schedule_scope
 from dockyard.store.read_model import PgJobViews
 from dockyard.web.auth import Tokens
 from tests.support.nats import fetch_all
-from tests.support.orchestration import ControlPlane
+from tests.support.orchestration import ControlPlane, secrets_ring
 
 ACME = {"Authorization": "Bearer acme-token"}
 SECRET = "s3cr3t-VALUE"
@@ -59,6 +60,7 @@ async def api(nats_url: str, database_url: str) -> AsyncIterator[Api]:
             schedules=PgScheduleStore(plane.pool),
             tokens=Tokens({"acme-token": "acme"}),
             batcher=plane.batcher,
+            secrets=secrets_ring("scheduler"),
         )
         async with TestClient(TestServer(build_app(ctx))) as client:
             yield Api(client, plane, ctx)
@@ -210,21 +212,67 @@ async def test_no_answer_about_a_job_carries_its_or_its_sidecars_secrets(api: Ap
     assert b'"type":"job_submitted"' in events
     _assert_masked(await api.raw("POST", f"/v1/jobs/{job_id}/cancel", 202))
     _assert_masked(await api.raw("GET", f"/v1/jobs/{job_id}/events", 200))
-    # The orchestrator reads the events, not the answers: they keep the real values.
+    # The events hold them sealed for this job: only a holder of the key opens them.
     submitted = (await api.plane.events(job_id))[0]
     assert isinstance(submitted, JobSubmitted)
-    assert submitted.spec.env["TOKEN"] == SECRET
-    assert submitted.spec.sidecars[0].env["POSTGRES_PASSWORD"] == SIDECAR_SECRET
+    assert is_sealed(submitted.spec.env["TOKEN"])
+    opened = open_spec(submitted.spec, secrets_ring("orchestrator"), job_scope(job_id))
+    assert opened.env["TOKEN"] == SECRET
+    assert opened.sidecars[0].env["POSTGRES_PASSWORD"] == SIDECAR_SECRET
 
 
 async def test_no_answer_about_a_schedule_carries_its_jobs_secrets(api: Api) -> None:
     body = {"name": "nightly", "interval_s": 60, "job": _spec()}
     _assert_masked(await api.raw("POST", "/v1/schedules", 201, json=body))
     _assert_masked(await api.raw("GET", "/v1/schedules", 200))
-    # The jobs it fires get the real values.
+    # The table holds them sealed for the schedule; each fired job gets them sealed for it.
     [schedule] = await api.ctx.schedules.listing("acme")
-    assert schedule.job.env["TOKEN"] == SECRET
-    assert schedule.job.sidecars[0].env["POSTGRES_PASSWORD"] == SIDECAR_SECRET
+    assert is_sealed(schedule.job.env["TOKEN"])
+    opened = open_spec(schedule.job, secrets_ring("scheduler"), schedule_scope("acme", "nightly"))
+    assert opened.env["TOKEN"] == SECRET
+    assert opened.sidecars[0].env["POSTGRES_PASSWORD"] == SIDECAR_SECRET
+
+
+@pytest.mark.parametrize("path", ["/v1/jobs", "/v1/schedules"])
+async def test_secrets_without_a_key_are_a_422_naming_secrets_and_store_nothing(
+    api: Api, path: str
+) -> None:
+    body = _spec() if path == "/v1/jobs" else {"name": "n", "interval_s": 60, "job": _spec()}
+    api.ctx.secrets = None
+    try:
+        response = await api.client.post(path, json=body, headers=ACME)
+    finally:
+        api.ctx.secrets = secrets_ring("scheduler")
+    field = "secrets" if path == "/v1/jobs" else "job.secrets"
+    message = await _invalid(response, field)
+    assert "DOCKYARD_SECRETS_KEY" in message and SECRET not in message
+    assert await api.stored() == {"events": 0, "jobs": 0, "schedules": 0}
+    # A spec without secrets needs no key.
+    api.ctx.secrets = None
+    try:
+        plain = await api.client.post("/v1/jobs", json={"image": "busybox"}, headers=ACME)
+    finally:
+        api.ctx.secrets = secrets_ring("scheduler")
+    assert plain.status == 201
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [("/v1/jobs", "env.TOKEN"), ("/v1/schedules", "job.sidecars[0].env.POSTGRES_PASSWORD")],
+)
+async def test_a_secret_shorter_than_six_characters_is_a_422_naming_it(
+    api: Api, path: str, field: str
+) -> None:
+    spec = _spec()
+    if path == "/v1/jobs":
+        spec["env"]["TOKEN"] = "12345"
+        body: dict[str, Any] = spec
+    else:
+        spec["sidecars"][0]["env"]["POSTGRES_PASSWORD"] = "pw"
+        body = {"name": "n", "interval_s": 60, "job": spec}
+    message = await _invalid(await api.client.post(path, json=body, headers=ACME), field)
+    assert "shorter than 6" in message and "12345" not in message
+    assert await api.stored() == {"events": 0, "jobs": 0, "schedules": 0}
 
 
 async def test_a_sidecar_secret_naming_no_key_of_its_env_is_a_422(api: Api) -> None:

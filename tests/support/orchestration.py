@@ -59,6 +59,7 @@ from dockyard.process.cancelling import cancel_and_wait, raise_if_cancelled
 from dockyard.scheduler.claims import ClaimResponder
 from dockyard.scheduler.due import PgDueJobs, run_due_ticker
 from dockyard.scheduler.reports import ReportConsumer
+from dockyard.sealing import KeyRing
 from dockyard.store.pool import Pool, create_pool
 from dockyard.store.postgres import PgEventStore
 
@@ -66,6 +67,13 @@ log = logging.getLogger("tests.orchestration")
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_LEASE_S = 6.0
+# The test session's secrets key: the scheduler side seals with it, orchestrators open.
+TEST_SECRETS_KEY = os.urandom(32)
+
+
+def secrets_ring(holder: str) -> KeyRing:
+    """The session's key ring, as the scheduler or an orchestrator loads it."""
+    return KeyRing.of(TEST_SECRETS_KEY, holder=holder)
 
 
 def new_orchestrator_id() -> str:
@@ -278,6 +286,7 @@ def orchestrator_config(orchestrator_id: str, **overrides: Any) -> OrchestratorC
         "fetch_timeout_s": 0.5,
         "claim_retry_s": 0.2,
         "claim_retry_max_s": 1.0,
+        "secrets": secrets_ring("orchestrator"),
         **overrides,
     }
     return OrchestratorConfig(**fields)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 from typing import Any
 
 import msgspec
@@ -32,6 +33,7 @@ from dockyard.runtime import (
     Script,
 )
 from dockyard.runtime.hardening import container_name
+from dockyard.sealing import KeyRing, job_scope, seal_spec
 
 IMAGE = "busybox:latest"
 JOB = "job-1"
@@ -429,3 +431,56 @@ async def test_network_and_sidecars_come_first_and_go_last() -> None:
     ]
     started = [c for c in harness.reports.sent if isinstance(c, ReportStarted)]
     assert len(started) == 1 and started[0].orchestrator == "o-1"
+
+
+async def test_sealed_secrets_are_opened_for_the_container_and_masked_in_its_log() -> None:
+    envs: dict[str, list[str]] = {}
+
+    def script(plan: ContainerPlan) -> Script:
+        envs[plan.role] = list(plan.config["Env"])
+        return Script(output=(("stdout", b"token s3cret-1, pw pg-s3cret\n"),))
+
+    ring = KeyRing.of(os.urandom(32))
+    harness = Harness(FakeRuntime(images=(IMAGE,), script=script), secrets=ring)
+    sidecar = {"name": "db", "image": IMAGE, "env": {"PW": "pg-s3cret"}, "secrets": ["PW"]}
+    spec = job_spec("run", env={"TOKEN": "s3cret-1"}, secrets=["TOKEN"], sidecars=[sidecar])
+    report = await harness.attempt(seal_spec(spec, ring, job_scope(JOB))).run()
+    assert report.exit_code == 0
+    assert "TOKEN=s3cret-1" in envs["job"] and "PW=pg-s3cret" in envs["sidecar"]
+    assert ("stdout", "token ***, pw ***") in harness.texts()
+
+
+@pytest.mark.parametrize("holder_has", ["another key", "no key"])
+async def test_secrets_sealed_with_a_key_it_lacks_fail_the_attempt_in_words(
+    holder_has: str,
+) -> None:
+    runtime = scripted(Script())
+    mine = (
+        KeyRing.of(os.urandom(32), holder="orchestrator") if holder_has == "another key" else None
+    )
+    harness = Harness(runtime, secrets=mine)
+    sealed = seal_spec(
+        job_spec("run", env={"TOKEN": "s3cret-1"}, secrets=["TOKEN"]),
+        KeyRing.of(os.urandom(32)),
+        job_scope(JOB),
+    )
+    report = await harness.attempt(sealed).run()
+    assert report.reason == "container_error"
+    assert report.error is not None and "sealed" in report.error
+    if holder_has == "another key":
+        assert report.error == (
+            "its secrets were sealed with a key this orchestrator does not have"
+        )
+    assert not any(op == "create_container" for op, _ in runtime.calls)
+    assert ("system", f"container error: {report.error}") in harness.texts()
+
+
+async def test_a_sealed_value_copied_from_another_job_does_not_open() -> None:
+    runtime = scripted(Script())
+    ring = KeyRing.of(os.urandom(32))
+    harness = Harness(runtime, secrets=ring)
+    spec = job_spec("run", env={"TOKEN": "s3cret-1"}, secrets=["TOKEN"])
+    report = await harness.attempt(seal_spec(spec, ring, job_scope("someone-elses"))).run()
+    assert report.reason == "container_error"
+    assert report.error is not None and "another job" in report.error
+    assert not any(op == "create_container" for op, _ in runtime.calls)

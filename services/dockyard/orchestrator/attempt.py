@@ -52,6 +52,7 @@ from dockyard.runtime.ports import (
     NotFound,
     RuntimeUnavailable,
 )
+from dockyard.sealing import KeyRing, SealError, job_scope, open_spec
 from dockyard.telemetry import tracing
 
 log = logging.getLogger("dockyard.orchestrator.attempt")
@@ -76,6 +77,20 @@ class Claim(Struct, frozen=True, kw_only=True):
     log_bytes: int = 0  # what earlier attempts wrote: the log cap counts the whole job
     recorded: list[PlannedResource] = []  # ledger intents the claim recorded
     meta: Metadata = NO_METADATA
+
+
+def opened_spec(claim: Claim, ring: KeyRing | None) -> JobSpec | SealError:
+    """The claim's spec with its secrets opened, or why they do not open (in words)."""
+    try:
+        return open_spec(claim.spec, ring, job_scope(claim.job_id))
+    except SealError as error:
+        log.warning(
+            "orchestrator.secrets_unopened job=%s why=%s",
+            claim.job_id,
+            error,
+            extra={"event": "orchestrator.secrets_unopened", "job": claim.job_id},
+        )
+        return error
 
 
 @dataclass(frozen=True)
@@ -110,9 +125,11 @@ class Attempt:
         self._ticket = ticket
         self._on_engine_clean = on_engine_clean
         self._stop: asyncio.Future[StopRequest] = asyncio.get_running_loop().create_future()
+        # The secrets opened only here, for this attempt's containers and its log's masking.
+        self._spec: JobSpec | SealError = opened_spec(claim, ctx.config.secrets)
         self._log = JobLog(
             ctx.config,
-            claim.spec,
+            self._spec if isinstance(self._spec, JobSpec) else claim.spec,
             attempt=claim.attempt,
             after_seq=claim.log_seq,
             used_bytes=claim.log_bytes,
@@ -216,7 +233,10 @@ class Attempt:
                 await acked
 
     async def _execute(self, resources: AttemptResources) -> ReportExit:
-        claim, spec = self.claim, self.claim.spec
+        claim, spec = self.claim, self._spec
+        if isinstance(spec, SealError):
+            self._log.note(f"container error: {spec}")
+            return failed_report(claim.attempt, ContainerRuntimeError(str(spec)))
         plan = plan_job(
             spec,
             job_id=claim.job_id,

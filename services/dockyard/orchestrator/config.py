@@ -15,6 +15,7 @@ from dockyard.config import ConfigError, Settings, Variable, parse_listen
 from dockyard.core.registries import RegistryPolicy
 from dockyard.process.backoff import Backoff
 from dockyard.runtime.output import DEFAULT_CAP_BYTES
+from dockyard.sealing import KeyFileError, KeyRing, load_key_ring
 
 # The contract: SIGTERM, then SIGKILL 10 s later.
 STOP_GRACE_S: Final = 10.0
@@ -130,6 +131,9 @@ class OrchestratorConfig(Struct, frozen=True, kw_only=True):
     # The servers whose addresses `default` adds: DOCKYARD_NATS_URL, DOCKYARD_DATABASE_URL.
     egress_servers: tuple[str, ...] = ()
     iptables: str = "iptables"
+    # DOCKYARD_SECRETS_KEY: opens a claimed job's sealed secrets; None: only plaintext ones
+    # (jobs stored before secrets were sealed) run.
+    secrets: KeyRing | None = None
 
     @property
     def claim_backoff(self) -> Backoff:
@@ -162,6 +166,7 @@ class OrchestratorConfig(Struct, frozen=True, kw_only=True):
             egress_deny=settings.egress_deny,
             egress_servers=(settings.nats_url, settings.database_url),
             iptables=env.get("DOCKYARD_IPTABLES") or "iptables",
+            secrets=_secrets_ring(settings.secrets_key),
         )
         drain = env.get("DOCKYARD_DRAIN_S")
         if drain:
@@ -189,6 +194,16 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     if not seconds >= 0 or seconds == float("inf"):
         raise ConfigError(f"{name}: must be a number of seconds, at least 0")
     return seconds
+
+
+def _secrets_ring(setting: str | None) -> KeyRing | None:
+    """DOCKYARD_SECRETS_KEY's ring, or ConfigError naming the file (never its content)."""
+    if setting is None:
+        return None
+    try:
+        return load_key_ring(setting, "orchestrator")
+    except KeyFileError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _claim_public_key(value: str | None) -> str | None:

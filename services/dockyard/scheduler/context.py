@@ -16,6 +16,7 @@ from dockyard.handling.execute import Clock, Outcome, execute, utc_now
 from dockyard.scheduler.metrics import SchedulerMetrics
 from dockyard.scheduler.page_routes import RelayAddress
 from dockyard.scheduler.schedule_store import InMemoryScheduleStore, ScheduleStore
+from dockyard.sealing import KeyRing
 from dockyard.store.ports import EventStore, JobViews
 from dockyard.web.auth import Tokens
 
@@ -47,6 +48,8 @@ class Context:
     tenants: TenantPolicies = field(default_factory=TenantPolicies)
     # Where the web page finds the log relay; None: from the environment when the app is built.
     page: RelayAddress | None = None
+    # DOCKYARD_SECRETS_KEY: seals secret values at submit; None: specs with secrets are 422.
+    secrets: KeyRing | None = None
 
     async def execute(
         self, job_id: str, command: Command, *, meta: Metadata | None = None

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import datetime
 
 from dockyard.core import Rejected, SpecError, SubmitJob, fire_job_id
 from dockyard.core.deliverable import spec_problem
+from dockyard.core.spec import JobSpec
 from dockyard.core.spec_bounds import BUILT_IN, SpecBounds
 from dockyard.handling.execute import Clock, execute, utc_now
 from dockyard.process.cancelling import raise_if_cancelled
@@ -22,6 +24,8 @@ from dockyard.scheduler.schedules import (
     latest_fire,
     next_fire_after,
 )
+from dockyard.scheduler.secret_sealing import fired_secrets
+from dockyard.sealing import KeyRing, SealError
 from dockyard.store.ports import ConcurrencyError, EventStore, StoreUnavailable
 from dockyard.telemetry import tracing
 
@@ -36,12 +40,13 @@ async def fire_due(
     schedules: ScheduleStore,
     clock: Clock = utc_now,
     bounds: SpecBounds = BUILT_IN,
+    secrets: KeyRing | None = None,
 ) -> int:
     """Make the job of every due schedule; return how many jobs this call created."""
     made = 0
     now = clock()
     for schedule in await schedules.due(now, BATCH):
-        made += await _fire(store, schedules, schedule, clock, bounds)
+        made += await _fire(store, schedules, schedule, clock, bounds, secrets)
     return made
 
 
@@ -59,6 +64,7 @@ async def _fire(
     schedule: Schedule,
     clock: Clock,
     bounds: SpecBounds,
+    secrets: KeyRing | None = None,
 ) -> int:
     now = clock()
     fire_time = latest_fire(schedule, now)
@@ -66,44 +72,71 @@ async def _fire(
     due = fire_time is not None and (schedule.last_fire is None or fire_time > schedule.last_fire)
     if due and (problem := _problem(schedule, bounds)) is not None:
         # Stored by an earlier version under looser rules: its jobs could not be delivered.
-        log.error(
-            "schedule.not_fired name=%s tenant=%s why=%s",
-            schedule.name,
-            schedule.tenant,
-            problem,
-            extra={"event": "schedule.not_fired", "tenant": schedule.tenant},
-        )
+        _not_fired(schedule, problem)
     elif due and fire_time is not None:
         job_id = fire_job_id(schedule.tenant, schedule.name, fire_key(fire_time))
-        command = SubmitJob(
-            tenant=schedule.tenant,
-            spec=fired_spec(schedule, bounds),
-            schedule=schedule.name,
-            fire_time=fire_time,
-        )
-        try:
-            with tracing.start_trace(
-                tracing.SCHEDULER,
-                "dockyard.schedule.fire",
-                attributes={tracing.JOB: job_id, "dockyard.schedule": schedule.name},
-            ) as span:
-                meta = tracing.metadata_of(span)
-                outcome = await execute(store, job_id, command, meta=meta, clock=clock)
-        except (Rejected, ConcurrencyError) as error:
-            log.warning("schedule.fire_failed name=%s error=%s", schedule.name, error)
-            return 0
-        made = int(bool(outcome.events))
-        if made:
-            log.info(
-                "schedule.fired name=%s job=%s fire_time=%s",
-                schedule.name,
-                job_id,
-                fire_time.isoformat(),
-                extra={"event": "schedule.fired", "job": job_id},
-            )
+        spec = _job_spec(schedule, bounds, secrets, job_id)
+        made = 0 if spec is None else await _submit(store, schedule, spec, job_id, fire_time, clock)
     await schedules.advance(
         schedule, fire_time or schedule.next_fire, next_fire_after(schedule, now)
     )
+    return made
+
+
+def _job_spec(
+    schedule: Schedule, bounds: SpecBounds, secrets: KeyRing | None, job_id: str
+) -> JobSpec | None:
+    """The fired job's spec, its secrets sealed for it; None (logged) when they do not open,
+    sealed with a key this scheduler no longer has."""
+    spec = fired_spec(schedule, bounds)
+    try:
+        return fired_secrets(spec, secrets, schedule.tenant, schedule.name, job_id)
+    except SealError as error:
+        _not_fired(schedule, str(error))
+        return None
+
+
+def _not_fired(schedule: Schedule, problem: str) -> None:
+    log.error(
+        "schedule.not_fired name=%s tenant=%s why=%s",
+        schedule.name,
+        schedule.tenant,
+        problem,
+        extra={"event": "schedule.not_fired", "tenant": schedule.tenant},
+    )
+
+
+async def _submit(
+    store: EventStore,
+    schedule: Schedule,
+    spec: JobSpec,
+    job_id: str,
+    fire_time: datetime,
+    clock: Clock,
+) -> int:
+    command = SubmitJob(
+        tenant=schedule.tenant, spec=spec, schedule=schedule.name, fire_time=fire_time
+    )
+    try:
+        with tracing.start_trace(
+            tracing.SCHEDULER,
+            "dockyard.schedule.fire",
+            attributes={tracing.JOB: job_id, "dockyard.schedule": schedule.name},
+        ) as span:
+            meta = tracing.metadata_of(span)
+            outcome = await execute(store, job_id, command, meta=meta, clock=clock)
+    except (Rejected, ConcurrencyError) as error:
+        log.warning("schedule.fire_failed name=%s error=%s", schedule.name, error)
+        return 0
+    made = int(bool(outcome.events))
+    if made:
+        log.info(
+            "schedule.fired name=%s job=%s fire_time=%s",
+            schedule.name,
+            job_id,
+            fire_time.isoformat(),
+            extra={"event": "schedule.fired", "job": job_id},
+        )
     return made
 
 
@@ -113,11 +146,12 @@ async def run_firing(
     clock: Clock = utc_now,
     tick_s: float = TICK_S,
     bounds: SpecBounds = BUILT_IN,
+    secrets: KeyRing | None = None,
 ) -> None:
     while True:
         raise_if_cancelled()  # a cancel nats-py lost (Python 3.11)
         try:
-            await fire_due(store, schedules, clock, bounds)
+            await fire_due(store, schedules, clock, bounds, secrets)
         except StoreUnavailable as error:
             log.warning("schedule.store_unavailable error=%s", error)
         except Exception:  # a loop of a long-running service must outlive any one tick

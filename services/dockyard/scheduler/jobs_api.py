@@ -26,6 +26,7 @@ from dockyard.core.state import STATUSES
 from dockyard.core.tenant_limits import check_tenant_spec
 from dockyard.core.view import masked_event
 from dockyard.scheduler.context import Context, ctx_of
+from dockyard.scheduler.secret_sealing import check_sealable, sealed_for_job
 from dockyard.store.ports import DuplicateIdempotencyKey, InvalidCursor, JobView
 from dockyard.store.read_model import job_view
 from dockyard.telemetry import tracing
@@ -109,11 +110,13 @@ async def submit(request: web.Request) -> web.Response:
     check_maxima(spec, ctx.bounds)
     check_images(spec, ctx.registries)
     check_tenant_spec(spec, ctx.tenants.of(tenant))
+    check_sealable(spec, ctx.secrets)
     if spec.idempotency_key is not None:
         existing = await _idempotent(ctx, tenant, spec.idempotency_key)
         if existing is not None:
             return json_response(existing, 200)
     job_id = uuid7()
+    spec = sealed_for_job(spec, ctx.secrets, job_id)  # before anything is stored or sent
     # The job's trace begins here (in the caller's, if it sent a traceparent); its events
     # carry it, so every service's spans for the job join it.
     with tracing.start_trace(

@@ -11,6 +11,7 @@ from dockyard.scheduler.context import ctx_of
 from dockyard.scheduler.jobs_api import json_response, parse_json_object, read_body
 from dockyard.scheduler.schedule_store import ScheduleExists
 from dockyard.scheduler.schedules import ScheduleName, parse_schedule, view
+from dockyard.scheduler.secret_sealing import sealed_for_schedule
 from dockyard.web.auth import ADMIN
 from dockyard.web.errors import ApiError, not_found
 
@@ -23,6 +24,8 @@ async def create(request: web.Request) -> web.Response:
     schedule = parse_schedule(body, tenant, ctx.clock(), ctx.bounds)
     check_images(schedule.job, ctx.registries, prefix="job.")
     check_tenant_spec(schedule.job, ctx.tenants.of(tenant), prefix="job.")
+    sealed = sealed_for_schedule(schedule.job, ctx.secrets, tenant, schedule.name)
+    schedule = msgspec.structs.replace(schedule, job=sealed)
     try:
         await ctx.schedules.create(schedule)
     except ScheduleExists:

@@ -33,6 +33,7 @@ from dockyard.scheduler.metrics import CountingStore, SchedulerMetrics
 from dockyard.scheduler.page_routes import RelayAddress
 from dockyard.scheduler.reports import ReportConsumer
 from dockyard.scheduler.schedule_store import PgScheduleStore
+from dockyard.scheduler.secret_sealing import secrets_ring
 from dockyard.scheduler.undeliverable import FailUndeliverableJobs
 from dockyard.store.migrations import migrate
 from dockyard.store.pool import Pool, create_pool
@@ -50,6 +51,7 @@ async def run_scheduler(settings: Settings) -> None:
     """Serve the API and record events until SIGTERM/SIGINT."""
     gc_policy.apply()
     signer = claim_signer(settings)
+    secrets = secrets_ring(settings)
     async with AsyncExitStack() as stack:
         if tracing.configure_tracing(tracing.SCHEDULER):
             stack.push_async_callback(tracing.shutdown_tracing)  # last: flushes every span
@@ -77,6 +79,7 @@ async def run_scheduler(settings: Settings) -> None:
         batcher = CommandBatcher(store)
         stack.push_async_callback(batcher.close)
         ctx = _context(settings, pool, store, nc, metrics, batcher)
+        ctx.secrets = secrets
         claims = ClaimResponder(
             nc, store, ctx.metrics, partial(stored_log, pool), batcher=batcher, signer=signer
         )
@@ -106,7 +109,9 @@ async def run_scheduler(settings: Settings) -> None:
                 "outbox": relay.run(),
                 "reports": ReportConsumer(nc, js, store, batcher, metrics).run(),
                 "due": run_due_ticker(store, PgDueJobs(pool)),
-                "schedules": run_firing(store, ctx.schedules, bounds=ctx.bounds),
+                "schedules": run_firing(
+                    store, ctx.schedules, bounds=ctx.bounds, secrets=ctx.secrets
+                ),
             },
             until=wait_for_stop_signal(),
         )

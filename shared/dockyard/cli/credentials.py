@@ -149,10 +149,12 @@ def cluster(directory: Path, nodes: str) -> None:
 
 
 def _keys(directory: Path) -> dict[str, Path]:
-    """The claim public key, when `dockyard up` made it there. (The secrets key joins it
-    once sealed secrets are built.)"""
+    """The claim public key and the secrets key, when `dockyard up` made them there."""
     found = {}
-    for variable, name in (("DOCKYARD_CLAIM_PUBLIC_KEY", "claim.pub"),):
+    for variable, name in (
+        ("DOCKYARD_CLAIM_PUBLIC_KEY", "claim.pub"),
+        ("DOCKYARD_SECRETS_KEY", "secrets.key"),
+    ):
         if (directory / name).is_file():
             found[variable] = directory / name
     return found

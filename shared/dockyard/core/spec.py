@@ -16,6 +16,8 @@ MIN_MEMORY_MB = 6  # the engine itself refuses less than 6 MiB
 MIN_CPUS = 0.01  # and less than a hundredth of a CPU
 MAX_SIDECARS = 8
 MAX_NAME = 63
+# Masking a log replaces each secret's text: a secret this short would mask ordinary words.
+MIN_SECRET_CHARS = 6
 
 PullPolicy = Literal["if_not_present", "always", "never"]
 NetworkMode = Literal["none", "isolated", "egress"]
@@ -219,6 +221,21 @@ def _check_secrets(prefix: str, env: dict[str, str], secrets: tuple[str, ...]) -
     for key in secrets:
         if key not in env:
             raise SpecError(f"{prefix}secrets", f"secret {key!r} names no key of {prefix}env")
+
+
+def check_secret_lengths(spec: JobSpec, prefix: str = "") -> None:
+    """At submit: every secret value at least MIN_SECRET_CHARS long (not in `check_spec`:
+    a job stored earlier with a shorter one still runs)."""
+    places = [("", spec.env, spec.secrets)]
+    places += [(f"sidecars[{i}].", s.env, s.secrets) for i, s in enumerate(spec.sidecars)]
+    for where, env, secrets in places:
+        for key in secrets:
+            if len(env.get(key, "")) < MIN_SECRET_CHARS:
+                raise SpecError(
+                    f"{prefix}{where}env.{key}",
+                    f"secret {key!r} is shorter than {MIN_SECRET_CHARS} characters: too short "
+                    "to mask in logs without masking ordinary text",
+                )
 
 
 def validation_error(text: str) -> SpecError:

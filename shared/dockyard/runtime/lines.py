@@ -8,22 +8,40 @@ over-long line is cut only where no secret occurrence could straddle the cut.
 
 from __future__ import annotations
 
+import base64
 import codecs
 from collections.abc import Iterable
+from urllib.parse import quote, quote_plus
 
 MAX_LINE_BYTES = 64 * 1024
 MASK = "***"
 
 
+def encoded_forms(value: str) -> set[str]:
+    """The value and the encodings a job most often prints it in by accident: base64 (plain
+    and URL-safe, unpadded, so it matches padded or not) and URL encoding. Best effort: a
+    job that means to leak a secret can always transform it some other way."""
+    raw = value.encode()
+    return {
+        value,
+        base64.b64encode(raw).decode().rstrip("="),
+        base64.urlsafe_b64encode(raw).decode().rstrip("="),
+        quote(value, safe=""),
+        quote_plus(value, safe=""),
+    }
+
+
 class SecretMasker:
-    """Replaces every occurrence of every secret by `***`, overlapping ones included."""
+    """Replaces every occurrence of every secret (and of its `encoded_forms`) by `***`,
+    overlapping ones included."""
 
     __slots__ = ("_secrets", "longest")
 
     def __init__(self, values: Iterable[str]) -> None:
         # Each line of a multi-line secret (a PEM key...) is masked on its own, since the
         # log is cut into lines before masking; whitespace-only pieces would mask everything.
-        pieces = {piece for value in values for piece in value.splitlines() if piece.strip()}
+        forms = {form for value in values for form in encoded_forms(value)}
+        pieces = {piece for value in forms for piece in value.splitlines() if piece.strip()}
         self._secrets = tuple(sorted(pieces, key=len, reverse=True))
         self.longest = len(self._secrets[0]) if self._secrets else 0
 

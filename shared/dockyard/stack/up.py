@@ -26,6 +26,7 @@ from dockyard.stack.children import SERVICES, ServiceProcess, say
 from dockyard.stack.claim_keys import ClaimKeyUnusable, claim_env
 from dockyard.stack.layout import Layout, StackError
 from dockyard.stack.nats_credentials import CredentialsError, NatsCredentials, credentials_dir
+from dockyard.stack.secrets_key import SecretsKeyUnusable, secrets_key_env
 from dockyard.store.pool import redact_dsn
 
 # Files of `<data-dir>/credentials/`: the bootstrap superuser's password (migrations and the
@@ -41,6 +42,7 @@ _CREDENTIAL_VARIABLES = frozenset(
         "PGPASSWORD",
         "PGPASSFILE",
         "DOCKYARD_CLAIM_KEY",
+        "DOCKYARD_SECRETS_KEY",
     }
 )
 # The services that use PostgreSQL (orchestrators never do) and the ones that check tokens.
@@ -115,6 +117,8 @@ async def _start(options: UpOptions, stack: AsyncExitStack) -> list[ServiceProce
         own_env[name] |= identity
     for name, keys in _claim_keys(env, layout).items():
         own_env[name] |= keys
+    for name, keys in _secrets_key(env, layout).items():
+        own_env[name] |= keys
     children = [ServiceProcess(name, {**child_env, **own_env.get(name, {})}) for name in SERVICES]
     stack.push_async_callback(_stop_all, children)
     for child in children:
@@ -137,6 +141,17 @@ def _claim_keys(env: dict[str, str], layout: Layout) -> dict[str, dict[str, str]
         raise StackError(str(error)) from None
     where = keys["scheduler"]["DOCKYARD_CLAIM_KEY"]
     say("up", f"claim answers are signed (key in {where})", colour="green")
+    return keys
+
+
+def _secrets_key(env: dict[str, str], layout: Layout) -> dict[str, dict[str, str]]:
+    """The key that seals secret values, for the scheduler and the orchestrator only."""
+    try:
+        keys = secrets_key_env(env, layout.credentials)
+    except SecretsKeyUnusable as error:
+        raise StackError(str(error)) from None
+    where = keys["scheduler"]["DOCKYARD_SECRETS_KEY"]
+    say("up", f"secrets are sealed (key in {where})", colour="green")
     return keys
 
 
