@@ -6,9 +6,12 @@ service that dies taking the stack down loudly."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -299,6 +302,53 @@ def test_up_signs_claim_answers_and_its_orchestrator_runs_only_signed_ones(stack
     result = stack.cli("submit", "--follow", "--", "sh", "-c", "echo signed")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[1:] == ["signed"]
+
+
+def test_up_seals_secrets_nowhere_at_rest_or_in_a_log_but_in_the_container(stack: Up) -> None:
+    """A job's and a schedule's secret: the container gets it (the job prints its hash, so no
+    log could hold it), and no byte of the NATS store, the PostgreSQL data directory or any
+    service's output does, in plain text or in base64."""
+    credentials = stack.data_dir / "credentials"
+    assert stat.S_IMODE((credentials / "secrets.key").stat().st_mode) == 0o600
+    assert "secrets are sealed" in "".join(stack.output)
+    value, scheduled = f"job-{secrets.token_hex(12)}", f"schedule-{secrets.token_hex(12)}"
+    check = 'printf %s "$TOKEN" | sha256sum'
+    result = stack.cli("submit", "-f", "--secret", f"TOKEN={value}", "--", "sh", "-c", check)
+    assert result.returncode == 0, result.stderr
+    job_id, printed = result.stdout.splitlines()
+    assert printed.split()[0] == hashlib.sha256(value.encode()).hexdigest()
+    created = stack.cli(
+        "schedules", "create", "sealed", "--interval", "1", "--secret", f"TOKEN={scheduled}",
+        "--", "sh", "-c", check,
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    fired = _fired_job(stack, "sealed")
+    assert stack.cli("schedules", "delete", "sealed").returncode == 0
+    assert (
+        stack.cli("logs", fired).stdout.split()[0] == hashlib.sha256(scheduled.encode()).hexdigest()
+    )
+    shown = stack.cli("events", job_id, "--json").stdout
+    assert '"TOKEN": "***"' in shown or '"TOKEN":"***"' in shown
+
+    forms = [v.encode() for v in (value, scheduled)]
+    forms += [base64.b64encode(v.encode()).rstrip(b"=") for v in (value, scheduled)]
+    output = "".join(stack.output).encode()
+    assert [f for f in forms if f in output] == []
+    files = [p for p in stack.data_dir.rglob("*") if p.is_file() and not p.is_symlink()]
+    assert any("jetstream" in str(p) for p in files) and any("pg_wal" in str(p) for p in files)
+    found = [(str(p), f) for p in files for f in forms if f in p.read_bytes()]
+    assert found == []
+
+
+def _fired_job(stack: Up, schedule: str) -> str:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        page = json.loads(stack.cli("ls", "--json", "--status", "succeeded").stdout)
+        for job in page["jobs"]:
+            if job["spec"]["labels"].get("schedule") == schedule:
+                return str(job["id"])
+        time.sleep(0.5)
+    pytest.fail(f"schedule {schedule} made no job that succeeded")
 
 
 def test_up_stops_on_sigint_resumes_and_a_dead_service_stops_it(stack: Up) -> None:

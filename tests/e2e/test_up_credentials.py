@@ -96,6 +96,8 @@ def test_a_new_orchestrator_host_runs_a_job_without_restarting_nats(stack: Up) -
     assert host_env["DOCKYARD_ORCHESTRATOR_ID"] == "late-host"
     assert host_env["DOCKYARD_QUEUES"] == "late"
     assert Path(host_env["DOCKYARD_NATS_CREDS"]).is_absolute()
+    # The secrets key the scheduler seals with: the new host opens the jobs it claims.
+    assert host_env["DOCKYARD_SECRETS_KEY"] == str(stack.data_dir / "credentials" / "secrets.key")
 
     # The other host: only NATS's address and what the env file says.
     other = {
@@ -110,11 +112,12 @@ def test_a_new_orchestrator_host_runs_a_job_without_restarting_nats(stack: Up) -
     )  # fmt: skip
     try:
         result = stack.cli(
-            "submit", "--queue", "late", "--follow", "--", "echo", "hello from late-host",
+            "submit", "--queue", "late", "--follow", "--secret", "GREETING=hello from late-host",
+            "--", "sh", "-c", 'test "$GREETING" = "hello from late-host" && echo opened',
             timeout=120,
         )  # fmt: skip
         assert result.returncode == 0, result.stdout + result.stderr
-        assert "hello from late-host" in result.stdout
+        assert "opened" in result.stdout
         job_id = result.stdout.splitlines()[0].strip()
         assert "late-host" in stack.cli("status", job_id).stdout
     finally:
