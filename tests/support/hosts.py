@@ -9,7 +9,7 @@ ours is needed there. Everything made lives in namespaces named `<prefix><pid>-�
 them removes every link, address and iptables rule with them; `sweep` deletes what a run
 that died left behind (its pid is gone).
 
-Faults: `cut` drops, in both hosts' own INPUT chains, what one receives from the other (a
+Faults: `cut` drops, in both hosts' own INPUT (chain DKH-CUT), what one receives from the other (a
 black hole, as a partition looks to TCP: no reset, no error, silence); `unplug` sets a host's
 switch port down. `rules` reads the rules back so that a test can prove them. (`tc netem`
 is not available on this machine's kernel: no sch_netem module.)
@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 PREFIX: Final = "dkh"
+CUT_CHAIN: Final = "DKH-CUT"  # in each host's own INPUT: the partitions' rules, and only them
 NETWORK: Final = ipaddress.ip_network("198.18.0.0/15")
 _NS_NAME = re.compile(rf"^{PREFIX}(\d+)-")
 
@@ -158,18 +159,25 @@ class Hosts:
     def cut(self, a: Host, others: Iterable[Host]) -> None:
         """Partition `a` from each of `others`: each drops what it receives from the other."""
         for b in others:
-            run("iptables", "-w", "-A", "INPUT", "-s", b.address, "-j", "DROP", netns=a.netns)
-            run("iptables", "-w", "-A", "INPUT", "-s", a.address, "-j", "DROP", netns=b.netns)
+            self._drop(a, b.address)
+            self._drop(b, a.address)
+
+    def _drop(self, host: Host, source: str) -> None:
+        # A chain of our own, so that healing never touches a rule anyone else made there.
+        if run("iptables", "-w", "-S", CUT_CHAIN, netns=host.netns, check=False) == "":
+            run("iptables", "-w", "-N", CUT_CHAIN, netns=host.netns)
+            run("iptables", "-w", "-I", "INPUT", "1", "-j", CUT_CHAIN, netns=host.netns)
+        run("iptables", "-w", "-A", CUT_CHAIN, "-s", source, "-j", "DROP", netns=host.netns)
 
     def heal(self, hosts: Iterable[Host] | None = None) -> None:
         """Remove every rule of ours on `hosts` (all when None)."""
         for host in hosts if hosts is not None else self.hosts.values():
-            run("iptables", "-w", "-F", "INPUT", netns=host.netns)
+            run("iptables", "-w", "-F", CUT_CHAIN, netns=host.netns, check=False)
 
     def rules(self, host: Host) -> list[str]:
-        """The DROP rules on `host`, read back from its INPUT chain (`-A INPUT -s … -j DROP`)."""
-        listing = run("iptables", "-w", "-S", "INPUT", netns=host.netns)
-        return [line for line in listing.splitlines() if line.startswith("-A INPUT")]
+        """The DROP rules on `host`, read back from our chain (`-A DKH-CUT -s … -j DROP`)."""
+        listing = run("iptables", "-w", "-S", CUT_CHAIN, netns=host.netns, check=False)
+        return [line for line in listing.splitlines() if line.startswith(f"-A {CUT_CHAIN} ")]
 
     def unplug(self, host: Host) -> None:
         run("ip", "-n", self.switch, "link", "set", host.port, "down")

@@ -26,7 +26,8 @@ class RelayMetrics:
         self.foreign_batches = Counter(
             "dockyard_log_batches_dropped",
             "Log batches dropped because they came on the subject of an orchestrator that "
-            "does not hold their attempt (a forgery, or a bug)",
+            "does not hold their attempt (a forgery, or a bug), or late from an attempt a "
+            "later one replaced",
             registry=r,
         )
         self.flush_seconds = Histogram(

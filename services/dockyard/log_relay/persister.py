@@ -12,7 +12,9 @@ A batch is kept only from the orchestrator holding its attempt (holders.py): one
 another orchestrator's subject is dropped before it can take any seq (acked, counted in
 `dockyard_log_batches_dropped_total`, logged once per job, attempt and sender). Batches an
 earlier version published on `dockyard.logs.<job>`, which names no sender and which the LOGS
-stream no longer takes, are still stored as they come.
+stream no longer takes, are still stored as they come. A batch of an attempt that a later
+one replaced, which reached the stream after the later attempt's first (superseded.py), is
+dropped the same way.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from dockyard.job_logs.chunks import Chunk, chunks_of, with_output_bytes
 from dockyard.job_logs.store import LogStore
 from dockyard.log_relay.holders import Attempt, AttemptHolders
 from dockyard.log_relay.metrics import RelayMetrics
+from dockyard.log_relay.superseded import LaterAttempts
 from dockyard.process.cancelling import cancel_and_wait, raise_if_cancelled
 from dockyard.store.ports import StoreUnavailable
 from dockyard.telemetry import tracing
@@ -108,6 +111,7 @@ class LogPersister:
         self._store = store
         self._holders = holders
         self._drops_logged: set[tuple[str, int, str]] = set()
+        self._later = LaterAttempts()
         self._metrics = metrics or RelayMetrics()
         self._fetch_batch = fetch_batch
         self._message_bytes = 256 * 1024.0  # what a message may weigh (LogPump's batch size)
@@ -190,10 +194,12 @@ class LogPersister:
                 continue
             key = (chunks[0].job_id, chunks[0].attempt)
             holder = holders.get(key)
-            if holder is not None and subject_token(holder) == sender:
+            if holder is None or subject_token(holder) != sender:
+                await self._drop_foreign(msg, key, sender, holder)
+            elif self._later.admit(chunks):
                 kept.append((msg, chunks))
             else:
-                await self._drop_foreign(msg, key, sender, holder)
+                await self._drop_superseded(msg, key, sender)
         return kept
 
     async def _holders_of(self, wanted: set[Attempt], msgs: list[Msg]) -> dict[Attempt, str]:
@@ -228,6 +234,23 @@ class LogPersister:
                 sender,
                 holder,
                 extra={"event": "log_persister.foreign_batch", "job": job_id},
+            )
+        await _each([msg], Msg.ack)
+
+    async def _drop_superseded(self, msg: Msg, key: Attempt, sender: str) -> None:
+        self._metrics.foreign_batches.inc()
+        job_id, attempt = key
+        if len(self._drops_logged) < DROPS_LOGGED and (*key, sender) not in self._drops_logged:
+            self._drops_logged.add((job_id, attempt, sender))
+            later = {a: s for a, s in self._later.started(job_id).items() if a > attempt}
+            log.warning(
+                "log_persister.superseded_batch job=%s attempt=%d sender=%s: dropped, a later "
+                "attempt took over the job's log (attempt: first seq %s; logged once)",
+                job_id,
+                attempt,
+                sender,
+                later,
+                extra={"event": "log_persister.superseded_batch", "job": job_id},
             )
         await _each([msg], Msg.ack)
 

@@ -15,7 +15,8 @@ while the job runs a missing line may still be on its way; once all is stored it
 
 A live batch is shown only if its sender (its subject) holds its attempt, as the persister
 checks before storing it (holders.py): one whose holder is not known yet waits for the room's
-next round to ask; one from anyone else is never shown.
+next round to ask, and the batches after it wait behind it; one from anyone else is never
+shown, nor one of an attempt that a later one replaced (superseded.py).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from dockyard.log_relay.completion import Completion
 from dockyard.log_relay.holders import AttemptHolders
 from dockyard.log_relay.metrics import RelayMetrics
 from dockyard.log_relay.ring import Ring
+from dockyard.log_relay.superseded import LaterAttempts
 from dockyard.log_relay.tail import LiveTail, TailLimits
 from dockyard.process.cancelling import cancel_and_wait, raise_if_cancelled
 from dockyard.store.ports import JobView, StoreUnavailable
@@ -114,6 +116,7 @@ class Room:
         self._pending: list[tuple[int, int, Chunk]] = []
         self._pending_bytes = 0
         self._unverified: list[tuple[str, list[Chunk]]] = []  # (sender, chunks): holder unknown
+        self._later = LaterAttempts(remembered=1)
         self._finished: JobView | None = None
         self._event_seen = True  # check the read model at the first round
         self._status_checked = 0.0
@@ -170,13 +173,15 @@ class Room:
         holders = self._src.holders
         if chunks and sender is not None and holders is not None:
             holder = holders.known((chunks[0].job_id, chunks[0].attempt))
-            if holder is None:  # not known yet: the next round asks (a few, the store has it)
+            # Not known yet: the next round asks (a few, the store has it). Later batches
+            # wait behind it, in order, for the superseded check (a new attempt's first).
+            if holder is None or self._unverified:
                 if len(self._unverified) < UNVERIFIED_BATCHES:
                     self._unverified.append((sender, chunks))
                     self._kick.set()
                 return
-            if subject_token(holder) != sender:
-                return  # not its attempt: never shown (the persister drops it too)
+            if subject_token(holder) != sender or not self._later.admit(chunks):
+                return  # not its attempt, or replaced: never shown (nor stored)
         self._live_at = asyncio.get_running_loop().time()
         for chunk in chunks:
             self._offer(chunk)
@@ -291,11 +296,16 @@ class Room:
     async def _verify(self) -> None:
         """Ask who holds the attempts of live batches held back; show those from the holder."""
         assert self._src.holders is not None
+        known = self._src.holders.known
+        holders = await self._src.holders.of(
+            {(c[0].job_id, c[0].attempt) for _, c in self._unverified}
+        )
+        # Taken after the query: batches that came meanwhile queued behind, in order.
         held, self._unverified = self._unverified, []
-        holders = await self._src.holders.of({(c[0].job_id, c[0].attempt) for _, c in held})
         for sender, chunks in held:
-            holder = holders.get((chunks[0].job_id, chunks[0].attempt))
-            if holder is not None and subject_token(holder) == sender:
+            key = (chunks[0].job_id, chunks[0].attempt)
+            holder = holders.get(key) or known(key)
+            if holder is not None and subject_token(holder) == sender and self._later.admit(chunks):
                 for chunk in chunks:
                     self._offer(chunk)
 

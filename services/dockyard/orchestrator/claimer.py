@@ -25,12 +25,13 @@ from nats.js import JetStreamContext
 
 from dockyard.bus import names, protocol
 from dockyard.bus.errors import BusError, MessageDecodeError, translated
-from dockyard.bus.messages import decode_work_offer
+from dockyard.bus.messages import WorkOffer, decode_work_offer
 from dockyard.bus.signing import ClaimVerifier
 from dockyard.core.commands import PlannedResource
 from dockyard.core.spec import SpecError, check_spec
 from dockyard.orchestrator.attempt import Claim
 from dockyard.orchestrator.config import OrchestratorConfig
+from dockyard.orchestrator.outcome import StopRequest
 from dockyard.orchestrator.registry import Registry, RunningAttempt
 from dockyard.orchestrator.retrying import backoff
 from dockyard.orchestrator.ticket import Ticket, WorkTicket
@@ -44,6 +45,8 @@ Launch = Callable[[Claim, Ticket], None]
 
 # Offers pulled at once, when that many slots are free: claimed side by side.
 MAX_FETCH = 32
+# How often a granted claim looks whether the job's earlier attempt here is gone.
+EARLIER_POLL_S = 0.05
 
 
 Rejected = Callable[[str], None]
@@ -222,9 +225,9 @@ class Claimer:
         if stopping.is_set():
             await _quietly(msg.nak())  # at once: another orchestrator takes it
             return False
-        return await self._offer(msg)
+        return await self._offer(msg, stopping)
 
-    async def _offer(self, msg: Msg) -> bool:
+    async def _offer(self, msg: Msg, stopping: asyncio.Event) -> bool:
         """Claim and launch one offer; True if an attempt now owns the slot."""
         try:
             offer = decode_work_offer(msg.data)
@@ -287,9 +290,8 @@ class Claimer:
         if running is not None and running.attempt == offer.attempt:
             await _adopt(running, msg)  # a copy, pulled in the same fetch, launched it meanwhile
             return False
-        if running is not None:
-            # Still cleaning up this job's previous attempt here: let it finish first.
-            await self._retry_later(msg)
+        if running is not None and not await self._earlier_gone(running, offer, msg, stopping):
+            await self._retry_later(msg)  # stopping: the claim stands, this offer comes back
             return False
         claim = Claim(
             job_id=offer.job_id,
@@ -303,6 +305,35 @@ class Claimer:
         )
         self.claimed += 1
         self._launch(claim, WorkTicket(msg, self._config.keepalive_s))
+        return True
+
+    async def _earlier_gone(
+        self, running: RunningAttempt, offer: WorkOffer, msg: Msg, stopping: asyncio.Event
+    ) -> bool:
+        """Granted a later attempt of a job whose earlier one still runs here (this host was
+        cut off meanwhile): that one is stale, so it is stopped, and the offer is kept until
+        it is gone. Handing the offer back instead would lose the job: the claim is ours now,
+        so any other orchestrator is refused and acks the offer. False if stopping first."""
+        log.info(
+            "orchestrator.earlier_attempt_here job=%s attempt=%d: attempt %d still runs here; "
+            "stopping it before this one starts",
+            running.job_id,
+            offer.attempt,
+            running.attempt,
+            extra={"event": "orchestrator.earlier_attempt_here", "job": running.job_id},
+        )
+        running.request_stop(
+            StopRequest("stop_order", f"attempt {offer.attempt} was given to this orchestrator")
+        )
+        loop = asyncio.get_running_loop()
+        kept_at = loop.time()
+        while self._registry.get(running.job_id) is running:
+            if stopping.is_set():
+                return False
+            if loop.time() - kept_at >= self._config.keepalive_s:
+                kept_at = loop.time()
+                await _quietly(msg.in_progress())
+            await asyncio.sleep(EARLIER_POLL_S)
         return True
 
     async def _retry_later(self, msg: Msg) -> None:
