@@ -133,3 +133,14 @@ async def test_out_of_memory_reports_memory(
     assert job.usage is not None and job.usage.memory_peak_mb >= 15
     # said once, by the OOM kill's own words
     assert job.error == "out of memory: killed at the 16 MiB limit (exit code 137)"
+
+
+async def test_a_cpu_loop_held_to_a_fifth_of_a_cpu_reports_cpu(
+    control: ControlPlane, docker: aiodocker.Docker, nats_url: str, busybox_image: str
+) -> None:
+    script = f"{CPU_LOOP}; sleep 1"  # throttled in most of the periods it ran
+    job_spec = spec(busybox_image, "sh", "-c", script, resources={"cpus": 0.2})
+    _, job = await run_sampled(control, docker, nats_url, job_spec)
+    assert job.status == "succeeded" and job.error is None  # a success names nothing
+    assert "cpu" in job.limits_hit
+    assert job.usage is not None and job.usage.cpu_throttled_s > 1.0

@@ -97,8 +97,11 @@ async def test_submit_answers_the_job_view(client: TestClient[Any, Any]) -> None
         "finished_at",
         "spec",
         "version",
+        "usage",
+        "limits_hit",
     }
     assert job["status"] == "queued" and job["attempt"] == 1 and job["tenant"] == "acme"
+    assert (job["usage"], job["limits_hit"]) == (None, [])  # null until the container starts
     assert job["version"] == 2 and job["spec"]["user"] == "65534:65534"
     fetched = await (await client.get(f"/v1/jobs/{job['id']}", headers=ACME)).json()
     assert fetched == job
