@@ -1,0 +1,155 @@
+"""Sealed secrets on the real NATS, PostgreSQL and Docker (#20, security review F4): what
+crosses the bus is ciphertext, the container gets the value, a rotated key still opens jobs
+sealed with the old one, and a job sealed with a key its orchestrator lacks fails in words."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiodocker
+import pytest_asyncio
+from aiohttp.test_utils import TestClient, TestServer
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+
+from dockyard.core.events import JobSubmitted
+from dockyard.core.state import Job
+from dockyard.scheduler.app import build_app
+from dockyard.scheduler.context import Context
+from dockyard.scheduler.schedule_store import PgScheduleStore
+from dockyard.sealing import KeyRing, is_sealed
+from dockyard.store.read_model import PgJobViews
+from dockyard.web.auth import Tokens
+from tests.support.orchestration import (
+    ControlPlane,
+    assert_nothing_left,
+    new_orchestrator_id,
+    running_orchestrator,
+)
+
+ACME = {"Authorization": "Bearer acme-token"}
+HASH = 'printf %s "$TOKEN" | sha256sum'
+
+
+class Api:
+    def __init__(self, client: TestClient[Any, Any], plane: ControlPlane, ctx: Context) -> None:
+        self.client, self.plane, self.ctx = client, plane, ctx
+
+    async def submit(self, body: dict[str, Any]) -> str:
+        response = await self.client.post("/v1/jobs", json=body, headers=ACME)
+        assert response.status == 201, await response.text()
+        return str((await response.json())["id"])
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def api(nats_url: str, database_url: str) -> AsyncIterator[Api]:
+    async with ControlPlane(nats_url, database_url) as plane:
+        ctx = Context(
+            store=plane.store,
+            views=PgJobViews(plane.pool),
+            schedules=PgScheduleStore(plane.pool),
+            tokens=Tokens({"acme-token": "acme"}),
+            batcher=plane.batcher,
+        )
+        async with TestClient(TestServer(build_app(ctx))) as client:
+            yield Api(client, plane, ctx)
+
+
+@asynccontextmanager
+async def everything_on_nats(nats_url: str) -> AsyncIterator[list[bytes]]:
+    """Every message any client sends meanwhile (subject, headers and payload)."""
+    seen: list[bytes] = []
+
+    async def keep(msg: Msg) -> None:
+        headers = repr(msg.headers or {}).encode()
+        seen.append(msg.subject.encode() + b" " + headers + b" " + msg.data)
+
+    nc = NatsClient()
+    await nc.connect(nats_url, name="test eavesdropper")
+    try:
+        await nc.subscribe(">", cb=keep)
+        await nc.flush()
+        yield seen
+    finally:
+        await nc.drain()
+
+
+def job(busybox_image: str, value: str) -> dict[str, Any]:
+    return {
+        "image": busybox_image,
+        "command": ["sh", "-c", HASH],
+        "env": {"TOKEN": value},
+        "secrets": ["TOKEN"],
+    }
+
+
+def finished(job: Job) -> bool:
+    return job.finished and not job.resources
+
+
+async def run(api: Api, body: dict[str, Any], docker: aiodocker.Docker, nats_url: str,
+              ring: KeyRing | None) -> tuple[str, Job]:  # fmt: skip
+    orchestrator_id = new_orchestrator_id()
+    async with running_orchestrator(nats_url, orchestrator_id, secrets=ring):
+        job_id = await api.submit(body)
+        done = await api.plane.wait_for(job_id, finished, 60, "finished")
+    await assert_nothing_left(docker, orchestrator_id)
+    return job_id, done
+
+
+def ring_of(*keys: bytes, holder: str) -> KeyRing:
+    return KeyRing.of(*keys, holder=holder)
+
+
+async def test_a_secret_crosses_nats_and_postgres_sealed_and_reaches_the_container(
+    api: Api, docker: aiodocker.Docker, nats_url: str, busybox_image: str
+) -> None:
+    key = os.urandom(32)
+    api.ctx.secrets = ring_of(key, holder="scheduler")
+    value = f"v-{secrets.token_hex(16)}"
+    async with everything_on_nats(nats_url) as seen:
+        job_id, done = await run(
+            api, job(busybox_image, value), docker, nats_url, ring_of(key, holder="orchestrator")
+        )
+    assert (done.status, done.exit_code) == ("succeeded", 0), done.error
+    lines = [line.text for line in await api.plane.log_lines(job_id)]
+    assert lines[-1].split()[0] == hashlib.sha256(value.encode()).hexdigest()
+    assert len(seen) > 5 and any(b"claim" in message for message in seen)
+    assert [m for m in seen if value.encode() in m] == []
+    submitted = (await api.plane.events(job_id))[0]
+    assert isinstance(submitted, JobSubmitted) and is_sealed(submitted.spec.env["TOKEN"])
+    rows = await api.plane.pool.fetch("SELECT data::text AS data FROM events")
+    assert rows and [r for r in rows if value in r["data"]] == []
+    assert [r for r in await api.plane.pool.fetch("SELECT * FROM jobs") if value in str(r)] == []
+
+
+async def test_a_rotated_key_still_opens_jobs_sealed_with_the_old_one(
+    api: Api, docker: aiodocker.Docker, nats_url: str, busybox_image: str
+) -> None:
+    old, new = os.urandom(32), os.urandom(32)
+    api.ctx.secrets = ring_of(old, holder="scheduler")  # sealed before the rotation
+    value = f"v-{secrets.token_hex(16)}"
+    rotated = ring_of(new, old, holder="orchestrator")  # DOCKYARD_SECRETS_KEY=new,old
+    job_id, done = await run(api, job(busybox_image, value), docker, nats_url, rotated)
+    assert (done.status, done.exit_code) == ("succeeded", 0), done.error
+    lines = [line.text for line in await api.plane.log_lines(job_id)]
+    assert lines[-1].split()[0] == hashlib.sha256(value.encode()).hexdigest()
+
+
+async def test_a_job_sealed_with_a_key_its_orchestrator_lacks_fails_in_words(
+    api: Api, docker: aiodocker.Docker, nats_url: str, busybox_image: str
+) -> None:
+    api.ctx.secrets = ring_of(os.urandom(32), holder="scheduler")
+    value = f"v-{secrets.token_hex(16)}"
+    other = ring_of(os.urandom(32), holder="orchestrator")
+    job_id, done = await run(api, job(busybox_image, value), docker, nats_url, other)
+    assert (done.status, done.reason) == ("failed", "container_error")
+    assert done.error == "its secrets were sealed with a key this orchestrator does not have"
+    lines = [line.text for line in await api.plane.log_lines(job_id)]
+    assert lines == [f"container error: {done.error}"]
+    assert "Traceback" not in str(done.error)
