@@ -441,5 +441,57 @@ async def _stop(cluster: Cluster) -> None:
         await cluster.pg.kill()
 
 
+@contextlib.asynccontextmanager
+async def nats_cluster_on_hosts() -> AsyncIterator[str]:
+    """Only the three NATS nodes, each on a host of its own, clustered with routes and no
+    client auth (as the single test server runs): their URLs, comma-separated. For the
+    benchmark that compares the cluster with one node in the same run."""
+    hosts = Hosts.make()
+    base = reachable_tmp_dir("dockyard-nats-cluster-")
+    nodes: list[EmbeddedNats] = []
+    try:
+        for i, node in enumerate(NODES):
+            hosts.add(node, 11 + i)
+        password = secrets.token_urlsafe(16)
+        for name in NODES:
+            host = hosts.hosts[name]
+            others = [hosts.hosts[n].address for n in NODES if n != name]
+            routes = tuple(f"nats-route://{a}:{ROUTE_PORT}" for a in others)
+            nodes.append(
+                EmbeddedNats(
+                    base / name,
+                    port=CLIENT_PORT,
+                    host=host.address,
+                    monitor_port=MONITOR_PORT,
+                    server_name=name,
+                    cluster=NatsCluster(ROUTE_PORT, routes, "route", password),
+                    netns=host.netns,
+                )
+            )
+        await asyncio.gather(*(node.start() for node in nodes))
+        monitors = [f"http://{hosts.hosts[n].address}:{MONITOR_PORT}" for n in NODES]
+        await until(lambda: _one_meta_leader(monitors), 60, "the NATS cluster formed")
+        yield ",".join(f"nats://{hosts.hosts[n].address}:{CLIENT_PORT}" for n in NODES)
+    finally:
+        for node in nodes:
+            with contextlib.suppress(Exception):
+                await node.stop()
+        hosts.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+async def _one_meta_leader(monitors: list[str]) -> bool:
+    leaders = set()
+    timeout = aiohttp.ClientTimeout(total=2)
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            for url in monitors:
+                async with session.get(f"{url}/jsz") as response:
+                    leaders.add((await response.json()).get("meta_cluster", {}).get("leader"))
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return False
+    return len(leaders) == 1 and None not in leaders
+
+
 def dump(value: object) -> str:
     return json.dumps(value, indent=1, default=str)[:4000]

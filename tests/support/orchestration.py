@@ -103,12 +103,15 @@ class ControlPlane:
         claim_signer: ClaimSigner | None = None,
         answer_claims: bool = True,
         security: Security | None = None,
+        replicas: int = 1,
     ) -> None:
         """`due_tick_s`, `relay_poll_s`: short for tests that wait on retries or on events no
         notification announces; benchmarks pass the service's. `claim_signer` signs the claim
         answers; `answer_claims=False` leaves claims to someone else (a forger, in tests).
-        `security`: its NATS credentials and TLS (the scheduler's, on a NATS that asks)."""
+        `security`: its NATS credentials and TLS (the scheduler's, on a NATS that asks).
+        `replicas`: of every stream and bucket (3 on a cluster)."""
         self.security = security
+        self.replicas = replicas
         self.claim_signer = claim_signer
         self.answer_claims = answer_claims
         self.nats_url = nats_url
@@ -145,7 +148,9 @@ class ControlPlane:
         self._store = PgEventStore(self._pool)
         self._nc = await connect(self.nats_url, "test control plane", security=self.security)
         self._js = jetstream(self._nc)
-        self._deployment = await ensure_topology(self._js, queues=self.queues, lease_s=TEST_LEASE_S)
+        self._deployment = await ensure_topology(
+            self._js, queues=self.queues, lease_s=TEST_LEASE_S, replicas=self.replicas
+        )
         # Shared, as the scheduler's service shares it.
         self.batcher = CommandBatcher(self._store, cache=self.job_cache)
         if self.answer_claims:
