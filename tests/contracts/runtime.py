@@ -225,6 +225,16 @@ class RuntimeContract:
             with pytest.raises(NotFound):
                 await call("dockyard-no-such-container")
 
+    async def test_usage_stats_of_a_container_not_running_is_none_of_none_not_found(
+        self,
+    ) -> None:
+        # The stand-in for cgroup files out of reach (runtime.cgroups): a container not
+        # running has no figures, and an unknown one is NotFound as for every other call.
+        with pytest.raises(NotFound):
+            await self.rt.usage_stats("dockyard-no-such-container")
+        created = await self.rt.create_container(self.plan(Behaviour()))
+        assert await self.rt.usage_stats(created) is None
+
     async def test_inspect_shows_labels_running_and_exit_code(self) -> None:
         plan = self.plan(Behaviour(sleep_s=FOREVER))
         created = await self.rt.inspect(await self.rt.create_container(self.plan(Behaviour())))
