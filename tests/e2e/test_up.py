@@ -254,6 +254,20 @@ def test_status_ls_events_and_logs(stack: Up) -> None:
     assert stack.cli("logs", job_id, "--after", "1").stdout == ""
 
 
+def test_status_shows_what_the_job_used_in_words_and_as_it_is_in_json(stack: Up) -> None:
+    script = "head -c 20m /dev/zero > /tmp/held; sleep 2.5"  # read at least twice while it runs
+    job_id = stack.cli("submit", "--follow", "--", "sh", "-c", script).stdout.splitlines()[0]
+    words = stack.cli("status", job_id).stdout
+    assert re.search(
+        r"usage: +CPU [0-9.]+ s · peak [0-9.]+ MiB of 512 · [0-9]+ of 256 processes", words
+    )
+    view = json.loads(stack.cli("status", job_id, "--json").stdout)
+    assert set(view["usage"]) == {
+        "cpu_s", "memory_peak_mb", "pids_peak", "io_read_mb", "io_write_mb", "cpu_throttled_s",
+    }  # fmt: skip
+    assert view["usage"]["memory_peak_mb"] >= 20 and view["limits_hit"] == []
+
+
 def test_schedules_create_list_delete(stack: Up) -> None:
     created = stack.cli("schedules", "create", "nightly", "--cron", "0 3 * * *", "--", "echo", "hi")
     assert created.returncode == 0, created.stderr
