@@ -203,3 +203,10 @@ def test_cgroups_reachable_here_or_not(tmp_path: Path) -> None:
     v2.mkdir()
     write_v2(v2)
     assert cgroups.reachable(v2)
+
+
+def test_a_file_this_reader_does_not_understand_reads_none(tmp_path: Path) -> None:
+    write_v2(tmp_path, {**V2, "memory.current": "max\n"})
+    cgroup = cgroups.locate(ID, tmp_path)
+    assert cgroup is not None
+    assert cgroups.read(cgroup) is None

@@ -266,3 +266,23 @@ async def test_where_cgroups_show_a_container_without_one_has_stopped(tmp_path: 
     final = usage.finish(JOB)
     assert final is not None and final.usage == Usage()
     await runtime.stop(container_id, 0)
+
+
+async def test_a_failing_tick_does_not_end_sampling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    usage = sampler(fake_runtime(), Reports(), tmp_path)
+    ticks = 0
+
+    def broken() -> None:
+        nonlocal ticks
+        ticks += 1
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(usage, "tick", broken)
+    task = asyncio.create_task(usage.run())
+    await asyncio.sleep(0.1)  # sample_s is 0.01: several ticks, each failing
+    assert not task.done() and ticks >= 3
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

@@ -131,7 +131,10 @@ class UsageSampler:
         try:
             while True:
                 await asyncio.sleep(self.sample_s)
-                self.tick()
+                try:
+                    self.tick()
+                except Exception:  # a bug here must not end sampling for every job
+                    log.exception("orchestrator.usage_tick_failed")
         finally:
             tasks = [t for w in self._watches.values() for t in (w.sending, w.asking)]
             await cancel_and_wait([t for t in tasks if t is not None])

@@ -80,10 +80,11 @@ def _v1_candidates(root: Path, controller: str, container_id: str) -> list[Path]
 
 
 def read(cgroup: Cgroup) -> Counters | None:
-    """One reading, or None if the cgroup is gone (the container has stopped)."""
+    """One reading, or None if the cgroup is gone (the container has stopped) or a file
+    says something this reader does not understand (a kernel of another shape)."""
     try:
         return _read_v1(cgroup) if cgroup.version == 1 else _read_v2(cgroup)
-    except (FileNotFoundError, ProcessLookupError, OSError):
+    except (OSError, ValueError):
         return None
 
 
