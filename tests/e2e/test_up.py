@@ -325,6 +325,7 @@ def test_up_seals_secrets_nowhere_at_rest_or_in_a_log_but_in_the_container(stack
     credentials = stack.data_dir / "credentials"
     assert stat.S_IMODE((credentials / "secrets.key").stat().st_mode) == 0o600
     assert "secrets are sealed" in "".join(stack.output)
+    assert "secrets_refused" not in "".join(stack.output)
     value, scheduled = f"job-{secrets.token_hex(12)}", f"schedule-{secrets.token_hex(12)}"
     check = 'printf %s "$TOKEN" | sha256sum'
     result = stack.cli("submit", "-f", "--secret", f"TOKEN={value}", "--", "sh", "-c", check)

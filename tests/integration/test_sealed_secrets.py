@@ -5,13 +5,17 @@ sealed with the old one, and a job sealed with a key its orchestrator lacks fail
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiodocker
+import msgspec
+import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 from nats.aio.client import Client as NatsClient
@@ -21,8 +25,13 @@ from dockyard.core.events import JobSubmitted
 from dockyard.core.state import Job
 from dockyard.scheduler.app import build_app
 from dockyard.scheduler.context import Context
+from dockyard.scheduler.firing import fire_due
 from dockyard.scheduler.schedule_store import PgScheduleStore
-from dockyard.sealing import KeyRing, is_sealed
+from dockyard.scheduler.schedules import parse_schedule
+from dockyard.scheduler.secret_sealing import sealed_for_schedule
+from dockyard.sealing import KeyRing, is_sealed, job_scope
+from dockyard.store.pool import create_pool
+from dockyard.store.postgres import PgEventStore
 from dockyard.store.read_model import PgJobViews
 from dockyard.web.auth import Tokens
 from tests.support.orchestration import (
@@ -153,3 +162,42 @@ async def test_a_job_sealed_with_a_key_its_orchestrator_lacks_fails_in_words(
     lines = [line.text for line in await api.plane.log_lines(job_id)]
     assert lines == [f"container error: {done.error}"]
     assert "Traceback" not in str(done.error)
+
+
+async def test_a_schedule_fires_jobs_sealed_for_their_own_id_and_not_with_a_lost_key(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The template is sealed for the schedule; each fired job for its id, with the newest
+    key. A template whose key the scheduler no longer has is not fired, and says why."""
+    pool = await create_pool(database_url)
+    try:
+        store, schedules = PgEventStore(pool), PgScheduleStore(pool)
+        old, new = os.urandom(32), os.urandom(32)
+        value = f"v-{secrets.token_hex(16)}"
+        created = datetime.now(UTC) - timedelta(seconds=90)
+        for name, key in (("kept", old), ("lost", os.urandom(32))):
+            body = {"name": name, "interval_s": 60, "job": job("busybox", value)}
+            schedule = parse_schedule(msgspec.json.encode(body), "acme", created)
+            sealed = sealed_for_schedule(schedule.job, ring_of(key, holder="x"), "acme", name)
+            await schedules.create(msgspec.structs.replace(schedule, job=sealed))
+        rotated = ring_of(new, old, holder="scheduler")
+        with caplog.at_level(logging.ERROR, "dockyard.scheduler.firing"):
+            assert await fire_due(store, schedules, secrets=rotated) == 1
+        [row] = await pool.fetch("SELECT id FROM jobs")
+        job_id = str(row["id"])
+        submitted = (await store.load(job_id))[0].event
+        assert isinstance(submitted, JobSubmitted)
+        sealed_value = submitted.spec.env["TOKEN"]
+        assert sealed_value.split(":")[2] == rotated.keys[0].id  # the newest key
+        assert rotated.open(sealed_value, f"dockyard:v1:{job_scope(job_id)}:env.TOKEN") == value
+        [lost] = [r for r in caplog.records if "schedule.not_fired" in r.getMessage()]
+        assert "name=lost" in lost.getMessage()
+        assert "sealed with a key this scheduler does not have" in lost.getMessage()
+        assert value not in caplog.text
+        # Not fired, but moved on: it does not try again at every tick.
+        assert {s.name: s.last_fire is not None for s in await schedules.listing("acme")} == {
+            "kept": True,
+            "lost": True,
+        }
+    finally:
+        await pool.close()
