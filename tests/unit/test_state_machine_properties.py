@@ -24,16 +24,18 @@ from dockyard.core import (
     ReleaseResource,
     ReportExit,
     ReportStarted,
+    ReportUsage,
     RequestCancel,
     SubmitJob,
     decide,
     evolve,
     fold,
 )
-from dockyard.core.events import ResourceKind
+from dockyard.core.events import ContainerStarted, ResourceKind
 from dockyard.core.reasons import ALL_REASONS
 from dockyard.core.resource_names import container_name, network_name
 from dockyard.core.spec import RetryPolicy
+from dockyard.core.usage import Usage
 from tests.unit.builders import JOB, T0, Ids, spec
 
 # The contract's status graph; "x -> x" (an annotation event) is always allowed.
@@ -58,6 +60,8 @@ attempts = st.integers(1, 4)
 orchestrators = st.sampled_from(["o1", "o2"])
 exit_codes = st.one_of(st.none(), st.integers(0, 3), st.just(137))
 reasons = st.one_of(st.none(), st.sampled_from(ALL_REASONS))
+usages = st.builds(Usage, cpu_s=st.floats(0, 100), pids_peak=st.integers(0, 300))
+hits = st.lists(st.sampled_from(["memory", "pids", "cpu", "disk:/tmp"]), max_size=2).map(tuple)
 
 
 def _resource(attempt: int, kind: ResourceKind, foreign: bool) -> tuple[int, ResourceKind, str]:
@@ -76,7 +80,16 @@ commands: st.SearchStrategy[Command] = st.one_of(
         ReportStarted, attempt=attempts, container_id=st.just("c"), orchestrator=orchestrators
     ),
     st.builds(
-        ReportExit, attempt=attempts, exit_code=exit_codes, reason=reasons, error=st.just("boom")
+        ReportExit,
+        attempt=attempts,
+        exit_code=exit_codes,
+        reason=reasons,
+        error=st.just("boom"),
+        usage=st.one_of(st.none(), usages),
+        limits_hit=hits,
+    ),
+    st.builds(
+        ReportUsage, attempt=attempts, orchestrator=orchestrators, usage=usages, limits_hit=hits
     ),
     st.builds(RequestCancel, requested_by=st.just("acme")),
     st.builds(FailUndeliverable, error=st.just("NATS refused its job_queued message")),
@@ -160,6 +173,17 @@ class JobLifecycle(RuleBasedStateMachine):
     def version_counts_the_history(self) -> None:
         if self.job is not None:
             assert self.job.version == len(self.history)
+
+    @invariant()
+    def limits_hit_are_those_reported_since_the_last_start(self) -> None:
+        if self.job is None:
+            return
+        since: set[str] = set()
+        for event in self.history:
+            if isinstance(event, ContainerStarted):
+                since = set()
+            since |= set(getattr(event, "limits_hit", ()))
+        assert set(self.job.limits_hit) == since
 
     @invariant()
     def attempts_never_exceed_the_policy(self) -> None:
