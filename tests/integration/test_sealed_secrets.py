@@ -201,3 +201,36 @@ async def test_a_schedule_fires_jobs_sealed_for_their_own_id_and_not_with_a_lost
         }
     finally:
         await pool.close()
+
+
+async def test_a_sidecars_sealed_secret_reaches_the_sidecar_and_is_masked_in_the_log(
+    api: Api, docker: aiodocker.Docker, nats_url: str, busybox_image: str
+) -> None:
+    key = os.urandom(32)
+    api.ctx.secrets = ring_of(key, holder="scheduler")
+    value = f"pw-{secrets.token_hex(12)}"
+    client = (
+        'for i in $(seq 1 30); do v=$(nc -w 1 db 8080) && [ -n "$v" ] && break; sleep 0.2; done; '
+        'printf %s "$v" | sha256sum; echo "the password is $v"'
+    )
+    body = {
+        "image": busybox_image,
+        "command": ["sh", "-c", client],
+        "sidecars": [
+            {
+                "name": "db",
+                "image": busybox_image,
+                "command": ["nc", "-ll", "-p", "8080", "-e", "sh", "-c", 'echo "$PW"'],
+                "env": {"PW": value},
+                "secrets": ["PW"],
+            }
+        ],
+    }
+    job_id, done = await run(api, body, docker, nats_url, ring_of(key, holder="orchestrator"))
+    assert (done.status, done.exit_code) == ("succeeded", 0), done.error
+    lines = [line.text for line in await api.plane.log_lines(job_id)]
+    assert lines[0].split()[0] == hashlib.sha256(value.encode()).hexdigest()
+    assert lines[1] == "the password is ***"
+    submitted = (await api.plane.events(job_id))[0]
+    assert isinstance(submitted, JobSubmitted)
+    assert is_sealed(submitted.spec.sidecars[0].env["PW"])
