@@ -125,11 +125,9 @@ class Attempt:
         self._ticket = ticket
         self._on_engine_clean = on_engine_clean
         self._stop: asyncio.Future[StopRequest] = asyncio.get_running_loop().create_future()
-        # The secrets opened only here, for this attempt's containers and its log's masking.
-        self._spec: JobSpec | SealError = opened_spec(claim, ctx.config.secrets)
         self._log = JobLog(
             ctx.config,
-            self._spec if isinstance(self._spec, JobSpec) else claim.spec,
+            claim.spec,
             attempt=claim.attempt,
             after_seq=claim.log_seq,
             used_bytes=claim.log_bytes,
@@ -233,10 +231,13 @@ class Attempt:
                 await acked
 
     async def _execute(self, resources: AttemptResources) -> ReportExit:
-        claim, spec = self.claim, self._spec
+        claim = self.claim
+        # The secrets are opened here only, for this attempt's containers and its log's masking.
+        spec = opened_spec(claim, self._ctx.config.secrets)
         if isinstance(spec, SealError):
             self._log.note(f"container error: {spec}")
             return failed_report(claim.attempt, ContainerRuntimeError(str(spec)))
+        self._log.mask(spec)
         plan = plan_job(
             spec,
             job_id=claim.job_id,

@@ -60,6 +60,10 @@ class JobLog:
     def dropped_bytes(self) -> int:
         return self._pipeline.dropped_bytes
 
+    def mask(self, spec: JobSpec) -> None:
+        """Mask the secrets of `spec` (the opened one) from now on: before any output."""
+        self._pipeline.mask(secret_values(spec))
+
     def note(self, text: str) -> None:
         """A `system` line: Dockyard's own words."""
         self._pump.note(text)

@@ -59,11 +59,7 @@ class LogPipeline:
         self.capped = False
         self.finished = False
         self._cap = cap_bytes
-        self._masker = SecretMasker(secrets)
-        self._splitters = {
-            "stdout": LineSplitter(self._masker),
-            "stderr": LineSplitter(self._masker),
-        }
+        self.mask(secrets)
         self._pending: list[LogLine] = []  # lines before _head are taken (compacted lazily)
         self._head = 0
         # Text length of _pending[:i] at i: what a batch holds is a difference, not a pass
@@ -78,6 +74,15 @@ class LogPipeline:
         self._ring_max = (ring_lines, ring_bytes)
         self._omitted = 0
         self.dropped_bytes = 0  # text of the lines omitted (past the cap, or while behind)
+
+    def mask(self, secrets: Iterable[str]) -> None:
+        """Mask these values from now on: call it before any output is fed (an attempt learns
+        its secrets when it opens them, just before its containers exist)."""
+        self._masker = SecretMasker(secrets)
+        self._splitters = {
+            "stdout": LineSplitter(self._masker),
+            "stderr": LineSplitter(self._masker),
+        }
 
     @property
     def pending_lines(self) -> int:
