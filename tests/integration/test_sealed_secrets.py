@@ -22,6 +22,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from dockyard.core.events import JobSubmitted
+from dockyard.core.spec import JobSpec
 from dockyard.core.state import Job
 from dockyard.scheduler.app import build_app
 from dockyard.scheduler.context import Context
@@ -234,3 +235,20 @@ async def test_a_sidecars_sealed_secret_reaches_the_sidecar_and_is_masked_in_the
     submitted = (await api.plane.events(job_id))[0]
     assert isinstance(submitted, JobSubmitted)
     assert is_sealed(submitted.spec.sidecars[0].env["PW"])
+
+
+async def test_a_plaintext_secret_stored_before_sealing_still_runs(
+    api: Api, docker: aiodocker.Docker, nats_url: str, busybox_image: str
+) -> None:
+    """An event an earlier version stored, with the value in plain text: the orchestrator,
+    which has a key, takes a value not in the sealed form as it is."""
+    value = f"v-{secrets.token_hex(16)}"
+    orchestrator_id = new_orchestrator_id()
+    ring = ring_of(os.urandom(32), holder="orchestrator")
+    async with running_orchestrator(nats_url, orchestrator_id, secrets=ring):
+        job_id = await api.plane.submit(msgspec.convert(job(busybox_image, value), JobSpec))
+        done = await api.plane.wait_for(job_id, finished, 60, "finished")
+    await assert_nothing_left(docker, orchestrator_id)
+    assert (done.status, done.exit_code) == ("succeeded", 0), done.error
+    lines = [line.text for line in await api.plane.log_lines(job_id)]
+    assert lines[-1].split()[0] == hashlib.sha256(value.encode()).hexdigest()
