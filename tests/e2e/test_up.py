@@ -182,6 +182,12 @@ def test_up_gives_each_service_only_the_credentials_it_uses(stack: Up) -> None:
     for name, env in environments.items():
         assert env["DOCKYARD_DATABASE_URL"].startswith(f"postgresql://dockyard_app:{app}@"), name
     assert "DOCKYARD_TOKENS" not in environments["janitor"]
+    # The secrets key: the scheduler seals, the orchestrator opens; nobody else has it.
+    key = str(stack.data_dir / "credentials" / "secrets.key")
+    assert orchestrator["DOCKYARD_SECRETS_KEY"] == key
+    assert environments["scheduler"]["DOCKYARD_SECRETS_KEY"] == key
+    assert "DOCKYARD_SECRETS_KEY" not in environments["log-relay"]
+    assert "DOCKYARD_SECRETS_KEY" not in environments["janitor"]
 
 
 def test_the_cli_ignores_a_token_planted_in_the_current_directory(stack: Up) -> None:
