@@ -23,7 +23,7 @@ from dockyard.runtime import (
     LogPump,
     plan_job,
 )
-from dockyard.runtime.hardening import can_cap_writable_layer
+from dockyard.runtime.hardening import bridge_prefix, can_cap_writable_layer
 from dockyard.runtime.ports import ContainerError
 from tests.contracts.runtime import run_to_end
 
@@ -289,9 +289,9 @@ async def test_a_sidecar_is_reachable_by_name_on_an_internal_network(
     assert (status.exit_code, lines["stdout"]) == (0, ["hello-from-sidecar"])
     network = await (await docker.networks.get(plan.network.name)).show()
     assert network["Internal"] is True
-    # Its bridge carries the name the egress rules match (`-i dyj+`).
+    # Its bridge carries the name its orchestrator's egress rules match (`-i dy<5 hex>+`).
     bridge = network["Options"]["com.docker.network.bridge.name"]
-    assert bridge.startswith("dyj") and len(bridge) == 15
+    assert bridge.startswith(bridge_prefix(jobs.orchestrator)) and len(bridge) == 15
     # This engine (20.10, API 1.41) does not know gateway_mode_ipv4: it is not asked for.
     assert "com.docker.network.bridge.gateway_mode_ipv4" not in network["Options"]
     assert network["Labels"][LABEL_JOB] == plan.job.config["Labels"][LABEL_JOB]

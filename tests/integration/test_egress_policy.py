@@ -166,10 +166,8 @@ async def test_egress_job_cannot_reach_a_denied_address_but_reaches_another(
         assert orchestrator.egress.error is None
         listed = rules()
         # The contract's default, read back (never tried): the metadata range is rejected.
-        assert (
-            f"-A {chains.forward} -i dyj+ -m conntrack --ctorigdst 169.254.0.0/16 {REJECT}"
-            in listed
-        )
+        jobs = f"-A {chains.forward} -i {chains.bridges}+"
+        assert f"{jobs} -m conntrack --ctorigdst 169.254.0.0/16 {REJECT}" in listed
         assert f"--ctorigdst {DENIED} {REJECT}" in listed
         assert f"-A DOCKER-USER -j {chains.forward}" in listed
         assert f"-A INPUT -j {chains.input}" in listed

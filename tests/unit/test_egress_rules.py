@@ -28,6 +28,7 @@ from dockyard.orchestrator.egress_rules import (
     jump_rule,
     restore_input,
 )
+from dockyard.runtime.hardening import bridge_prefix
 
 CHAINS = EgressChains.of("orc-1")
 
@@ -42,18 +43,19 @@ def test_chains_are_named_after_the_orchestrator_within_iptables_limits() -> Non
 
 def test_rules_scope_to_job_bridges_and_reject_the_deny_list_by_original_destination() -> None:
     rules = chain_rules(CHAINS, ["169.254.0.0/16", "198.18.5.1", "10.1.2.3/8"])
-    f, i = CHAINS.forward, CHAINS.input
+    f, i, b = CHAINS.forward, CHAINS.input, CHAINS.bridges
+    assert b == bridge_prefix("orc-1")  # this orchestrator's job bridges, and only those
     reject = "-j REJECT --reject-with icmp-admin-prohibited"
 
     assert rules[f] == (
-        f"-A {f} -i dyj+ -o dyj+ -j RETURN",
-        f"-A {f} -i dyj+ -m conntrack --ctorigdst 169.254.0.0/16 {reject}",
-        f"-A {f} -i dyj+ -m conntrack --ctorigdst 198.18.5.1 {reject}",
-        f"-A {f} -i dyj+ -m conntrack --ctorigdst 10.0.0.0/8 {reject}",
+        f"-A {f} -i {b}+ -o {b}+ -j RETURN",
+        f"-A {f} -i {b}+ -m conntrack --ctorigdst 169.254.0.0/16 {reject}",
+        f"-A {f} -i {b}+ -m conntrack --ctorigdst 198.18.5.1 {reject}",
+        f"-A {f} -i {b}+ -m conntrack --ctorigdst 10.0.0.0/8 {reject}",
     )
     assert rules[i] == (
-        f"-A {i} -i dyj+ -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
-        f"-A {i} -i dyj+ {reject}",
+        f"-A {i} -i {b}+ -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
+        f"-A {i} -i {b}+ {reject}",
     )
     assert jump_rule("INPUT", i) == f"-A INPUT -j {i}"
 

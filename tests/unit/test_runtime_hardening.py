@@ -15,6 +15,7 @@ from dockyard.runtime import JobPlan, check_hardened, container_name, network_na
 from dockyard.runtime.hardening import (
     MIB,
     bridge_name,
+    bridge_prefix,
     can_cap_writable_layer,
     with_image_volumes,
     with_isolated_gateway,
@@ -134,9 +135,12 @@ def test_isolated_network_is_internal_labelled_and_shared_by_name() -> None:
         "EnableIPv6": False,
         "CheckDuplicate": True,
         "Labels": LABELS,
-        "Options": {"com.docker.network.bridge.name": bridge_name(net)},
+        "Options": {"com.docker.network.bridge.name": bridge_name(net, "orc-1")},
     }
-    assert re.fullmatch(r"dyj[0-9a-f]{12}", bridge_name(net))  # 15: the kernel's limit
+    # 15 characters, the kernel's limit; the orchestrator's prefix first.
+    assert re.fullmatch(r"dy[0-9a-f]{13}", bridge_name(net, "orc-1"))
+    assert bridge_name(net, "orc-1").startswith(bridge_prefix("orc-1"))
+    assert bridge_prefix("orc-1") != bridge_prefix("orc-2")
     side = plan.sidecars[0]
     assert (side.name, side.role) == (f"dockyard-{JOB}-2-db", "sidecar")
     assert side.config["NetworkingConfig"] == {"EndpointsConfig": {net: {"Aliases": ["db"]}}}

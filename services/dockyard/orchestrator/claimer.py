@@ -169,6 +169,8 @@ class Claimer:
         self._ask = ask
         self._engine = engine
         self.claimed = 0
+        # Egress offers this orchestrator may not take, each held until its plain nak.
+        self._left: dict[asyncio.Task[None], Msg] = {}
 
     async def run(self, stopping: asyncio.Event) -> None:
         sub = await self._subscribe(stopping)
@@ -196,6 +198,7 @@ class Claimer:
                     for _ in range(held - launched):
                         self._slots.release()
         finally:
+            await self._hand_back_left()
             await _quietly(sub.unsubscribe())
 
     async def _subscribe(self, stopping: asyncio.Event) -> JetStreamContext.PullSubscription | None:
@@ -251,7 +254,7 @@ class Claimer:
                 offer.attempt,
                 extra={"event": "orchestrator.egress_offer_left", "job": offer.job_id},
             )
-            await self._retry_later(msg)
+            self._leave(msg)
             return False
         request = protocol.ClaimRequest(
             job_id=offer.job_id,
@@ -335,6 +338,32 @@ class Claimer:
                 await _quietly(msg.in_progress())
             await asyncio.sleep(EARLIER_POLL_S)
         return True
+
+    def _leave(self, msg: Msg) -> None:
+        """Hold an offer for others for the claim backoff, then nak it without a delay.
+
+        Not `nak(delay=...)`: on a consumer with a BackOff list, JetStream (2.15) keeps the
+        delay of the first nak only and then redelivers on the list's steps (30 s, 60 s...),
+        so an orchestrator that enforces the deny list would wait minutes for the offer. A
+        plain nak goes to the pull request that waited longest, which is another's."""
+        delay = self._config.claim_backoff.delay(_deliveries(msg))
+
+        async def hold() -> None:
+            await asyncio.sleep(delay)
+            await _quietly(msg.nak())
+
+        task = asyncio.create_task(hold(), name="egress offer held")
+        self._left[task] = msg
+        task.add_done_callback(lambda done: self._left.pop(done, None))
+
+    async def _hand_back_left(self) -> None:
+        """Stopping: every offer still held goes back at once."""
+        held = list(self._left.items())
+        self._left.clear()
+        for task, _ in held:
+            task.cancel()
+        await asyncio.gather(*(task for task, _ in held), return_exceptions=True)
+        await asyncio.gather(*(_quietly(msg.nak()) for _, msg in held))
 
     async def _retry_later(self, msg: Msg) -> None:
         """Hand the offer back for another try, later each time it comes back unclaimed."""

@@ -1,10 +1,11 @@
 """The iptables rules that keep job networks off the deny list and off the host: pure.
 
-Job bridges are named with `BRIDGE_PREFIX` (runtime/hardening.py), so one wildcard
-(`-i dyj+`) scopes every rule to them and nothing else on the host is touched. Each
-orchestrator owns two chains named after its id (two orchestrators on one host never remove
-each other's): one jumped to from DOCKER-USER (forwarded traffic: the deny list) and one from
-INPUT (the host itself, reached through a job network's gateway). The chains are written with
+An orchestrator's job bridges are named with its own prefix (runtime/hardening.py), so one
+wildcard (`-i dy<5 hex>+`) scopes every rule to them and nothing else on the host is touched:
+two orchestrators on one host each enforce their own list on their own jobs. Each owns two
+chains named after its id (so neither removes the other's): one jumped to from DOCKER-USER
+(forwarded traffic: the deny list) and one from INPUT (the host itself, reached through a job
+network's gateway). The chains are written with
 one `iptables-restore --noflush`, which replaces a declared chain's rules in one commit.
 """
 
@@ -17,7 +18,7 @@ from typing import Final
 
 from msgspec import Struct
 
-from dockyard.runtime.hardening import BRIDGE_PREFIX
+from dockyard.runtime.hardening import bridge_prefix
 
 # Docker's own hook for operator rules, evaluated first in FORWARD; INPUT for the host.
 DOCKER_USER: Final = "DOCKER-USER"
@@ -30,16 +31,21 @@ METADATA: Final = "169.254.0.0/16"
 
 
 class EgressChains(Struct, frozen=True, kw_only=True):
-    """The two chain names of one orchestrator."""
+    """The two chain names of one orchestrator, and the prefix of its job bridges."""
 
     forward: str
     input: str
+    bridges: str
 
     @classmethod
     def of(cls, orchestrator_id: str) -> EgressChains:
         # iptables allows 28 characters in a chain name; 12 hex digits keep ids apart.
         digest = hashlib.sha256(orchestrator_id.encode()).hexdigest()[:12]
-        return cls(forward=f"DOCKYARD-FWD-{digest}", input=f"DOCKYARD-IN-{digest}")
+        return cls(
+            forward=f"DOCKYARD-FWD-{digest}",
+            input=f"DOCKYARD-IN-{digest}",
+            bridges=bridge_prefix(orchestrator_id),
+        )
 
     def hooks(self) -> tuple[tuple[str, str], ...]:
         """(built-in or Docker chain, our chain) pairs: where each chain is jumped to from."""
@@ -61,11 +67,11 @@ def deny_networks(entries: Iterable[str]) -> tuple[str, ...]:
 
 def chain_rules(chains: EgressChains, deny: Iterable[str]) -> dict[str, tuple[str, ...]]:
     """Each chain's rules, as `iptables -S CHAIN` lists them (after its `-N` line)."""
-    bridges = f"-i {BRIDGE_PREFIX}+"
+    bridges = f"-i {chains.bridges}+"
     forward = [
         # Traffic between job bridges is Docker's to drop (its isolation chains); within one
         # bridge (sidecars, with br_netfilter on) it must not meet the deny list at all.
-        f"-A {chains.forward} {bridges} -o {BRIDGE_PREFIX}+ -j RETURN",
+        f"-A {chains.forward} {bridges} -o {chains.bridges}+ -j RETURN",
         # The destination before any DNAT: a host port published by another container is
         # still the host's own address.
         *(

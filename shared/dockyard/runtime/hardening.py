@@ -49,9 +49,10 @@ SIDECAR_LOG: Final = {"Type": "json-file", "Config": {"max-size": "1m", "max-fil
 # copy it to disk again (unbounded with json-file's defaults) and costs 3-6x read throughput.
 JOB_LOG: Final = {"Type": "none", "Config": {}}
 _FORBIDDEN_HOST_KEYS = ("Binds", "Mounts", "VolumesFrom", "Devices")
-# Every job network's bridge is named `dyj<12 hex>`, so the egress rules can match all of them
-# with one `-i dyj+` and nothing else on the host (orchestrator/egress_rules.py).
-BRIDGE_PREFIX: Final = "dyj"
+# Every job network's bridge is named `dy<5 hex of the orchestrator><8 hex of the network>`:
+# an orchestrator's egress rules match its own job bridges with one `-i dy<5 hex>+` and
+# nothing else on the host, whatever other orchestrators there enforce (egress_rules.py).
+BRIDGE_PREFIX: Final = "dy"
 BRIDGE_OPTION: Final = "com.docker.network.bridge.name"
 # The host's OOM killer picks the highest score: a job (or sidecar) before any service.
 OOM_SCORE_ADJ: Final = 500
@@ -77,7 +78,7 @@ def plan_job(
     """The network, sidecars and job container for one attempt, in creation order."""
     labels = labels_for(job_id, attempt, orchestrator, deployment)
     mode = spec.effective_network
-    network = None if mode == "none" else _network_plan(job_id, attempt, mode, labels)
+    network = None if mode == "none" else _network_plan(job_id, attempt, mode, labels, orchestrator)
     net_name = "none" if network is None else network.name
     # The spec's resources are the attempt's budget: the job and its sidecars share it.
     share = container_share(spec)
@@ -102,7 +103,9 @@ def plan_job(
     return JobPlan(job=job, sidecars=sidecars, network=network)
 
 
-def _network_plan(job_id: str, attempt: int, mode: str, labels: dict[str, str]) -> NetworkPlan:
+def _network_plan(
+    job_id: str, attempt: int, mode: str, labels: dict[str, str], orchestrator: str
+) -> NetworkPlan:
     name = network_name(job_id, attempt)
     config: dict[str, Any] = {
         "Name": name,
@@ -114,7 +117,7 @@ def _network_plan(job_id: str, attempt: int, mode: str, labels: dict[str, str]) 
         # Engines before API 1.44 accept a duplicate name unless asked to check.
         "CheckDuplicate": True,
         "Labels": dict(labels),
-        "Options": {BRIDGE_OPTION: bridge_name(name)},
+        "Options": {BRIDGE_OPTION: bridge_name(name, orchestrator)},
     }
     return NetworkPlan(name=name, config=config)
 
@@ -167,9 +170,14 @@ def _api(version: str) -> tuple[int, ...]:
         return (0,)
 
 
-def bridge_name(network: str) -> str:
+def bridge_prefix(orchestrator: str) -> str:
+    """What the names of one orchestrator's job bridges begin with."""
+    return BRIDGE_PREFIX + hashlib.sha256(orchestrator.encode()).hexdigest()[:5]
+
+
+def bridge_name(network: str, orchestrator: str) -> str:
     """The host interface of a job network: 15 characters, the kernel's limit."""
-    return BRIDGE_PREFIX + hashlib.sha256(network.encode()).hexdigest()[:12]
+    return bridge_prefix(orchestrator) + hashlib.sha256(network.encode()).hexdigest()[:8]
 
 
 def _sidecar_plan(
