@@ -15,7 +15,7 @@ from tests.support.cluster import Cluster, running_cluster
 from tests.support.hosts import namespaces
 
 
-def _why_not() -> str | None:
+def why_not() -> str | None:
     """Why this machine cannot make hosts, or None: root and iproute2's `ip netns` needed."""
     if os.geteuid() != 0:
         return "the cluster tests make network namespaces, which takes root"
@@ -30,7 +30,7 @@ def _why_not() -> str | None:
 
 @pytest_asyncio.fixture(scope="package", loop_scope="session")
 async def whole_cluster() -> AsyncIterator[Cluster]:
-    reason = _why_not()
+    reason = why_not()
     if reason is not None:
         pytest.skip(reason)
     async with running_cluster() as cluster:

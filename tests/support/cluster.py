@@ -442,13 +442,12 @@ async def _stop(cluster: Cluster) -> None:
 
 
 @contextlib.asynccontextmanager
-async def nats_cluster_on_hosts() -> AsyncIterator[str]:
-    """Only the three NATS nodes, each on a host of its own, clustered with routes and no
-    client auth (as the single test server runs): their URLs, comma-separated. For the
-    benchmark that compares the cluster with one node in the same run."""
+async def nats_nodes_on_hosts() -> AsyncIterator[dict[str, EmbeddedNats]]:
+    """The three NATS nodes, each on a host of its own, routes between them and no client
+    auth (as the single test server runs), not started yet; stopped and removed after."""
     hosts = Hosts.make()
     base = reachable_tmp_dir("dockyard-nats-cluster-")
-    nodes: list[EmbeddedNats] = []
+    nodes: dict[str, EmbeddedNats] = {}
     try:
         for i, node in enumerate(NODES):
             hosts.add(node, 11 + i)
@@ -457,27 +456,42 @@ async def nats_cluster_on_hosts() -> AsyncIterator[str]:
             host = hosts.hosts[name]
             others = [hosts.hosts[n].address for n in NODES if n != name]
             routes = tuple(f"nats-route://{a}:{ROUTE_PORT}" for a in others)
-            nodes.append(
-                EmbeddedNats(
-                    base / name,
-                    port=CLIENT_PORT,
-                    host=host.address,
-                    monitor_port=MONITOR_PORT,
-                    server_name=name,
-                    cluster=NatsCluster(ROUTE_PORT, routes, "route", password),
-                    netns=host.netns,
-                )
+            nodes[name] = EmbeddedNats(
+                base / name,
+                port=CLIENT_PORT,
+                host=host.address,
+                monitor_port=MONITOR_PORT,
+                server_name=name,
+                cluster=NatsCluster(ROUTE_PORT, routes, "route", password),
+                netns=host.netns,
             )
-        await asyncio.gather(*(node.start() for node in nodes))
-        monitors = [f"http://{hosts.hosts[n].address}:{MONITOR_PORT}" for n in NODES]
-        await until(lambda: _one_meta_leader(monitors), 60, "the NATS cluster formed")
-        yield ",".join(f"nats://{hosts.hosts[n].address}:{CLIENT_PORT}" for n in NODES)
+        yield nodes
     finally:
-        for node in nodes:
+        for node in nodes.values():
             with contextlib.suppress(Exception):
                 await node.stop()
         hosts.close()
         shutil.rmtree(base, ignore_errors=True)
+
+
+async def formed(nodes: dict[str, EmbeddedNats], within_s: float = 60.0) -> None:
+    monitors = [node.monitor_url for node in nodes.values()]
+    await until(lambda: _one_meta_leader(monitors), within_s, "the NATS cluster formed")
+
+
+def urls_of(nodes: dict[str, EmbeddedNats]) -> str:
+    return ",".join(node.url for node in nodes.values())
+
+
+@contextlib.asynccontextmanager
+async def nats_cluster_on_hosts() -> AsyncIterator[str]:
+    """The three nodes started and formed: their URLs, comma-separated. For the benchmark
+    that compares the cluster with one node in the same run."""
+    async with nats_nodes_on_hosts() as nodes:
+        # All three at once: a node's JetStream waits for its peers before it is ready.
+        await asyncio.gather(*(node.start() for node in nodes.values()))
+        await formed(nodes)
+        yield urls_of(nodes)
 
 
 async def _one_meta_leader(monitors: list[str]) -> bool:

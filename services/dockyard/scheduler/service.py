@@ -16,7 +16,7 @@ from dockyard.bus.leader import PgLeader
 from dockyard.bus.outbox import OutboxRelay
 from dockyard.bus.permissions import inbox_prefix
 from dockyard.bus.signing import ClaimKeyError, ClaimSigner
-from dockyard.bus.topology import ensure_topology
+from dockyard.bus.topology import ensure_topology_when_up
 from dockyard.config import ConfigError, Settings
 from dockyard.core.registries import RegistryPolicy
 from dockyard.handling.batching import CommandBatcher
@@ -70,7 +70,7 @@ async def run_scheduler(settings: Settings) -> None:
         stack.push_async_callback(connection.close, nc)
         js = connection.jetstream(nc)
         # The one service that creates the streams, consumers and buckets (permissions.py).
-        await ensure_topology(
+        await ensure_topology_when_up(
             js, lease_s=settings.lease_s, queues=settings.queues, replicas=settings.nats_replicas
         )
 

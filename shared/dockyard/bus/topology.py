@@ -48,6 +48,7 @@ from dockyard.bus import names
 from dockyard.bus.deployment import deployment_id
 from dockyard.bus.errors import BusUnavailable, TopologyError, translate, translated
 from dockyard.bus.legacy_offers import move_legacy_offers
+from dockyard.process.backoff import Backoff
 
 log = logging.getLogger("dockyard.bus.topology")
 
@@ -237,6 +238,39 @@ async def ensure_topology(
             await _refusal_as_topology_error(js.add_consumer(stream, consumer), what)
         await _ensure_bucket(js, heartbeat_bucket_config(lease_s, replicas))
     return await deployment_id(js, replicas=replicas)
+
+
+# While JetStream does not answer at start (a cluster still electing its meta leader, a node
+# restarting), ensure_topology is asked again this often.
+UNAVAILABLE_RETRY: Final = Backoff(base_s=0.2, cap_s=5.0)
+
+
+async def ensure_topology_when_up(
+    js: JetStreamContext,
+    *,
+    replicas: int = 1,
+    lease_s: float = 15.0,
+    queues: Sequence[str] = ("default",),
+    retry: Backoff = UNAVAILABLE_RETRY,
+) -> str:
+    """`ensure_topology`, asked again for as long as JetStream is unavailable: a service
+    started with (or just after) its NATS cluster waits for a meta leader instead of exiting
+    (a stream with three replicas can be made only once the nodes have elected one). A
+    refusal (TopologyError, BusRejected) is raised at once."""
+    failures = 0
+    while True:
+        try:
+            return await ensure_topology(js, replicas=replicas, lease_s=lease_s, queues=queues)
+        except BusUnavailable as error:
+            failures += 1
+            log.warning(
+                "topology.waiting failures=%d error=%s: JetStream does not answer yet "
+                "(a cluster still forming?); asking again",
+                failures,
+                error,
+                extra={"event": "topology.waiting"},
+            )
+            await asyncio.sleep(retry.delay(failures))
 
 
 async def ensure_offer_consumers(js: JetStreamContext, queues: Iterable[str]) -> None:
