@@ -22,6 +22,7 @@ from dockyard.bus import outbox
 from dockyard.core.spec import JobSpec
 from dockyard.scheduler import due
 from tests.benchmarks.bench_control_plane import _pct, _run_jobs, _submit_to_claimed
+from tests.benchmarks.cpu import cpu_by_command, spent
 from tests.support.cluster import nats_cluster_on_hosts
 from tests.support.orchestration import REPO, ControlPlane, new_orchestrator_id
 
@@ -37,12 +38,13 @@ class Figures:
     rate: float  # jobs/s, submit -> succeeded
     dispatch_p50_ms: float
     dispatch_p99_ms: float
+    nats_cpu_ms: float  # every nats-server's CPU per job in the throughput run
 
     def line(self, what: str) -> str:
         return (
             f"{what}: {JOBS} jobs in {JOBS / self.rate:.2f} s = {self.rate:.0f} jobs/s;"
             f" dispatch (one at a time) p50 {self.dispatch_p50_ms:.1f} ms,"
-            f" p99 {self.dispatch_p99_ms:.1f} ms"
+            f" p99 {self.dispatch_p99_ms:.1f} ms; nats-server CPU {self.nats_cpu_ms:.2f} ms a job"
         )
 
 
@@ -79,6 +81,7 @@ def _median(runs: list[Figures]) -> Figures:
         statistics.median(f.rate for f in runs),
         statistics.median(f.dispatch_p50_ms for f in runs),
         statistics.median(f.dispatch_p99_ms for f in runs),
+        statistics.median(f.nats_cpu_ms for f in runs),
     )
 
 
@@ -94,13 +97,15 @@ async def _measure(url: str, database_url: str, *, replicas: int) -> Figures:
         orchestrator = await _fake_orchestrator(url, replicas)
         try:
             await _run_jobs(plane, spec, WARM_UP)  # connections, consumers, caches
+            before = cpu_by_command()
             _, _, elapsed = await _run_jobs(plane, spec, JOBS)
+            nats_cpu = spent(before, cpu_by_command(), ("nats-server",))["nats-server"]
             one_by_one = await _one_at_a_time(plane, spec)
         finally:
             orchestrator.terminate()
             await orchestrator.wait()
         latencies = await _submit_to_claimed(plane, one_by_one)
-    return Figures(JOBS / elapsed, _pct(latencies, 50), _pct(latencies, 99))
+    return Figures(JOBS / elapsed, _pct(latencies, 50), _pct(latencies, 99), 1000 * nats_cpu / JOBS)
 
 
 async def _one_at_a_time(plane: ControlPlane, spec: JobSpec) -> list[str]:
