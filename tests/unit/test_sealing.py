@@ -10,7 +10,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from dockyard.core.spec import JobSpec, SpecError, check_secret_lengths
@@ -220,3 +220,25 @@ def test_masking_also_covers_the_base64_and_url_encoded_forms(shown: str) -> Non
     masker = SecretMasker(["p@ss word/+1"])
     assert "***" in masker.mask(f"Authorization: {shown}")
     assert shown.rstrip("=") not in masker.mask(f"Authorization: {shown}")
+
+
+_KEYS = st.from_regex(r"[A-Z_][A-Z0-9_]{0,8}", fullmatch=True)
+_VALUES = st.text(min_size=6, max_size=40).filter(lambda v: "\\" not in v and '"' not in v)
+
+
+@given(st.dictionaries(_KEYS, _VALUES, min_size=1, max_size=6), st.data())
+def test_any_spec_seals_to_ciphertext_and_opens_back_to_itself(
+    env: dict[str, str], data: st.DataObject
+) -> None:
+    names = data.draw(st.lists(st.sampled_from(sorted(env)), unique=True, min_size=1))
+    plain = msgspec.convert({"image": "app", "env": env, "secrets": names}, JobSpec)
+    rest = {k: v for k, v in env.items() if k not in names}
+    shown = msgspec.json.encode(msgspec.structs.replace(plain, env=rest)).decode()
+    assume(not any(env[name] in shown for name in names))  # a value the rest spells anyway
+    sealed = seal_spec(plain, RING, job_scope("job-1"))
+    encoded = msgspec.json.encode(sealed).decode()
+    assert [env[name] for name in names if env[name] in encoded] == []
+    assert {k: v for k, v in sealed.env.items() if k not in names} == {
+        k: v for k, v in env.items() if k not in names
+    }
+    assert open_spec(sealed, RING, job_scope("job-1")) == plain
