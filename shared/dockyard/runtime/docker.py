@@ -138,7 +138,7 @@ class DockerRuntime:
 
     async def create_container(self, plan: ContainerPlan) -> str:
         try:
-            volumes = await self._image_volumes(plan.config["Image"])
+            volumes = await self._image_volumes(plan)
             config = with_image_volumes(plan.config, volumes) if volumes else plan.config
             if not config["HostConfig"].get("ReadonlyRootfs", True) and await self._sized():
                 config = with_writable_cap(config)
@@ -149,11 +149,12 @@ class DockerRuntime:
             container = await self._docker.containers.create(config, name=plan.name)
         return str(container.id)
 
-    async def _image_volumes(self, ref: str) -> list[str]:
+    async def _image_volumes(self, plan: ContainerPlan) -> list[str]:
         """The VOLUMEs the image declares (none if the engine does not know the image: the
         create then fails saying so)."""
+        ref = plan.config["Image"]
         try:
-            async with self._call(f"inspect image {ref}"):
+            async with self._call(f"create container {plan.name}: inspect image {ref}"):
                 data = await self._docker.images.inspect(ref)
         except (NotFound, ImagePullFailed):
             return []
