@@ -252,3 +252,29 @@ async def test_a_plaintext_secret_stored_before_sealing_still_runs(
     assert (done.status, done.exit_code) == ("succeeded", 0), done.error
     lines = [line.text for line in await api.plane.log_lines(job_id)]
     assert lines[-1].split()[0] == hashlib.sha256(value.encode()).hexdigest()
+
+
+async def test_a_scheduler_without_a_key_fires_no_schedule_with_secrets(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A template stored in plain text by an earlier version: without a key to seal it, its
+    job is not made (never stored in plain text again); one without secrets still fires."""
+    pool = await create_pool(database_url)
+    try:
+        store, schedules = PgEventStore(pool), PgScheduleStore(pool)
+        created = datetime.now(UTC) - timedelta(seconds=90)
+        value = f"v-{secrets.token_hex(16)}"
+        for name, body in (("secret", job("busybox", value)), ("plain", {"image": "busybox"})):
+            raw = {"name": name, "interval_s": 60, "job": body}
+            await schedules.create(parse_schedule(msgspec.json.encode(raw), "acme", created))
+        with caplog.at_level(logging.ERROR, "dockyard.scheduler.firing"):
+            assert await fire_due(store, schedules, secrets=None) == 1
+        [row] = await pool.fetch("SELECT labels::text AS labels FROM jobs")
+        assert '"plain"' in row["labels"]
+        [skipped] = [r for r in caplog.records if "schedule.not_fired" in r.getMessage()]
+        assert "name=secret" in skipped.getMessage()
+        assert "DOCKYARD_SECRETS_KEY is not set" in skipped.getMessage()
+        rows = await pool.fetch("SELECT data::text AS data FROM events")
+        assert [r for r in rows if value in r["data"]] == []
+    finally:
+        await pool.close()

@@ -16,6 +16,7 @@ from dockyard.core.spec import JobSpec, SpecError, check_secret_lengths
 from dockyard.sealing import (
     KeyFileError,
     KeyRing,
+    SealError,
     has_secrets,
     job_scope,
     load_key_ring,
@@ -74,5 +75,8 @@ def sealed_for_schedule(spec: JobSpec, ring: KeyRing | None, tenant: str, name: 
 def fired_secrets(
     spec: JobSpec, ring: KeyRing | None, tenant: str, name: str, job_id: str
 ) -> JobSpec:
-    """The template's secrets sealed for one fired job; SealError when they do not open."""
+    """The template's secrets sealed for one fired job; SealError when they do not open, or
+    cannot be sealed (no key: not even a template stored before sealing fires in plain text)."""
+    if ring is None and has_secrets(spec):
+        raise SealError("its secrets cannot be sealed: DOCKYARD_SECRETS_KEY is not set here")
     return reseal_spec(spec, ring, schedule_scope(tenant, name), job_scope(job_id))
