@@ -148,7 +148,12 @@ async def test_one_sample_of_one_container_at_four_running_jobs(
     try:
         for n in range(4):
             container = await docker.containers.create(
-                {"Image": busybox_image, "Cmd": ["sleep", "60"], "Labels": {"bench": "usage"}}
+                {
+                    "Image": busybox_image,
+                    "Cmd": ["sleep", "60"],
+                    "Labels": {"bench": "usage"},
+                    "HostConfig": {"NetworkMode": "none"},  # no bridge needed
+                }
             )
             containers.append(container)
             await container.start()
