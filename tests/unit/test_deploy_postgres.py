@@ -3,6 +3,7 @@ operator sets, the services refuse the placeholder, and orchestrators cannot rea
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,9 @@ def test_compose_postgres_asks_every_connection_for_a_password() -> None:
         "--auth-local=scram-sha-256",
         "--auth-host=scram-sha-256",
     }
-    assert "trust" not in (ROOT / "compose.yaml").read_text()
+    # No `trust` method anywhere (an auth option, pg_hba, initdb's -A); trust/ is a directory.
+    text = (ROOT / "compose.yaml").read_text()
+    assert not re.search(r"(auth[\w-]*\s*[=:]\s*|-A\s*|\s)trust\b(?!/)", text)
 
 
 def test_the_services_refuse_the_deploy_files_placeholders() -> None:
@@ -39,11 +42,16 @@ def test_the_services_refuse_the_deploy_files_placeholders() -> None:
 def test_compose_orchestrators_are_not_on_postgres_network() -> None:
     services = compose()["services"]
     postgres = set(services["postgres"]["networks"])
-    assert not postgres & set(services["orchestrator"]["networks"])
+    orchestrators = [name for name in services if name.startswith("orchestrator-")]
+    assert orchestrators
+    for name in orchestrators:
+        assert not postgres & set(services[name]["networks"]), name
+        assert set(services["nats"]["networks"]) <= set(services[name]["networks"]), name
     for name in ("migrate", "scheduler", "log-relay", "janitor"):
         assert postgres <= set(services[name]["networks"]), name
         assert set(services["nats"]["networks"]) <= set(services[name]["networks"]), name
-    assert set(services["nats"]["networks"]) <= set(services["orchestrator"]["networks"])
+    # The credentials service needs no network at all.
+    assert services["credentials"]["network_mode"] == "none"
     assert set(compose()["networks"]) == {
-        n for service in services.values() for n in service["networks"]
+        n for service in services.values() for n in service.get("networks", [])
     }
