@@ -5,6 +5,7 @@ and schedules, and store nothing; the tenants allowed get them."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from dockyard.core.tenant_limits import TenantLimits, TenantPolicies
 from dockyard.handling.batching import CommandBatcher
 from dockyard.scheduler.app import build_app
 from dockyard.scheduler.context import Context
+from dockyard.scheduler.firing import fire_due
 from dockyard.scheduler.schedule_store import PgScheduleStore
 from dockyard.store.pool import Pool, create_pool
 from dockyard.store.postgres import PgEventStore
@@ -103,3 +105,23 @@ async def test_the_default_user_and_isolated_networks_are_fine_for_everyone(api:
     status, answer = await api.post("/v1/jobs", {"image": "busybox", "network": "isolated"}, "acme")
 
     assert status == 201, answer
+
+
+async def test_a_schedule_made_while_allowed_is_not_fired_once_the_tenant_is_not(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = {"name": "as-root", "interval_s": 60, "job": {"image": "busybox", "user": "0"}}
+    status, answer = await api.post("/v1/schedules", body, "trusted")
+    assert status == 201, answer
+    events_before, _ = await api.stored()
+    store, schedules = PgEventStore(api.pool), PgScheduleStore(api.pool)
+    later = lambda: datetime.now(UTC) + timedelta(seconds=61)  # noqa: E731
+
+    revoked = TenantPolicies({"trusted": TenantLimits(allow_root=False)})
+    assert await fire_due(store, schedules, later, tenants=revoked) == 0
+    assert (await api.stored())[0] == events_before
+    assert "schedule.not_fired name=as-root" in caplog.text and "job.user" in caplog.text
+
+    # Allowed again: the next fire time makes its job (the one skipped stays skipped).
+    next_time = lambda: datetime.now(UTC) + timedelta(seconds=121)  # noqa: E731
+    assert await fire_due(store, schedules, next_time, tenants=TENANTS) == 1

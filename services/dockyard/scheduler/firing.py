@@ -14,6 +14,7 @@ from dockyard.core import Rejected, SpecError, SubmitJob, fire_job_id
 from dockyard.core.deliverable import spec_problem
 from dockyard.core.spec import JobSpec
 from dockyard.core.spec_bounds import BUILT_IN, SpecBounds
+from dockyard.core.tenant_limits import TenantPolicies, check_tenant_spec
 from dockyard.handling.execute import Clock, execute, utc_now
 from dockyard.process.cancelling import raise_if_cancelled
 from dockyard.scheduler.schedule_store import ScheduleStore
@@ -41,20 +42,29 @@ async def fire_due(
     clock: Clock = utc_now,
     bounds: SpecBounds = BUILT_IN,
     secrets: KeyRing | None = None,
+    tenants: TenantPolicies | None = None,
 ) -> int:
     """Make the job of every due schedule; return how many jobs this call created."""
     made = 0
     now = clock()
     for schedule in await schedules.due(now, BATCH):
-        made += await _fire(store, schedules, schedule, clock, bounds, secrets)
+        made += await _fire(store, schedules, schedule, clock, bounds, secrets, tenants)
     return made
 
 
-def _problem(schedule: Schedule, bounds: SpecBounds) -> str | None:
+def _problem(
+    schedule: Schedule, bounds: SpecBounds, tenants: TenantPolicies | None = None
+) -> str | None:
     try:
         fired_spec(schedule, bounds)
     except SpecError as error:
         return f"its spec asks for more than allowed: {error.field}: {error.message}"
+    if tenants is not None:
+        # DOCKYARD_TENANT_LIMITS as it is now: an entry changed since the schedule was made.
+        try:
+            check_tenant_spec(schedule.job, tenants.of(schedule.tenant), prefix="job.")
+        except SpecError as error:
+            return f"its tenant may not ask for this: {error.field}: {error.message}"
     return spec_problem(schedule.job)
 
 
@@ -65,12 +75,13 @@ async def _fire(
     clock: Clock,
     bounds: SpecBounds,
     secrets: KeyRing | None = None,
+    tenants: TenantPolicies | None = None,
 ) -> int:
     now = clock()
     fire_time = latest_fire(schedule, now)
     made = 0
     due = fire_time is not None and (schedule.last_fire is None or fire_time > schedule.last_fire)
-    if due and (problem := _problem(schedule, bounds)) is not None:
+    if due and (problem := _problem(schedule, bounds, tenants)) is not None:
         # Stored by an earlier version under looser rules: its jobs could not be delivered.
         _not_fired(schedule, problem)
     elif due and fire_time is not None:
@@ -147,11 +158,12 @@ async def run_firing(
     tick_s: float = TICK_S,
     bounds: SpecBounds = BUILT_IN,
     secrets: KeyRing | None = None,
+    tenants: TenantPolicies | None = None,
 ) -> None:
     while True:
         raise_if_cancelled()  # a cancel nats-py lost (Python 3.11)
         try:
-            await fire_due(store, schedules, clock, bounds, secrets)
+            await fire_due(store, schedules, clock, bounds, secrets, tenants)
         except StoreUnavailable as error:
             log.warning("schedule.store_unavailable error=%s", error)
         except Exception:  # a loop of a long-running service must outlive any one tick

@@ -110,7 +110,11 @@ async def run_scheduler(settings: Settings) -> None:
                 "reports": ReportConsumer(nc, js, store, batcher, metrics).run(),
                 "due": run_due_ticker(store, PgDueJobs(pool)),
                 "schedules": run_firing(
-                    store, ctx.schedules, bounds=ctx.bounds, secrets=ctx.secrets
+                    store,
+                    ctx.schedules,
+                    bounds=ctx.bounds,
+                    secrets=ctx.secrets,
+                    tenants=ctx.tenants,
                 ),
             },
             until=wait_for_stop_signal(),
