@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import os
 from typing import Any
@@ -484,3 +485,24 @@ async def test_a_sealed_value_copied_from_another_job_does_not_open() -> None:
     assert report.reason == "container_error"
     assert report.error is not None and "another job" in report.error
     assert not any(op == "create_container" for op, _ in runtime.calls)
+
+
+@pytest.mark.parametrize("enforced", [False, True])
+async def test_an_egress_job_claimed_where_the_deny_list_is_not_enforced_never_runs(
+    enforced: bool,
+) -> None:
+    runtime = scripted(Script(output=(("stdout", b"out\n"),)))
+    harness = Harness(runtime)
+    # As from an offer of an earlier version, which did not say egress: claimed anyway.
+    harness.context = dataclasses.replace(harness.context, egress_ok=lambda: enforced)
+    report = await harness.attempt(job_spec("run", network="egress")).run()
+
+    if enforced:
+        assert (report.reason, report.exit_code) == (None, 0)
+        return
+    assert report.reason == "container_error"
+    assert report.error == (
+        "this orchestrator cannot enforce the egress deny list, so it did not run the job"
+    )
+    assert not any(op in ("create_network", "create_container") for op, _ in runtime.calls)
+    assert harness.texts()[-1][0] == "system"

@@ -106,6 +106,8 @@ class AttemptContext:
     engine: str | None = None  # the Docker engine's ID, named in every ledger intent
     deployment: str | None = None  # the installation's id, a label on all it creates
     usage: UsageSampler | None = None  # follows each job container while it runs
+    # Whether `egress` jobs may run here (the deny list is enforced, or turned off).
+    egress_ok: Callable[[], bool] | None = None
 
 
 class Attempt:
@@ -230,6 +232,9 @@ class Attempt:
             if acked is not None:
                 await acked
 
+    def _egress_allowed(self) -> bool:
+        return self._ctx.egress_ok is None or self._ctx.egress_ok()
+
     async def _execute(self, resources: AttemptResources) -> ReportExit:
         claim = self.claim
         # The secrets are opened here only, for this attempt's containers and its log's masking.
@@ -237,6 +242,12 @@ class Attempt:
         if isinstance(spec, SealError):
             self._log.note(f"container error: {spec}")
             return failed_report(claim.attempt, ContainerRuntimeError(str(spec)))
+        if spec.effective_network == "egress" and not self._egress_allowed():
+            # Claimed from an offer that did not say egress (an earlier version's): never run
+            # it unprotected; its retry is offered as egress and goes to one that enforces.
+            why = "this orchestrator cannot enforce the egress deny list, so it did not run the job"
+            self._log.note(f"container error: {why}")
+            return failed_report(claim.attempt, ContainerRuntimeError(why))
         self._log.mask(spec)
         plan = plan_job(
             spec,

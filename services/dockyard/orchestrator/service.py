@@ -125,6 +125,7 @@ class Orchestrator:
             engine=engine,
             deployment=deployment,
             usage=self.usage if self.usage.enabled else None,
+            egress_ok=lambda: self.egress.allows_egress,
         )
         self.finished = 0
         self.recovered: list[tuple[str, int]] = []
