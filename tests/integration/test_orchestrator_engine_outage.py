@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -36,6 +37,7 @@ from tests.support.second_engine import SecondEngine
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def engine(busybox_image: str) -> AsyncIterator[SecondEngine]:
+    host_links = _links()
     second = SecondEngine()
     try:
         await second.start()
@@ -43,8 +45,15 @@ async def engine(busybox_image: str) -> AsyncIterator[SecondEngine]:
         yield second
     finally:
         await second.close()
-    # Nothing of it outlives the test: its process, its mounts, its directory.
+    # Nothing of it outlives the test: its process, its mounts, its directory, its bridge;
+    # and it took nothing of the host's (a dockerd on --bridge=none deletes docker0).
     assert not second.running and not second.root.exists()
+    assert _links() == host_links
+
+
+def _links() -> set[str]:
+    listed = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True)
+    return {line.split(":")[1].strip().split("@")[0] for line in listed.stdout.splitlines()}
 
 
 @asynccontextmanager

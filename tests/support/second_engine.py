@@ -3,10 +3,13 @@ engine the rest of the suite uses.
 
 A second `dockerd` with its own data root, exec root (so its own containerd), pid file and
 unix socket, all under one short temporary directory (unix socket paths are capped at 108
-bytes), and `--bridge=none --iptables=false --ip6tables=false --ip-masq=false`, so that it
-touches no host network: its containers run with `network: none` only. `close` stops it,
-unmounts whatever it left mounted under the directory, and removes the directory, even
-after a failed test.
+bytes), and `--iptables=false --ip6tables=false --ip-masq=false`, so that it adds no rule:
+its containers run with `network: none` only. Its default bridge is one of its own, made
+here with an address from 198.18.0.0/15, not `--bridge=none`: a dockerd started with
+`--bridge=none` deletes the host's `docker0` (Moby's configureNetworking calls
+removeDefaultBridgeInterface), which broke the main engine's default network for every
+later test. `close` stops it, unmounts whatever it left mounted under the directory,
+removes the directory and its bridge, even after a failed test.
 """
 
 from __future__ import annotations
@@ -33,12 +36,34 @@ class SecondEngine:
         self.url = f"unix://{self.socket}"
         self._process: asyncio.subprocess.Process | None = None
         self.log_path = self.root / "dockerd.log"
+        self.bridge = f"dyd{self.root.name[-8:].lower()}"[:15]
+        self._bridge_made = False
+
+    def _make_bridge(self) -> None:
+        if self._bridge_made:
+            return
+        from tests.support.hosts import free_subnet  # 198.18.0.0/15, not in use here
+
+        subnet = free_subnet()
+        for argv in (
+            ["ip", "link", "add", self.bridge, "type", "bridge"],
+            ["ip", "addr", "add", f"{subnet.network_address + 1}/{subnet.prefixlen}",
+             "dev", self.bridge],
+        ):  # fmt: skip
+            subprocess.run(argv, check=True, capture_output=True, timeout=30)
+        self._bridge_made = True
+
+    def _remove_bridge(self) -> None:
+        if self._bridge_made:
+            subprocess.run(["ip", "link", "del", self.bridge], check=False, capture_output=True)
+            self._bridge_made = False
 
     def client(self) -> aiodocker.Docker:
         return aiodocker.Docker(url=self.url)
 
     async def start(self) -> None:
         """Start (or start again, on the same data) and wait until it answers."""
+        await asyncio.to_thread(self._make_bridge)
         log = self.log_path.open("ab")
         try:
             self._process = await asyncio.create_subprocess_exec(
@@ -47,7 +72,7 @@ class SecondEngine:
                 f"--exec-root={self.root / 'exec'}",
                 f"--pidfile={self.root / 'dockerd.pid'}",
                 f"--host={self.url}",
-                "--bridge=none",
+                f"--bridge={self.bridge}",
                 "--iptables=false",
                 "--ip6tables=false",
                 "--ip-masq=false",
@@ -101,6 +126,7 @@ class SecondEngine:
     async def close(self) -> None:
         await self.stop()
         await asyncio.to_thread(self._remove_root)
+        await asyncio.to_thread(self._remove_bridge)
 
     def _remove_root(self) -> None:
         # Mounts it may leave after a kill (overlays, network namespaces), deepest first.
