@@ -298,8 +298,9 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         '"max_schedules", "submit_per_s", "weight", "allow_egress", "allow_root"}}`, every key '
         "optional. `allow_egress` (default true): false refuses `network: egress` with 422 "
         "naming `network`; `allow_root` (default false): true allows `user` uid 0 and "
-        "`read_only: false`, else refused with 422 naming the field. A tenant without an entry "
-        'gets `"*"`\'s.',
+        "`read_only: false`, else refused with 422 naming the field; checked at submit, at "
+        "schedule create and at each firing (a schedule no longer allowed is not fired). A "
+        'tenant without an entry gets `"*"`\'s.',
         read_by=("scheduler",),
         group="job limits",
     ),
