@@ -106,3 +106,20 @@ async def test_remove_takes_the_hooks_out(iptables: Path) -> None:
     assert (iptables.parent / "hooks").read_text() == ""
     calls = (iptables.parent / "calls").read_text()
     assert f"iptables -X {CHAINS.forward}" in calls and f"iptables -X {CHAINS.input}" in calls
+
+
+async def test_chains_deleted_under_it_are_written_again_without_refusing_egress(
+    iptables: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "dockyard.orchestrator.egress")
+    guard = _guard(iptables)
+    await guard.install()
+    (iptables.parent / "restored").unlink()  # `-S` of either chain now fails, as when gone
+    (iptables.parent / "hooks").write_text("")
+
+    await guard.check()
+
+    assert guard.allows_egress and guard.installs == 2
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("egress_rules_missing" in m for m in messages)
+    assert not any("egress_unenforced" in m for m in messages)

@@ -32,6 +32,7 @@ from dockyard.process.cancelling import raise_if_cancelled
 log = logging.getLogger("dockyard.orchestrator.egress")
 
 COMMAND_TIMEOUT_S: Final = 10.0
+MAX_HOOKS: Final = 16
 PERIOD_S: Final = 10.0
 # The keyword of DOCKYARD_EGRESS_DENY that stands for the contract's default list.
 DEFAULT: Final = "default"
@@ -121,8 +122,9 @@ class EgressGuard:
             return
         async with self._lock:
             for hook, chain in self.chains.hooks():
-                while await self._ok("-C", hook, "-j", chain):
-                    await self._ok("-D", hook, "-j", chain)
+                for _ in range(MAX_HOOKS):  # a hook added twice by hand goes too
+                    if not await self._ok("-D", hook, "-j", chain):
+                        break
                 await self._ok("-F", chain)
                 await self._ok("-X", chain)
         log.info("orchestrator.egress_removed", extra={"event": "orchestrator.egress_removed"})
@@ -136,8 +138,13 @@ class EgressGuard:
                 await self._run(self._iptables, "-I", hook, "1", "-j", chain)
 
     async def _intact(self, deny: Sequence[str]) -> bool:
+        """Whether both chains hold the rules and both hooks are there; a chain that is gone
+        (flushed with the rest) is simply not intact."""
         for chain, rules in chain_rules(self.chains, deny).items():
-            listed = (await self._run(self._iptables, "-S", chain)).splitlines()
+            try:
+                listed = (await self._run(self._iptables, "-S", chain)).splitlines()
+            except EgressUnenforced:
+                return False
             if tuple(listed[1:]) != rules:  # the first line is `-N chain`
                 return False
         for hook, chain in self.chains.hooks():
