@@ -394,6 +394,9 @@ class OrchestratorProcess:
             "DOCKYARD_NATS_URL": nats_url,
             "DOCKYARD_ORCHESTRATOR_ID": orchestrator_id,
             "DOCKYARD_LEASE_S": str(TEST_LEASE_S),
+            # No egress rules unless a test asks: a process it SIGKILLs and never restarts
+            # would leave its chains on the host (tests/integration/test_egress_policy.py).
+            "DOCKYARD_EGRESS_DENY": "none",
             **env,
         }
         self.process: asyncio.subprocess.Process | None = None
