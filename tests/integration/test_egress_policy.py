@@ -228,6 +228,8 @@ async def test_orchestrator_that_cannot_install_rules_says_so_and_leaves_egress_
             assert answer.status == 503
             message = body["error"]["message"]
             assert "egress (egress deny list not enforced: /nonexistent/iptables" in message
+            async with http.get(f"http://{host}:{port}/metrics") as answer:
+                assert "dockyard_orchestrator_egress_enforced 0.0" in await answer.text()
         finally:
             await runner.cleanup()
         egress = await control.submit(spec(IMAGE, "echo", "out", network="egress"))

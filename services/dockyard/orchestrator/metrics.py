@@ -67,6 +67,12 @@ class OrchestratorMetrics:
             "1 while its Docker engine answers; 0 while it does not (and nothing is claimed)",
             registry=r,
         )
+        self.egress_enforced = Gauge(
+            "dockyard_orchestrator_egress_enforced",
+            "1 while its egress rules are in place (or DOCKYARD_EGRESS_DENY is none); 0 while "
+            "they cannot be, and egress jobs are left for other orchestrators",
+            registry=r,
+        )
 
         self.job_cpu_seconds = Histogram(
             "dockyard_orchestrator_job_cpu_seconds",

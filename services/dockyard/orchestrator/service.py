@@ -106,6 +106,7 @@ class Orchestrator:
         self.metrics = OrchestratorMetrics()
         self.metrics.watch(running=lambda: self.running, nats_connected=lambda: nc.is_connected)
         self.metrics.engine_up.set_function(lambda: 1.0 if self.engine.up else 0.0)
+        self.metrics.egress_enforced.set_function(lambda: 1.0 if self.egress.allows_egress else 0.0)
         self._ask = observed_ask(ask or self._claim_asker(), self.metrics)
         self._slots = asyncio.Semaphore(config.max_jobs)
         self._attempts: set[asyncio.Task[None]] = set()
