@@ -183,16 +183,43 @@ async def verify(load: Load, *, settle_s: float = 60.0) -> dict[str, Any]:
             lines = await _whole_log(api, job_id)
             _check_log(job_id, view, lines, short=job_id in load.short)
             if job_id in load.followed:
-                seen = [line["seq"] for line in load.followed[job_id]]
-                assert seen == [line["seq"] for line in lines], f"follower of {job_id}: {seen}"
-    await until(_no_leftovers(load), settle_s, "no container or network of the run left")
+                seen = [_shown(line) for line in load.followed[job_id]]
+                assert seen == [_shown(line) for line in lines], f"follower of {job_id}: {seen}"
+        await until(_no_leftovers(load), settle_s, "no container or network of the run left")
+        await until(_ledgers_closed(api, load.jobs), settle_s, "every ledger entry released")
     return figures
+
+
+def _shown(line: dict[str, Any]) -> tuple[int, int, str]:
+    return line["seq"], line["attempt"], line["text"]
+
+
+def _ledgers_closed(api: ApiClient, jobs: list[str]) -> Any:
+    """A check: every resource the ledger recorded for the jobs is released (none left)."""
+    open_jobs = set(jobs)
+
+    async def check() -> bool:
+        for job_id in sorted(open_jobs):
+            if not _open_entries((await api.events(job_id))["events"]):
+                open_jobs.discard(job_id)
+        return not open_jobs
+
+    return check
+
+
+def _open_entries(events: list[dict[str, Any]]) -> set[tuple[str, str, int]]:
+    def key(e: dict[str, Any]) -> tuple[str, str, int]:
+        return e["data"]["kind"], e["data"]["name"], e["data"]["attempt"]
+
+    intended = {key(e) for e in events if e["type"] == "resource_intended"}
+    return intended - {key(e) for e in events if e["type"] == "resource_released"}
 
 
 def _check_history(job_id: str, view: dict[str, Any], events: list[dict[str, Any]]) -> list[int]:
     """One terminal status, versions 1..n without a gap, one start per attempt; the
     attempts that started a container."""
-    where = f"job {job_id} ({view['status']}, attempt {view['attempt']})"
+    history = [(e["version"], e["type"], e["data"].get("attempt")) for e in events]
+    where = f"job {job_id} ({view['status']}, attempt {view['attempt']}; {history})"
     assert view["status"] == "succeeded", f"{where}: {view['reason']}: {view['error']}"
     assert [e["version"] for e in events] == list(range(1, len(events) + 1)), where
     terminal = [e for e in events if e["type"] in TERMINAL_EVENTS]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import itertools
 import os
 import re
 import subprocess
@@ -29,11 +30,16 @@ from typing import Final
 PREFIX: Final = "dkh"
 CUT_CHAIN: Final = "DKH-CUT"  # in each host's own INPUT: the partitions' rules, and only them
 NETWORK: Final = ipaddress.ip_network("198.18.0.0/15")
-_NS_NAME = re.compile(rf"^{PREFIX}(\d+)-")
+_NS_NAME = re.compile(rf"^{PREFIX}(\d+)[a-z]?-")
+_made_here = itertools.count()
 
 
 class HostsError(RuntimeError):
     """Raised when a namespace, link or rule cannot be made or removed."""
+
+
+def _letter() -> str:
+    return "abcdefghijklmnopqrstuvwxyz"[next(_made_here) % 26]
 
 
 def run(*argv: str, netns: str | None = None, check: bool = True) -> str:
@@ -98,7 +104,8 @@ class Hosts:
     """The switch, its uplink and the hosts plugged into it. Close it to remove them all."""
 
     subnet: ipaddress.IPv4Network
-    tag: str = field(default_factory=lambda: f"{PREFIX}{os.getpid()}")
+    # Unique in this process too: a test may make hosts while a fixture's are up.
+    tag: str = field(default_factory=lambda: f"{PREFIX}{os.getpid()}{_letter()}")
     hosts: dict[str, Host] = field(default_factory=dict)
     _made: list[str] = field(default_factory=list)
 
