@@ -5,8 +5,8 @@ wildcard (`-i dy<5 hex>+`) scopes every rule to them and nothing else on the hos
 two orchestrators on one host each enforce their own list on their own jobs. Each owns two
 chains named after its id (so neither removes the other's): one jumped to from DOCKER-USER
 (forwarded traffic: the deny list) and one from INPUT (the host itself, reached through a job
-network's gateway). The chains are written with
-one `iptables-restore --noflush`, which replaces a declared chain's rules in one commit.
+network's gateway). The chains are written with one `iptables-restore --noflush`, which
+replaces a declared chain's rules in one commit.
 """
 
 from __future__ import annotations
