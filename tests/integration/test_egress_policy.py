@@ -310,3 +310,18 @@ async def _until(check: Callable[[], bool], what: str, timeout_s: float = 30) ->
         if time.monotonic() > deadline:
             raise AssertionError(f"never {what}")
         await asyncio.sleep(0.2)
+
+
+async def test_with_the_rules_a_job_still_reaches_its_sidecar_by_name(
+    nats_url: str, database_url: str, busybox_image: str
+) -> None:
+    serve = "while true; do echo hello-from-sidecar | nc -l -p 8080; done"
+    reach = "for i in $(seq 1 50); do nc -w 2 helper 8080 </dev/null && exit 0; sleep 0.1; done"
+    sidecar = {"name": "helper", "image": IMAGE, "command": ["sh", "-c", serve]}
+    async with (
+        ControlPlane(nats_url, database_url) as control,
+        running_orchestrator(nats_url, egress_deny=("default",)) as orchestrator,
+    ):
+        assert orchestrator.egress.error is None
+        job_id = await control.submit(spec(IMAGE, "sh", "-c", reach, sidecars=[sidecar]))
+        assert await _job_output(control, job_id) == ["hello-from-sidecar"]
