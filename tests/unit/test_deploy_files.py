@@ -316,13 +316,14 @@ def test_services_listen_on_every_interface_inside_their_containers() -> None:
         "scheduler": "DOCKYARD_API_LISTEN",
         "log-relay": "DOCKYARD_LOGS_LISTEN",
         "janitor": "DOCKYARD_JANITOR_METRICS_LISTEN",
-        "orchestrator-1": "DOCKYARD_METRICS_LISTEN",
     }
     for name, variable in listens.items():
         assert service_env(name)[variable].startswith("0.0.0.0:"), name
-    metrics_port = port(service_env("orchestrator-1")["DOCKYARD_METRICS_LISTEN"])
-    for name in ORCHESTRATORS:
-        assert services()[name]["expose"] == [str(metrics_port)]
+    # The orchestrators are in the host's namespace: there 0.0.0.0 would be every network
+    # the host is on, so /metrics is on its loopback, a port each.
+    metrics = [service_env(name)["DOCKYARD_METRICS_LISTEN"] for name in ORCHESTRATORS]
+    assert all(listen.startswith("127.0.0.1:") for listen in metrics)
+    assert len(set(metrics)) == len(metrics)
 
 
 def test_compose_only_the_engine_users_mount_the_docker_socket() -> None:
@@ -338,8 +339,12 @@ def test_compose_only_the_engine_users_mount_the_docker_socket() -> None:
 def test_compose_urls_name_compose_services_and_their_ports() -> None:
     env = service_env("scheduler")
     assert host_port(env["DOCKYARD_NATS_URL"]) == ("nats", 4222)
+    # Orchestrators, on the host's network, reach NATS where compose publishes it.
+    published = {mapping.rsplit(":", 1)[1] for mapping in services()["nats"]["ports"]}
     for name in ORCHESTRATORS:
-        assert host_port(service_env(name)["DOCKYARD_NATS_URL"]) == ("nats", 4222)
+        assert services()[name]["network_mode"] == "host", name
+        assert host_port(service_env(name)["DOCKYARD_NATS_URL"]) == ("localhost", 4222)
+        assert "4222" in published
     database = urlsplit(env["DOCKYARD_DATABASE_URL"])
     assert (database.hostname, database.port) == ("postgres", 5432)
     postgres = service_env("postgres")
