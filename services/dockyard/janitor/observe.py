@@ -9,6 +9,7 @@ no job can be judged, and the sweep stops there.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import TypeVar
@@ -27,6 +28,7 @@ from dockyard.bus.names import LABEL_DEPLOYMENT, LABEL_JOB
 from dockyard.bus.protocol import decode_heartbeat
 from dockyard.core.errors import Rejected
 from dockyard.janitor import queries
+from dockyard.janitor.bucket_watch import STANDALONE, BucketWatch
 from dockyard.janitor.config import JanitorConfig
 from dockyard.janitor.facts import JobFacts, Orchestrator, World, job_facts
 from dockyard.janitor.ledger_watch import LedgerWatch
@@ -78,6 +80,7 @@ class Observer:
         self.ledger = LedgerWatch()
         # The last heartbeat seen from each orchestrator: how long a silent one has been silent.
         self._last_beat: dict[str, datetime] = {}
+        self._bucket = BucketWatch(config.lease_s)
 
     async def observe(self, now: datetime, failures: list[StepFailure]) -> World:
         """One sweep's World; raises StoreUnavailable when the database cannot be read."""
@@ -159,6 +162,10 @@ class Observer:
         }
         js = self._sources.js
         if not holders or js is None:
+            return {}
+        why_not = self._bucket.why_not(await _bucket_leader(js), time.monotonic())
+        if why_not is not None:  # no verdict: every key may have aged out unwritten
+            failures.append(StepFailure("observe.heartbeats", why_not))
             return {}
         try:
             with translated():
@@ -246,3 +253,15 @@ class Observer:
             if sent is not None:
                 waiting[job_id] = max(0.0, (world.now - sent).total_seconds())
         return waiting
+
+
+async def _bucket_leader(js: JetStreamContext) -> str | None:
+    """The server leading the heartbeat bucket's stream; None if it has none or cannot say."""
+    try:
+        with translated():
+            info = await js.stream_info(f"KV_{names.HEARTBEATS_BUCKET}")
+    except BusError:
+        return None
+    if info.cluster is None:
+        return STANDALONE
+    return info.cluster.leader or None
