@@ -26,7 +26,7 @@ import nats.js.errors
 from nats.js import JetStreamContext
 
 from dockyard.bus import names
-from dockyard.bus.errors import translated
+from dockyard.bus.errors import BusRejected, translated
 
 # Many requests in a burst (a page load, a room's followers) share one consumer lookup.
 FLOOR_TTL_S: Final = 0.02
@@ -47,6 +47,7 @@ class Completion:
         self._floor_at = -1.0
         self._floor_lock = asyncio.Lock()
         self._done: OrderedDict[str, None] = OrderedDict()
+        self._heads: dict[str, int] = {}  # a finished job's stream head, until all is stored
         self._remembered = remembered
 
     async def all_stored(self, job_id: str) -> bool:
@@ -57,9 +58,10 @@ class Completion:
         if job_id in self._done:
             self._done.move_to_end(job_id)
             return True
-        last = await self._last_message_seq(job_id)
-        if last and not await self.acked_through(last):
+        last = await self._last_of(job_id)
+        if last is None or (last and not await self.acked_through(last)):
             return False
+        self._heads.pop(job_id, None)
         self._done[job_id] = None
         if len(self._done) > self._remembered:
             self._done.popitem(last=False)
@@ -78,6 +80,33 @@ class Completion:
                 self._floor = max(self._floor, floor or 0)
                 self._floor_at = loop.time()
         return stream_seq <= self._floor
+
+    async def _last_of(self, job_id: str) -> int | None:
+        """A stream sequence at or past the job's last message; None while nobody can say.
+
+        On a cluster, the stream's head as its leader tells it, read once the job is over:
+        every batch of the job is below it. Not the job's last message by a direct get: any
+        replica answers that, and one cut off from the others (or lagging) answers from a log
+        that lacks the last batches, which made a room send `end` lines early. A leader that
+        does not hear from a majority of the replicas may be such a one too: asked again
+        later. With one server (or credentials without STREAM.INFO) the direct get it is."""
+        if job_id in self._heads:
+            return self._heads[job_id]
+        try:
+            with translated():
+                info = await self._js.stream_info(names.LOGS_STREAM)
+        except BusRejected:
+            return await self._last_message_seq(job_id)
+        cluster = info.cluster
+        if cluster is None or not cluster.replicas:
+            return await self._last_message_seq(job_id)
+        current = sum(1 for replica in cluster.replicas if replica.current)
+        if not cluster.leader or 2 * (1 + current) <= 1 + len(cluster.replicas):
+            return None
+        self._heads[job_id] = info.state.last_seq
+        while len(self._heads) > self._remembered:
+            self._heads.pop(next(iter(self._heads)))
+        return info.state.last_seq
 
     async def _last_message_seq(self, job_id: str) -> int:
         with translated():

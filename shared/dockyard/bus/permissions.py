@@ -185,8 +185,10 @@ def _log_relay(name: str | None, queues: Sequence[str]) -> Permissions:
             # The persister's durable (verified at start, pulled, acked, its gauge).
             _consumer_info(logs, names.LOGS_DURABLE),
             *_pull(logs, names.LOGS_DURABLE),
-            # Completion: the last batch a job has in the stream (a direct get, connection.py).
+            # Completion: the last batch a job has in the stream (a direct get, connection.py),
+            # and on a cluster the stream's head and replicas as its leader tells them.
             _direct_get(logs, ">"),
+            _stream_info(logs),
             # Live tails: ephemeral pull consumers on LOGS only, made and removed by the relay.
             _api("CONSUMER.CREATE", logs, ">"),
             _api("CONSUMER.DELETE", logs, "*"),
