@@ -563,8 +563,15 @@ def test_dockerfile_copies_the_sources_of_the_wheel_and_the_context_has_them() -
     assert not dockerignored("schemas/openapi.json")
     # The package alone: test extras (pytest, playwright, ...) have no place in the image.
     installs = [rest for word, rest in dockerfile_instructions() if word == "RUN"]
-    assert any("pip install /wheels/dockyard-" in run for run in installs)
+    assert any("pip install --no-deps /wheels/dockyard-" in run for run in installs)
     assert not any("[test]" in run for run in installs)
+    # Every other install is hash-checked against a lock file (supply chain, issue #20).
+    for run in installs:
+        for command in re.split(r"&&", run):
+            if "pip install" in command and "/wheels/" not in command:
+                assert "--require-hashes -r requirements/" in command, command
+            if "pip wheel" in command:
+                assert "--no-build-isolation" in command, command
 
 
 def test_dockerignore_keeps_local_state_caches_and_tests_out() -> None:
