@@ -45,6 +45,9 @@ Launch = Callable[[Claim, Ticket], None]
 
 # Offers pulled at once, when that many slots are free: claimed side by side.
 MAX_FETCH = 32
+# Asks of one claim before it counts as unanswered: three claim timeouts (5 s each) stay
+# within the offer's ack wait (30 s), so the offer is not redelivered to another meanwhile.
+CLAIM_ASKS = 3
 # How often a granted claim looks whether the job's earlier attempt here is gone.
 EARLIER_POLL_S = 0.05
 
@@ -66,13 +69,32 @@ def claim_asker(
     `rejected(why)` counts each answer refused, by why.
     """
 
+    async def send(request: protocol.ClaimRequest) -> Msg:
+        """The reply, asking again when one times out: a scheduler slowed by a NATS election
+        may grant a claim after we stopped waiting, and handing the offer back then would give
+        it to another orchestrator, which the scheduler refuses (the claim is ours), so nobody
+        would run the job. Asking again is safe: the same orchestrator's claim stands."""
+        for ask_number in range(1, CLAIM_ASKS + 1):
+            try:
+                return await nc.request(
+                    names.claim_subject(request.orchestrator),
+                    protocol.encode(request),
+                    timeout=timeout_s,
+                )
+            except nats.errors.TimeoutError:
+                if ask_number == CLAIM_ASKS:
+                    raise
+                log.info(
+                    "orchestrator.claim_asked_again job=%s ask=%d",
+                    request.job_id,
+                    ask_number + 1,
+                    extra={"event": "orchestrator.claim_asked_again", "job": request.job_id},
+                )
+        raise AssertionError("unreachable")  # pragma: no cover
+
     async def ask(request: protocol.ClaimRequest) -> protocol.ClaimAnswer | None:
         try:
-            reply = await nc.request(
-                names.claim_subject(request.orchestrator),
-                protocol.encode(request),
-                timeout=timeout_s,
-            )
+            reply = await send(request)
             problem = verifier.problem(reply.data, reply.headers) if verifier else None
             answer = None if problem else protocol.decode_answer(reply.data)
         except (nats.errors.Error, OSError, MessageDecodeError) as exc:
