@@ -39,7 +39,11 @@ class Heartbeats:
         on_beat: Callable[[], Awaitable[None]] | None = None,
         on_missed: Callable[[], None] | None = None,
         engine_error: Callable[[], str | None] | None = None,
+        move_server: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """`move_server`: called when a beat fails while connected, to try another node of a
+        NATS cluster (see `run`)."""
+        self._move_server = move_server
         self._engine_error = engine_error or (lambda: None)
         self._js = js
         self._registry = registry
@@ -89,8 +93,14 @@ class Heartbeats:
         """Beat every period until cancelled (then the caller calls `withdraw`)."""
         while True:
             raise_if_cancelled()  # a cancel nats-py lost (Python 3.11)
-            if not await self.beat() and self._on_missed is not None:
-                self._on_missed()
+            if not await self.beat():
+                if self._on_missed is not None:
+                    self._on_missed()
+                if self._move_server is not None:
+                    # A node cut off from the cluster's majority keeps our connection up but
+                    # commits nothing: another node may take the next beat before the lease
+                    # runs out, where staying would get our jobs requeued as lost.
+                    await self._move_server()
             if self._on_beat is not None:
                 try:
                     await self._on_beat()

@@ -21,7 +21,13 @@ from aiohttp import web
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
-from dockyard.bus.connection import Security, close, connect, jetstream
+from dockyard.bus.connection import (
+    Security,
+    close,
+    connect,
+    jetstream,
+    move_to_another_server,
+)
 from dockyard.bus.permissions import inbox_prefix
 from dockyard.bus.signing import ClaimVerifier
 from dockyard.bus.topology import await_topology, orchestrator_needs
@@ -102,6 +108,7 @@ class Orchestrator:
             on_beat=self._after_beat,
             on_missed=self.stale.heartbeat_missed,
             engine_error=lambda: self.engine.error,
+            move_server=functools.partial(move_to_another_server, nc),
         )
         self.metrics = OrchestratorMetrics()
         self.metrics.watch(running=lambda: self.running, nats_connected=lambda: nc.is_connected)

@@ -63,6 +63,25 @@ def _choose_server(servers: list[Server], _info: dict[str, Any]) -> tuple[Server
     return server, reconnect_delay(server.reconnects)
 
 
+async def move_to_another_server(nc: NatsClient) -> None:
+    """Reconnect to another server of a cluster's pool, when there is one and we are connected.
+
+    For a node that answers but commits nothing (cut off from the cluster's majority): the
+    connection stays up, so nats-py would never leave it by itself. Counting a retry against
+    the current server makes `_choose_server`, which takes the least-retried, pick another.
+    """
+    current = nc._current_server
+    if current is None or len(nc._server_pool) < 2 or not nc.is_connected:
+        return
+    current.reconnects += 1
+    log.warning(
+        "bus.moving_server from=%s",
+        redact(current.uri.geturl()),
+        extra={"event": "bus.moving_server"},
+    )
+    await nc.force_reconnect()
+
+
 def server_urls(url: str) -> list[str]:
     """The servers of DOCKYARD_NATS_URL: one URL, or a comma-separated list (a cluster's
     nodes, so the first connection does not hang on one node being down)."""

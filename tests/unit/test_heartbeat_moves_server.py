@@ -1,0 +1,65 @@
+"""A failed heartbeat asks to move to another NATS server (found on the cluster, #21): a node
+cut off from the cluster's majority keeps the connection up but commits no put, and staying
+there would get the orchestrator's jobs requeued as lost once its lease ran out."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import nats.errors
+import pytest
+
+from dockyard.orchestrator.heartbeat import Heartbeats
+from dockyard.orchestrator.registry import Registry
+
+pytestmark = pytest.mark.unit
+
+
+class Bucket:
+    def __init__(self, fail: bool) -> None:
+        self.fail = fail
+        self.puts = 0
+
+    async def put(self, key: str, value: bytes) -> int:
+        self.puts += 1
+        if self.fail:
+            raise nats.errors.TimeoutError
+        return self.puts
+
+
+class JetStream:
+    def __init__(self, bucket: Bucket) -> None:
+        self.bucket = bucket
+
+    async def key_value(self, name: str) -> Bucket:
+        return self.bucket
+
+
+async def beats_for(bucket: Bucket, moved: list[int]) -> None:
+    async def move() -> None:
+        moved.append(bucket.puts)
+
+    js: Any = JetStream(bucket)
+    beats = Heartbeats(
+        js, Registry(), orchestrator="o-1", queues=("default",), max_jobs=2,
+        lease_s=0.3, period_s=0.01, move_server=move,
+    )  # fmt: skip
+    task = asyncio.create_task(beats.run())
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def test_a_heartbeat_nats_did_not_take_moves_to_another_server() -> None:
+    moved: list[int] = []
+    await beats_for(Bucket(fail=True), moved)
+    assert moved and moved[0] == 1  # right after the first failed put
+
+
+async def test_heartbeats_that_go_through_stay_where_they_are() -> None:
+    moved: list[int] = []
+    await beats_for(Bucket(fail=False), moved)
+    assert not moved
