@@ -19,6 +19,7 @@ from dockyard.core import (
     uuid7,
 )
 from dockyard.core.errors import UnknownJob
+from dockyard.core.events import ContainerStarted, JobClaimed, JobSucceeded
 from dockyard.handling.batching import CommandBatcher, Request, execute_many
 from dockyard.handling.execute import Outcome, execute
 from dockyard.handling.job_cache import FINISHED_TTL_S, JobCache, Known
@@ -254,3 +255,36 @@ def test_the_cache_keeps_the_most_recently_used() -> None:
     assert cache.get("b") is None and cache.get("a") is not None and len(cache) == 2
     cache.put("a", job)  # no such job: not kept
     assert cache.get("a") is None
+
+
+class StartFailsOnce(InMemoryEventStore):
+    """Every batch conflicts, and the first single append of a start cannot be stored."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = False
+
+    async def append_many(self, appends: Sequence[PendingAppend]) -> None:
+        if any(a.events and isinstance(a.events[0], ContainerStarted) for a in appends):
+            raise BatchConflict("raced")
+        await super().append_many(appends)
+
+    async def append(self, job_id: str, expected_version: int, events, view=None) -> None:  # type: ignore[no-untyped-def,override]
+        if not self.failed and events and isinstance(events[0], ContainerStarted):
+            self.failed = True
+            raise StoreUnavailable("away for a moment")
+        await super().append(job_id, expected_version, events, view=view)
+
+
+async def test_a_jobs_later_report_is_not_recorded_before_an_earlier_one_that_failed() -> None:
+    store = StartFailsOnce()
+    job_id = uuid7()
+    await execute_many(store, [Request(job_id, submit()), Request(job_id, claim())])
+    exit_ = ReportExit(attempt=1, exit_code=0, orchestrator="o")
+    results = await execute_many(store, [Request(job_id, started()), Request(job_id, exit_)])
+    # Both come again later (the consumer naks them), in order: the start is not overtaken.
+    assert all(isinstance(r, StoreUnavailable) for r in results)
+    assert type((await store.load(job_id))[-1].event) is JobClaimed
+    results = await execute_many(store, [Request(job_id, started()), Request(job_id, exit_)])
+    history = [type(r.event) for r in await store.load(job_id)]
+    assert history[-2:] == [ContainerStarted, JobSucceeded]

@@ -360,3 +360,30 @@ def test_an_undeliverable_job_fails_once_and_is_never_retried(status: str) -> No
         why,
     )
     assert s.when(FailUndeliverable(error=why)) == []
+
+
+def test_an_exit_that_overtook_its_start_records_the_start_it_vouches_for() -> None:
+    s = Scenario().given(SUBMIT, CLAIM)
+    began = T0 + timedelta(seconds=3)
+    exit_ = ReportExit(
+        attempt=1, exit_code=0, orchestrator="o1", started_at=began, container_id="c1"
+    )
+    events = s.at(9).when(exit_)
+    assert types(events) == ["container_started", "job_succeeded"]
+    assert events[0].at == began
+    assert s.job is not None and s.job.started_at == began and s.job.container_id == "c1"
+    assert s.when(STARTED) == []  # the late start report: already recorded
+
+
+def test_an_exit_of_a_container_that_never_started_implies_no_start() -> None:
+    s = Scenario().given(SUBMIT, CLAIM)
+    not_started = ReportExit(attempt=1, exit_code=None, reason="container_error", error="x")
+    assert types(s.when(not_started)) == ["job_failed"]
+    janitor = Scenario().given(SUBMIT, CLAIM)
+    verdict = ReportExit(attempt=1, exit_code=None, reason="orchestrator_lost", error="gone")
+    assert "container_started" not in types(janitor.when(verdict))
+
+
+def test_an_exit_after_its_recorded_start_adds_no_second_start() -> None:
+    exit_ = ReportExit(attempt=1, exit_code=0, orchestrator="o1", started_at=T0, container_id="c1")
+    assert types(running().when(exit_)) == ["job_succeeded"]

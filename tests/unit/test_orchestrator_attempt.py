@@ -162,6 +162,10 @@ async def test_success_reports_in_the_order_that_makes_it_safe() -> None:
     harness = Harness(runtime)
     report = await harness.attempt(job_spec("run")).run()
     assert (report.exit_code, report.reason) == (0, None)
+    # The exit vouches for the start: the scheduler records it if the start report is late.
+    started = dict(harness.timeline.entries)["ReportStarted"][0]
+    assert isinstance(started, ReportStarted)
+    assert report.container_id == started.container_id and report.started_at is not None
     kinds = harness.timeline.kinds()
     # The intent is stored before the create; every line before the exit report; the offer
     # is acked once the exit is stored (alongside the cleanup); the container is removed,
@@ -294,6 +298,7 @@ async def test_image_pull_failure_is_reported_in_words_not_the_engines() -> None
     report = await harness.attempt(job_spec("run")).run()
     assert report.reason == "image_pull_failed"
     assert report.error == "image could not be pulled from docker.io: not found"
+    assert report.container_id is None and report.started_at is None
     assert harness.texts() == [("system", f"image pull failed: {report.error}")]
     assert [type(c) for c in harness.reports.sent] == [ReportExit]
 

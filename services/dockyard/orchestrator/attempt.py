@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from msgspec import Struct
+from msgspec.structs import replace
 from opentelemetry import trace
 
 from dockyard.core.commands import PlannedResource, ReportExit, ReportStarted
@@ -325,6 +326,8 @@ class Attempt:
             attributes={"dockyard.container.id": container_id},
         ) as span:
             report = await self._run_started(container_id)
+            if report.started_at is not None:  # it ran: the exit vouches for its start
+                report = replace(report, container_id=container_id)
             if span.is_recording():
                 span.set_attributes(_report_attributes(report))
             return report

@@ -84,6 +84,9 @@ class ReportExit(CommandBase, tag="report_exit", frozen=True, kw_only=True):
     # The attempt's final usage and the limits it reached (None: nothing was read).
     usage: Usage | None = None
     limits_hit: tuple[str, ...] = ()
+    # The container that ran (None if none started, and from earlier versions): with
+    # started_at, it lets the exit record the start whose own report never arrived.
+    container_id: str | None = None
 
 
 class ReportUsage(CommandBase, tag="report_usage", frozen=True, kw_only=True):

@@ -61,7 +61,7 @@ from dockyard.core.reasons import Reason
 from dockyard.core.resource_names import is_attempt_name
 from dockyard.core.retry import backoff_s, should_retry
 from dockyard.core.spec import JobSpec
-from dockyard.core.state import ACTIVE, Job, resource_key
+from dockyard.core.state import ACTIVE, Job, evolve, resource_key
 
 NewId = Callable[[], str]
 
@@ -216,6 +216,37 @@ def _(cmd: ReportExit, job: Job, m: _Maker) -> list[Event]:
     _require_active(job, "job_exited")
     if cmd.orchestrator is not None:  # None: the janitor's verdict, appended by itself
         _require_holder(job, cmd.attempt, cmd.orchestrator)
+    implied = _implied_start(job, cmd, m)
+    if implied:
+        job = evolve(job, implied[0])
+    return implied + _exit_events(job, cmd, m)
+
+
+def _implied_start(job: Job, cmd: ReportExit, m: _Maker) -> list[Event]:
+    """The start an exit report vouches for when its own start report is not recorded.
+
+    An orchestrator stores its start report before its exit report, but on a cluster the start
+    can reach the scheduler second (redelivered after a failed attempt to record it) or, in a
+    consumer leader change, not at all; the exit says the container ran, so the history still
+    shows one start per attempt, at the time the container started.
+    """
+    if job.status != "starting" or cmd.started_at is None or cmd.container_id is None:
+        return []
+    if cmd.orchestrator is None:
+        return []
+    base = m.base()
+    base["at"] = cmd.started_at
+    return [
+        ContainerStarted(
+            **base,
+            attempt=cmd.attempt,
+            container_id=cmd.container_id,
+            orchestrator=cmd.orchestrator,
+        )
+    ]
+
+
+def _exit_events(job: Job, cmd: ReportExit, m: _Maker) -> list[Event]:
     if cmd.reason is None and cmd.exit_code == 0:
         return [
             JobSucceeded(

@@ -21,7 +21,18 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import NamedTuple
 
-from dockyard.core import Command, Context, Event, Job, Metadata, SubmitJob, decide, fold, uuid7
+from dockyard.core import (
+    Command,
+    Context,
+    Event,
+    Job,
+    Metadata,
+    Rejected,
+    SubmitJob,
+    decide,
+    fold,
+    uuid7,
+)
 from dockyard.handling.execute import Clock, Outcome, execute, utc_now
 from dockyard.handling.job_cache import JobCache, Known
 from dockyard.process.cancelling import cancel_and_wait
@@ -180,14 +191,22 @@ async def _one_by_one(
     results: list[Result | None] = [None] * len(requests)
 
     async def run_job(indexes: list[int]) -> None:
+        unrecorded: Exception | None = None
         for i in indexes:
+            if unrecorded is not None:
+                # A job's commands are recorded in order or not at all: an exit recorded
+                # before the start that failed here would leave the start to come after it.
+                results[i] = unrecorded
+                continue
             job_id, command, meta = requests[i]
             try:
                 results[i] = await execute(
                     store, job_id, command, meta=meta, clock=clock, new_id=new_id
                 )
-            except Exception as error:
+            except Rejected as error:  # final: the next command may still apply
                 results[i] = error
+            except Exception as error:
+                results[i] = unrecorded = error
 
     await asyncio.gather(*(run_job(indexes) for indexes in by_job.values()))
     return [r for r in results if r is not None]
