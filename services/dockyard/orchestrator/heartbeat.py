@@ -24,6 +24,9 @@ from dockyard.process.cancelling import raise_if_cancelled
 
 log = logging.getLogger("dockyard.orchestrator.heartbeat")
 
+# The longest one put may wait (the JetStream API's own timeout).
+PUT_TIMEOUT_MAX_S = 5.0
+
 
 class Heartbeats:
     def __init__(
@@ -76,13 +79,26 @@ class Heartbeats:
             engine_error=self._engine_error(),
         )
 
+    @property
+    def put_timeout_s(self) -> float:
+        """How long one put may take: a period plus this twice stays inside the lease (a
+        failed put, a move to another server, and a put there), where the JetStream API's
+        own 5 s would outlast a short lease at the first put a cut-off node never commits."""
+        return min(PUT_TIMEOUT_MAX_S, self._lease_s / 4)
+
     async def beat(self) -> bool:
-        """One put; False if NATS could not take it (the next one may)."""
+        """One put; False if NATS could not take it in time (the next one may)."""
         try:
             with translated():
-                if self._kv is None:
-                    self._kv = await self._js.key_value(names.HEARTBEATS_BUCKET)
-                await self._kv.put(self._key, encode_heartbeat(self.current()))
+                async with asyncio.timeout(self.put_timeout_s):
+                    if self._kv is None:
+                        self._kv = await self._js.key_value(names.HEARTBEATS_BUCKET)
+                    await self._kv.put(self._key, encode_heartbeat(self.current()))
+        except TimeoutError:
+            log.warning(
+                "orchestrator.heartbeat_failed error=no answer in %.1f s", self.put_timeout_s
+            )
+            return False
         except BusError as exc:
             log.warning("orchestrator.heartbeat_failed error=%s", exc)
             return False
@@ -91,16 +107,21 @@ class Heartbeats:
 
     async def run(self) -> None:
         """Beat every period until cancelled (then the caller calls `withdraw`)."""
+        moved = False
         while True:
             raise_if_cancelled()  # a cancel nats-py lost (Python 3.11)
             if not await self.beat():
                 if self._on_missed is not None:
                     self._on_missed()
-                if self._move_server is not None:
+                if self._move_server is not None and not moved:
                     # A node cut off from the cluster's majority keeps our connection up but
-                    # commits nothing: another node may take the next beat before the lease
-                    # runs out, where staying would get our jobs requeued as lost.
+                    # commits nothing: another node may take the beat before the lease runs
+                    # out, where staying would get our jobs requeued as lost. So at once,
+                    # not a period later; once, so a cluster away for good is not hammered.
                     await self._move_server()
+                    moved = True
+                    continue
+            moved = False
             if self._on_beat is not None:
                 try:
                     await self._on_beat()

@@ -63,7 +63,7 @@ def _choose_server(servers: list[Server], _info: dict[str, Any]) -> tuple[Server
     return server, reconnect_delay(server.reconnects)
 
 
-async def move_to_another_server(nc: NatsClient) -> None:
+async def move_to_another_server(nc: NatsClient, settle_s: float = 2.0) -> None:
     """Reconnect to another server of a cluster's pool, when there is one and we are connected.
 
     For a node that answers but commits nothing (cut off from the cluster's majority): the
@@ -80,6 +80,19 @@ async def move_to_another_server(nc: NatsClient) -> None:
         extra={"event": "bus.moving_server"},
     )
     await nc.force_reconnect()
+    # Back once connected elsewhere (or after `settle_s`): the caller's next request then goes
+    # to the new server rather than waiting in the reconnect buffer.
+    for _ in range(max(1, round(settle_s / SETTLE_POLL_S))):
+        if _connected(nc):
+            return
+        await asyncio.sleep(SETTLE_POLL_S)
+
+
+SETTLE_POLL_S = 0.02
+
+
+def _connected(nc: NatsClient) -> bool:
+    return nc.is_connected
 
 
 def server_urls(url: str) -> list[str]:
