@@ -97,6 +97,10 @@ async def test_recovery_stops_reports_and_removes_what_was_left() -> None:
     assert (exits["running"].reason, exits["running"].exit_code) == ("orchestrator_lost", 143)
     assert (exits["finished"].reason, exits["finished"].exit_code) == (None, 0)
     assert (exits["created"].reason, exits["created"].exit_code) == ("orchestrator_lost", None)
+    # Those that started vouch for their start (its report may never have been stored).
+    assert exits["finished"].container_id is not None and exits["finished"].started_at
+    assert exits["running"].container_id is not None and exits["running"].started_at
+    assert (exits["created"].container_id, exits["created"].started_at) == (None, None)
     released = sorted(
         (job, c.kind, c.how) for job, c in reports.sent if isinstance(c, ReleaseResource)
     )

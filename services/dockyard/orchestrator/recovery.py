@@ -22,6 +22,8 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 
+from msgspec.structs import replace
+
 from dockyard.bus.names import (
     LABEL_ATTEMPT,
     LABEL_DEPLOYMENT,
@@ -104,10 +106,11 @@ class Recovery:
         exit_code: int | None = None
         ran_s: float | None = None
         oom_killed = was_running = False
+        started_at: datetime | None = None
         if job_container is not None:
             try:
                 state = await self._runtime.inspect(job_container.id)
-                was_running, ran_s = state.running, state.ran_s
+                was_running, ran_s, started_at = state.running, state.ran_s, state.started_at
                 if was_running:
                     await self._runtime.stop(job_container.id, self._grace)
                     state = await self._runtime.inspect(job_container.id)
@@ -123,6 +126,9 @@ class Recovery:
             ran_s=ran_s,
             timeout_s=_timeout_s(job_container),
         )
+        if job_container is not None and started_at is not None:
+            # Its start report may never have been stored (killed right after the start).
+            report = replace(report, container_id=job_container.id, started_at=started_at)
         log.warning(
             "orchestrator.recovered job=%s attempt=%d was_running=%s exit_code=%s",
             job_id,

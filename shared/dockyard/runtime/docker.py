@@ -222,6 +222,7 @@ class DockerRuntime:
             exit_code=int(state["ExitCode"]) if ended else None,
             oom_killed=bool(state["OOMKilled"]),
             ran_s=_ran_s(state),
+            started_at=_engine_time(state.get("StartedAt")),
         )
 
     async def usage_stats(self, container_id: str) -> Counters | None:

@@ -13,7 +13,7 @@ import math
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from dockyard.core.events import ReleaseHow
@@ -85,6 +85,13 @@ def _ran_s(container: _Container) -> float | None:
     # uvloop's clock counts whole milliseconds, divided into seconds: a timer of 0.05 s can
     # fire when the difference reads 0.04999999999. Docker's own times have no such noise.
     return round(ended - container.started, 6)
+
+
+def _started_at(container: _Container) -> datetime | None:
+    if container.started is None:
+        return None
+    ago = asyncio.get_running_loop().time() - container.started
+    return datetime.now(UTC) - timedelta(seconds=ago)
 
 
 def _normalise(ref: str) -> str:
@@ -239,6 +246,7 @@ class FakeRuntime:
             exit_code=None if exit is None else exit.exit_code,
             oom_killed=exit is not None and exit.oom_killed,
             ran_s=_ran_s(container),
+            started_at=_started_at(container),
         )
 
     async def usage_stats(self, container_id: str) -> Counters | None:

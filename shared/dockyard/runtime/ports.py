@@ -73,6 +73,8 @@ class ContainerState(Struct, frozen=True):
     oom_killed: bool
     # Seconds from its start to its exit (to now while it runs); None if it never started.
     ran_s: float | None = None
+    # When it started (None if it never did): an exit found after a restart vouches for it.
+    started_at: datetime | None = None
 
 
 class Resource(Struct, frozen=True):
