@@ -37,14 +37,14 @@ class JetStream:
         return self.bucket
 
 
-async def beats_for(bucket: Bucket, moved: list[int]) -> None:
+async def beats_for(bucket: Bucket, moved: list[int], period_s: float = 0.01) -> None:
     async def move() -> None:
         moved.append(bucket.puts)
 
     js: Any = JetStream(bucket)
     beats = Heartbeats(
         js, Registry(), orchestrator="o-1", queues=("default",), max_jobs=2,
-        lease_s=0.3, period_s=0.01, move_server=move,
+        lease_s=0.3, period_s=period_s, move_server=move,
     )  # fmt: skip
     task = asyncio.create_task(beats.run())
     await asyncio.sleep(0.1)
@@ -109,18 +109,5 @@ async def test_an_unanswered_put_gives_up_within_a_quarter_lease_and_beats_again
 async def test_a_put_that_fails_again_after_the_move_waits_the_period() -> None:
     moved: list[int] = []
     bucket = Bucket(fail=True)
-
-    async def move() -> None:
-        moved.append(bucket.puts)
-
-    js: Any = JetStream(bucket)
-    beats = Heartbeats(
-        js, Registry(), orchestrator="o-1", queues=("default",), max_jobs=2,
-        lease_s=0.3, period_s=60.0, move_server=move,
-    )  # fmt: skip
-    task = asyncio.create_task(beats.run())
-    await asyncio.sleep(0.1)
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await beats_for(bucket, moved, period_s=60.0)
     assert (moved, bucket.puts) == ([1], 2)  # one move, one put after it, then the period
