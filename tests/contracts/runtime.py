@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import pytest_asyncio
@@ -249,6 +250,12 @@ class RuntimeContract:
         assert created.ran_s is None
         assert running.ran_s is not None and 0.2 <= running.ran_s < 30
         assert ended.ran_s is not None and running.ran_s <= ended.ran_s < 30
+        # When it started: what a restarted orchestrator's exit report vouches for.
+        assert created.started_at is None
+        assert running.started_at is not None and ended.started_at is not None
+        since = datetime.now(UTC) - running.started_at
+        assert timedelta(seconds=0.1) <= since < timedelta(seconds=30)
+        assert abs(ended.started_at - running.started_at) < timedelta(seconds=0.01)
         # The engine adds the image's own labels to the container's.
         assert plan.config["Labels"].items() <= running.labels.items()
         assert (ended.running, ended.exit_code) == (False, 128 + 15)

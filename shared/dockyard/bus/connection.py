@@ -92,6 +92,8 @@ SETTLE_POLL_S = 0.02
 
 
 def _connected(nc: NatsClient) -> bool:
+    # A call, not the property inline: after the early return above, a type checker takes
+    # `is_connected` for true for good and calls the wait unreachable.
     return nc.is_connected
 
 
