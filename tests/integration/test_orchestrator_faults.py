@@ -286,6 +286,59 @@ async def test_orchestrator_sigkill_mid_job_reruns_once_after_restart(
     await assert_nothing_left(docker, orchestrator_id)
 
 
+async def test_orchestrator_killed_after_the_exit_before_its_last_lines_reruns_the_job(
+    control: ControlPlane, docker: aiodocker.Docker, nats_url: str, busybox_image: str
+) -> None:
+    """Frozen (SIGSTOP) while the job runs, so that its last line is never read, then killed
+    once the container has exited: the restarted process finds a clean exit but no final
+    batch. A `succeeded` would hide the lost line; the attempt is lost and runs again."""
+    orchestrator_id = new_orchestrator_id()
+    process = OrchestratorProcess(nats_url, orchestrator_id)
+    job_spec = spec(
+        busybox_image,
+        "sh",
+        "-c",
+        "echo start; sleep 1; echo done",
+        retry={"max_attempts": 2, "backoff_s": 0},
+    )
+    try:
+        await process.start()
+        await wait_for_heartbeat(control.js, orchestrator_id)
+        job_id = await control.submit(job_spec)
+        await control.wait_running(job_id)
+        for _ in range(100):  # "start" is stored
+            if await control.log_lines(job_id):
+                break
+            await asyncio.sleep(0.05)
+        process.signal(signal.SIGSTOP)
+        container = await docker.containers.get(container_name(job_id, 1))
+        assert (await container.wait(timeout=20))["StatusCode"] == 0
+        await process.kill()
+        await process.start()  # same DOCKYARD_ORCHESTRATOR_ID
+        job = await control.wait_for(job_id, settled, 60, "settled")
+        process.signal(signal.SIGTERM)
+        assert await process.wait(30) == 0
+    finally:
+        await process.kill()
+    output = process.output()
+    assert (job.status, job.attempt, job.exit_code) == ("succeeded", 2, 0), output
+    events = await control.events(job_id)
+    retry = [e for e in events if isinstance(e, RetryScheduled)]
+    assert len(retry) == 1 and retry[0].reason == "orchestrator_lost"
+    assert Counter(e.attempt for e in events if isinstance(e, ContainerStarted)) == {1: 1, 2: 1}
+    lines = await control.log_lines(job_id)
+    assert_seqs_contiguous(lines)
+    lost = f"orchestrator {orchestrator_id} restarted while running attempt 1: the job had"
+    assert [(line.attempt, line.stream, line.text[: len(lost)]) for line in lines] == [
+        (1, "stdout", "start"),
+        (1, "system", lost),
+        (2, "system", "attempt 2 of 2"),
+        (2, "stdout", "start"),
+        (2, "stdout", "done"),
+    ]
+    await assert_nothing_left(docker, orchestrator_id)
+
+
 async def test_sigterm_drains_running_jobs_then_stops_the_rest(
     control: ControlPlane, docker: aiodocker.Docker, nats_url: str, busybox_image: str
 ) -> None:

@@ -107,11 +107,18 @@ class BatchPublisher:
         self._in_flight: deque[tuple[str, bytes, asyncio.Future[PubAck]]] = deque()
         self.lines = 0
 
-    async def publish(self, lines: list[LogLine]) -> None:
-        if not lines:
+    async def publish(self, lines: list[LogLine], *, last_seq: int | None = None) -> None:
+        if not lines and last_seq is None:
             return
-        batch = protocol.LogBatch(job_id=self.job_id, attempt=self.attempt, lines=lines)
-        msg_id = protocol.msg_id_of(self._nonce, protocol.log_batch_id(self.job_id, lines[0].seq))
+        batch = protocol.LogBatch(
+            job_id=self.job_id, attempt=self.attempt, lines=lines, last_seq=last_seq
+        )
+        fact = (
+            protocol.log_batch_id(self.job_id, lines[0].seq)
+            if lines
+            else protocol.log_end_id(self.job_id, self.attempt)
+        )
+        msg_id = protocol.msg_id_of(self._nonce, fact)
         payload = protocol.encode(batch)
         self._in_flight.append((msg_id, payload, await self._send(msg_id, payload)))
         self.lines += len(lines)

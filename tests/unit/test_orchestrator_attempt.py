@@ -68,10 +68,14 @@ class FakeLogs:
     def __init__(self, timeline: Timeline) -> None:
         self.timeline = timeline
         self.lines: list[LogLine] = []
+        self.finals: list[tuple[int, int]] = []  # (lines before, last_seq) of final batches
 
-    async def publish(self, lines: list[LogLine]) -> None:
+    async def publish(self, lines: list[LogLine], *, last_seq: int | None = None) -> None:
         self.lines.extend(lines)
-        self.timeline.entries.append(("lines", len(lines)))
+        if lines:
+            self.timeline.entries.append(("lines", len(lines)))
+        if last_seq is not None:
+            self.finals.append((len(self.lines), last_seq))
 
     async def flush(self) -> None:
         self.timeline.entries.append(("flush", None))
@@ -182,7 +186,19 @@ async def test_success_reports_in_the_order_that_makes_it_safe() -> None:
     assert ("remove", runtime.calls[-1][1]) in calls_at_release
     assert harness.texts() == [("stdout", "hello"), ("stderr", "oops")]
     assert [line.seq for line in harness.logs.lines] == [1, 2]
+    # The last batch says it is the last, after every line: a restart can tell the log whole.
+    assert harness.logs.finals == [(2, 2)]
     assert await runtime.list_labelled({}) == []
+
+
+async def test_an_attempt_without_output_still_ends_its_log_and_notes_come_before() -> None:
+    harness = Harness(scripted(Script()))
+    await harness.attempt(job_spec("run"), log_seq=5).run()
+    assert harness.logs.lines == [] and harness.logs.finals == [(0, 5)]
+    harness = Harness(scripted(Script(exit_code=137, oom_killed=True)))
+    await harness.attempt(job_spec("run"), attempt=2, log_seq=5).run()
+    seqs = [line.seq for line in harness.logs.lines]
+    assert harness.logs.finals == [(len(seqs), seqs[-1])]
 
 
 async def test_lines_continue_after_the_given_seq_and_secrets_are_masked() -> None:

@@ -16,12 +16,11 @@ from aiohttp.web import Application
 from dockyard.bus.names import LABEL_JOB
 from dockyard.orchestrator.engine_health import EngineHealth
 from dockyard.orchestrator.heartbeat import Heartbeats
-from dockyard.orchestrator.recovery import Recovery
 from dockyard.orchestrator.registry import Registry
 from dockyard.runtime import FakeRuntime, Script
 from dockyard.runtime.ports import ContainerError, RuntimeUnavailable
 from dockyard.web import health
-from tests.unit.test_orchestrator_recovery import IMAGE, Logs, Reports, leave_behind
+from tests.unit.test_orchestrator_recovery import IMAGE, Reports, leave_behind, recovery
 
 DOWN = RuntimeUnavailable("ping the engine: Cannot connect to the Docker daemon")
 
@@ -173,21 +172,15 @@ async def test_reconciling_leaves_the_attempts_still_running_here_alone() -> Non
     await leave_behind(runtime, "left", start=True, sidecar=False)
     reports, registry = Reports(), Registry()
 
-    async def last_seq(job_id: str) -> int:
-        return 0
-
-    recovery = Recovery(
-        runtime=runtime,
-        reports=reports,
+    reconciling = recovery(
+        runtime,
+        reports,
         registry=registry,
-        orchestrator="o-1",
         stop_grace_s=0.1,
-        log_sink=lambda job_id, attempt: Logs(),
-        last_log_seq=last_seq,
         keep=lambda job_id, attempt: job_id == "mine-running",
     )
 
-    assert await recovery.run() == [("left", 1)]
+    assert await reconciling.run() == [("left", 1)]
     assert {job for job, _ in reports.sent} == {"left"}
     left = await runtime.list_labelled({LABEL_JOB: None})
     assert [r.labels[LABEL_JOB] for r in left] == ["mine-running"]

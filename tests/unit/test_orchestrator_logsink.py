@@ -37,8 +37,11 @@ class FakeJetStream:
         self, subject: str, payload: bytes, headers: dict[str, str], stream: str
     ) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        first = protocol.decode_log_batch(payload).lines[0].seq
-        self.sent.append((f"from {first}", future))
+        batch = protocol.decode_log_batch(payload)
+        name = f"from {batch.lines[0].seq}" if batch.lines else "end"
+        if batch.last_seq is not None:
+            name = f"{name}, last {batch.last_seq}"
+        self.sent.append((name, future))
         self.headers.append(headers)
         return future
 
@@ -81,6 +84,18 @@ async def test_batches_are_pipelined_up_to_the_window() -> None:
     js.ack_all()
     await logs.flush()
     assert js.ids() == ["from 1", "from 3", "from 5"]
+
+
+async def test_the_final_batch_says_so_and_is_sent_even_without_lines() -> None:
+    nc, js = FakeNats(), FakeJetStream()
+    logs = sink(nc, js)
+    await logs.publish([])  # nothing: nothing sent
+    await logs.publish(lines(1), last_seq=2)
+    await logs.publish([], last_seq=2)
+    assert js.ids() == ["from 1, last 2", "end, last 2"]
+    assert js.headers[1][names.MSG_ID].endswith(".job:end:1")  # its own id, not a seq's
+    js.ack_all()
+    await logs.flush()
 
 
 async def test_a_batch_counts_the_jobs_own_output_for_the_log_cap_not_dockyards_lines() -> None:

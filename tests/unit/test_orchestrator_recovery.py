@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from typing import Any
 
 import msgspec
 
@@ -12,11 +13,13 @@ from dockyard.bus.protocol import ReportCommand
 from dockyard.core.commands import ReleaseResource, ReportExit
 from dockyard.core.log_line import LogLine
 from dockyard.core.spec import JobSpec
+from dockyard.orchestrator.ports import LastBatch
 from dockyard.orchestrator.recovery import Recovery
 from dockyard.orchestrator.registry import Registry
 from dockyard.runtime import FakeRuntime, Script, plan_job
 
 IMAGE = "busybox:latest"
+JOBS = ("running", "finished", "created")
 
 
 class Reports:
@@ -31,7 +34,7 @@ class Logs:
     def __init__(self) -> None:
         self.lines: list[LogLine] = []
 
-    async def publish(self, lines: list[LogLine]) -> None:
+    async def publish(self, lines: list[LogLine], *, last_seq: int | None = None) -> None:
         self.lines.extend(lines)
 
     async def flush(self) -> None:
@@ -39,6 +42,35 @@ class Logs:
 
     def abandon(self) -> None:
         return
+
+
+def recovery(
+    runtime: FakeRuntime,
+    reports: Reports,
+    *,
+    logs: Logs | None = None,
+    registry: Registry | None = None,
+    last: dict[str, LastBatch] | None = None,
+    stop_grace_s: float = 0.01,
+    **options: Any,
+) -> Recovery:
+    """Recovery of `o-1`, whose last log batch of each job is `last[job]` (default: attempt
+    1's final batch, after seq 0: its log is whole)."""
+    sink = logs if logs is not None else Logs()
+
+    async def last_batch(job_id: str) -> LastBatch:
+        return (last or {}).get(job_id, LastBatch(seq=0, attempt=1, final=True))
+
+    return Recovery(
+        runtime=runtime,
+        reports=reports,
+        registry=registry if registry is not None else Registry(),
+        orchestrator="o-1",
+        stop_grace_s=stop_grace_s,
+        log_sink=lambda job_id, attempt: sink,
+        last_batch=last_batch,
+        **options,
+    )
 
 
 async def leave_behind(
@@ -76,19 +108,8 @@ async def test_recovery_stops_reports_and_removes_what_was_left() -> None:
     other = FakeRuntime(images=[IMAGE])  # another orchestrator's are not ours to touch
     reports, logs, registry = Reports(), Logs(), Registry()
 
-    async def last_seq(job_id: str) -> int:
-        return 7
-
-    recovery = Recovery(
-        runtime=runtime,
-        reports=reports,
-        registry=registry,
-        orchestrator="o-1",
-        stop_grace_s=0.01,
-        log_sink=lambda job_id, attempt: logs,
-        last_log_seq=last_seq,
-    )
-    found = await recovery.run()
+    last = {job: LastBatch(seq=7, attempt=1, final=job == "finished") for job in JOBS}
+    found = await recovery(runtime, reports, logs=logs, registry=registry, last=last).run()
     assert sorted(found) == [("created", 1), ("finished", 1), ("running", 1)]
     assert all(registry.is_done(job, 1) for job, _ in found)  # fenced before any claim
     assert await runtime.list_labelled({}) == []
@@ -129,18 +150,7 @@ async def test_a_container_that_ran_to_its_timeout_is_reported_timed_out() -> No
     await asyncio.sleep(0.1)
     reports = Reports()
 
-    async def last_seq(job_id: str) -> int:
-        return 0
-
-    await Recovery(
-        runtime=runtime,
-        reports=reports,
-        registry=Registry(),
-        orchestrator="o-1",
-        stop_grace_s=0.01,
-        log_sink=lambda job_id, attempt: Logs(),
-        last_log_seq=last_seq,
-    ).run()
+    await recovery(runtime, reports).run()
     exits = {job: c for job, c in reports.sent if isinstance(c, ReportExit)}
     assert (exits["stopped"].reason, exits["stopped"].exit_code) == ("timed_out", 143)
     assert exits["stopped"].error is not None
@@ -159,22 +169,46 @@ async def test_recovery_never_removes_another_installations_containers_under_its
     await leave_behind(runtime, "theirs", start=True, sidecar=True, deployment="theirs")
     reports = Reports()
 
-    async def last_seq(job_id: str) -> int:
-        return 0
-
-    found = await Recovery(
-        runtime=runtime,
-        reports=reports,
-        registry=Registry(),
-        orchestrator="o-1",
-        stop_grace_s=0.01,
-        log_sink=lambda job_id, attempt: Logs(),
-        last_log_seq=last_seq,
-        deployment="ours",
-    ).run()
+    found = await recovery(runtime, reports, deployment="ours").run()
 
     assert found == [("ours", 1)]
     assert {job for job, _ in reports.sent} == {"ours"}
     left = await runtime.list_labelled({})
     assert {r.labels[LABEL_JOB] for r in left} == {"theirs"} and len(left) == 3
     assert [r.name for r in left if r.running] == ["dockyard-theirs-1"]  # never stopped
+
+
+async def test_a_finished_container_whose_log_was_cut_by_the_crash_does_not_count() -> None:
+    """Killed after the job exited but before its last lines were stored: the last batch
+    this orchestrator published is not the attempt's final one (or is another attempt's),
+    so a `succeeded` would hide lost lines. The attempt is lost (the retry policy reruns it)
+    and its log says why, after the last stored line."""
+    runtime = FakeRuntime(images=[IMAGE])
+    for job in ("cut", "earlier", "failed"):
+        runtime.program([job], Script(exit_code=3 if job == "failed" else 0))
+        await leave_behind(runtime, job, start=True, sidecar=False)
+    await asyncio.sleep(0.01)
+    reports, logs = Reports(), Logs()
+    last = {
+        "cut": LastBatch(seq=4, attempt=1, final=False),
+        "earlier": LastBatch(seq=9, attempt=0, final=True),
+        "failed": LastBatch(seq=0),
+    }
+    await recovery(runtime, reports, logs=logs, last=last).run()
+    exits = {job: c for job, c in reports.sent if isinstance(c, ReportExit)}
+    assert {job: (c.reason, c.exit_code) for job, c in exits.items()} == {
+        "cut": ("orchestrator_lost", 0),
+        "earlier": ("orchestrator_lost", 0),
+        "failed": ("orchestrator_lost", 3),
+    }
+    assert exits["cut"].error == (
+        "orchestrator o-1 restarted while running attempt 1: the job had exited with code 0,"
+        " but its last output lines were lost with the orchestrator, so this attempt does not"
+        " count"
+    )
+    assert exits["cut"].container_id is not None and exits["cut"].started_at  # it did run
+    assert sorted((line.seq, line.stream) for line in logs.lines) == [
+        (1, "system"),
+        (5, "system"),
+        (10, "system"),
+    ]

@@ -86,9 +86,13 @@ class JobLog:
                 await sink.publish(batch)
                 self._published.set()
             if self._closing.is_set():
-                # Lines noted after the output ended (why it failed) come last.
-                async for batch in self._pump.batches():
+                # Lines noted after the output ended (why it failed) come last; the final
+                # batch says it is (an empty one if nothing is left), so that a restarted
+                # process can tell a whole log from one cut by its crash.
+                rest = [batch async for batch in self._pump.batches()]
+                for batch in rest[:-1]:
                     await sink.publish(batch)
+                await sink.publish(rest[-1] if rest else [], last_seq=self.last_seq)
                 break
             await self._closing.wait()
         await sink.flush()

@@ -36,6 +36,7 @@ from dockyard.bus.errors import (
 )
 from dockyard.core.events import JobClaimed, type_name
 from dockyard.core.log_line import LogLine
+from dockyard.orchestrator.ports import LastBatch
 from dockyard.orchestrator.retrying import backoff, wait_connected
 from dockyard.runtime.output import LineBatch
 
@@ -95,24 +96,29 @@ class LogSink:
         self._fenced = False  # a later attempt owns the job's log: send nothing more
         self.published_lines = 0
 
-    async def publish(self, lines: list[LogLine]) -> None:
-        """Send a batch after the previous ones; waits only while the window is full."""
-        if not lines or self._fenced or await self._fenced_after_reconnect():
+    async def publish(self, lines: list[LogLine], *, last_seq: int | None = None) -> None:
+        """Send a batch after the previous ones; waits only while the window is full.
+        `last_seq`: the attempt's final batch, sent even without lines (see LogBatch)."""
+        if (not lines and last_seq is None) or self._fenced:
             return
-        batch = protocol.LogBatch(job_id=self._job_id, attempt=self._attempt, lines=lines)
+        if await self._fenced_after_reconnect():
+            return
+        batch = protocol.LogBatch(
+            job_id=self._job_id, attempt=self._attempt, lines=lines, last_seq=last_seq
+        )
         payload = protocol.encode(batch)
         if len(payload) > MAX_PAYLOAD and len(lines) > 1:
             half = len(lines) // 2
             await self.publish(lines[:half])
-            await self.publish(lines[half:])
+            await self.publish(lines[half:], last_seq=last_seq)
             return
         output = lines.output_bytes if isinstance(lines, LineBatch) else _output_bytes(lines)
-        item = _Batch(
-            protocol.msg_id_of(self._nonce, protocol.log_batch_id(self._job_id, lines[0].seq)),
-            payload,
-            output,
-            len(lines),
+        fact = (
+            protocol.log_batch_id(self._job_id, lines[0].seq)
+            if lines
+            else protocol.log_end_id(self._job_id, self._attempt)
         )
+        item = _Batch(protocol.msg_id_of(self._nonce, fact), payload, output, len(lines))
         self._in_flight.append(item)
         self.published_lines += len(lines)
         if self._may_send(item):
@@ -275,11 +281,11 @@ def _discard(ack: asyncio.Future[PubAck] | None) -> None:
         ack.exception()
 
 
-async def last_log_seq(js: JetStreamContext, job_id: str, orchestrator: str) -> int:
-    """The last seq this orchestrator published for the job (0 if none); BusUnavailable: ask
-    again. What a recovered attempt continues after. (A new attempt is told where to start by
-    its claim answer: the scheduler looks at every orchestrator's batches of the job, which
-    an orchestrator may not read.)
+async def last_batch(js: JetStreamContext, job_id: str, orchestrator: str) -> LastBatch:
+    """The last batch this orchestrator published for the job; BusUnavailable: ask again.
+    What a recovered attempt continues after, and whether its log was whole. (A new attempt
+    is told where to start by its claim answer: the scheduler looks at every orchestrator's
+    batches of the job, which an orchestrator may not read.)
     """
     subject = names.log_subject(orchestrator, job_id)
     try:
@@ -287,13 +293,14 @@ async def last_log_seq(js: JetStreamContext, job_id: str, orchestrator: str) -> 
             message = await js.get_last_msg(names.LOGS_STREAM, subject)
     except BusRejected as exc:
         if isinstance(exc.__cause__, nats.js.errors.NotFoundError):
-            return 0
+            return LastBatch()
         raise
     try:
         batch = protocol.decode_log_batch(message.data or b"")
     except MessageDecodeError:
-        return 0
-    return batch.lines[-1].seq if batch.lines else 0
+        return LastBatch()
+    seq = batch.lines[-1].seq if batch.lines else (batch.last_seq or 0)
+    return LastBatch(seq=seq, attempt=batch.attempt, final=batch.last_seq is not None)
 
 
 async def later_attempt_claimed(js: JetStreamContext, job_id: str, attempt: int) -> bool:

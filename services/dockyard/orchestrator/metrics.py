@@ -119,8 +119,8 @@ class CountingLogSink:
         self._inner = inner
         self._lines = lines
 
-    async def publish(self, lines: list[LogLine]) -> None:
-        await self._inner.publish(lines)
+    async def publish(self, lines: list[LogLine], *, last_seq: int | None = None) -> None:
+        await self._inner.publish(lines, last_seq=last_seq)
         self._lines.inc(len(lines))
 
     async def flush(self) -> None:

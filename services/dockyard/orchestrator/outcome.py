@@ -132,14 +132,16 @@ def recovered_report(
     was_running: bool,
     ran_s: float | None = None,
     timeout_s: float | None = None,
+    log_whole: bool = True,
 ) -> ReportExit:
     """An attempt found after this orchestrator restarted (see `recovery`).
 
     A container that had exited reports its real exit (so a job that did its work is not run
-    again); one still running was stopped, and one never started was not run: both are
-    `orchestrator_lost`, which the job's retry policy may retry. One that ran to its timeout
-    (`ran_s` from its start, `timeout_s` from its label) timed out, stopped by the previous
-    process or by this one.
+    again) if its log is whole (`log_whole`: its final batch was published); else its last
+    lines died with the previous process, and it is `orchestrator_lost`. One still running
+    was stopped, and one never started was not run: both are `orchestrator_lost` too, which
+    the job's retry policy may retry. One that ran to its timeout (`ran_s` from its start,
+    `timeout_s` from its label) timed out, stopped by the previous process or by this one.
     """
     lost = f"orchestrator {orchestrator} restarted while running attempt {attempt}"
     if timeout_s is not None and ran_s is not None and ran_s >= timeout_s:
@@ -157,6 +159,14 @@ def recovered_report(
     if exit_code is None:
         error = f"{lost}, before its container started"
         return ReportExit(attempt=attempt, exit_code=None, reason="orchestrator_lost", error=error)
+    if not log_whole:
+        error = (
+            f"{lost}: the job had exited with code {exit_code}, but its last output lines were"
+            " lost with the orchestrator, so this attempt does not count"
+        )
+        return ReportExit(
+            attempt=attempt, exit_code=exit_code, reason="orchestrator_lost", error=error
+        )
     if oom_killed and exit_code != 0:
         error = f"out of memory: killed at the memory limit (exit code {exit_code})"
         return ReportExit(attempt=attempt, exit_code=exit_code, reason="oom_killed", error=error)

@@ -10,8 +10,12 @@ held were never published, so a re-attached log would have a silent hole; its of
 keepalive and its place in the heartbeat were lost too. Stopping and reporting
 `orchestrator_lost` is one clear outcome, which the job's retry policy turns into a clean
 rerun. A container that had already exited reports its real exit instead, so finished work is
-not redone. Report ids are per attempt, and the scheduler ignores an exit for an attempt that
-has ended, so an exit the previous process had already reported is not reported twice.
+not redone - if its log is whole: the attempt's final batch (which says it is final) is the
+last this orchestrator published for the job. Without it, the previous process died between
+the exit and the last lines being stored, those lines are gone, and a `succeeded` job with a
+cut log would be a silent loss: that attempt is `orchestrator_lost` too. Report ids are per
+attempt, and the scheduler ignores an exit for an attempt that has ended, so an exit the
+previous process had already reported is not reported twice.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from dockyard.core.events import ResourceKind
 from dockyard.core.log_line import LogLine
 from dockyard.core.resource_names import container_name
 from dockyard.orchestrator.outcome import recovered_report
-from dockyard.orchestrator.ports import LogSinkPort, ReportSink
+from dockyard.orchestrator.ports import LastBatch, LogSinkPort, ReportSink
 from dockyard.orchestrator.registry import Registry
 from dockyard.orchestrator.reporter import utc_now
 from dockyard.runtime.ports import ContainerRuntime, ContainerRuntimeError, NotFound, Resource
@@ -54,7 +58,7 @@ class Recovery:
         orchestrator: str,
         stop_grace_s: float,
         log_sink: Callable[[str, int], LogSinkPort],
-        last_log_seq: Callable[[str], Awaitable[int]],
+        last_batch: Callable[[str], Awaitable[LastBatch]],
         clock: Callable[[], datetime] = utc_now,
         deployment: str | None = None,
         keep: Callable[[str, int], bool] | None = None,
@@ -71,7 +75,7 @@ class Recovery:
         self._orchestrator = orchestrator
         self._grace = stop_grace_s
         self._log_sink = log_sink
-        self._last_log_seq = last_log_seq
+        self._last_batch = last_batch
         self._clock = clock
 
     async def run(self) -> list[tuple[str, int]]:
@@ -117,6 +121,7 @@ class Recovery:
                 exit_code, oom_killed = state.exit_code, state.oom_killed
             except NotFound:
                 pass  # removed meanwhile (the janitor): report what is known
+        last = await self._last_batch(job_id)
         report = recovered_report(
             attempt,
             self._orchestrator,
@@ -125,30 +130,33 @@ class Recovery:
             was_running=was_running,
             ran_s=ran_s,
             timeout_s=_timeout_s(job_container),
+            log_whole=last.attempt == attempt and last.final,
         )
         if job_container is not None and started_at is not None:
             # Its start report may never have been stored (killed right after the start).
             report = replace(report, container_id=job_container.id, started_at=started_at)
         log.warning(
-            "orchestrator.recovered job=%s attempt=%d was_running=%s exit_code=%s",
+            "orchestrator.recovered job=%s attempt=%d was_running=%s exit_code=%s reason=%s",
             job_id,
             attempt,
             was_running,
             exit_code,
+            report.reason,
             extra={"event": "orchestrator.recovered", "job": job_id, "attempt": attempt},
         )
-        if was_running and report.error:
-            await self._note(job_id, attempt, report.error)
+        if exit_code is not None and report.reason == "orchestrator_lost" and report.error:
+            await self._note(job_id, attempt, report.error, after_seq=last.seq)
         await self._reports.send(job_id, report)
         # Containers before their network (a network with endpoints cannot be removed).
         for resource in sorted(items, key=lambda r: r.kind == "network"):
             await self._remove(job_id, attempt, resource, job_name)
 
-    async def _note(self, job_id: str, attempt: int, text: str) -> None:
+    async def _note(self, job_id: str, attempt: int, text: str, *, after_seq: int) -> None:
         """The log says why it ends here, numbered after the last line the stream holds."""
-        last = await self._last_log_seq(job_id)
         sink = self._log_sink(job_id, attempt)
-        line = LogLine(seq=last + 1, stream="system", text=text, at=self._clock(), attempt=attempt)
+        line = LogLine(
+            seq=after_seq + 1, stream="system", text=text, at=self._clock(), attempt=attempt
+        )
         await sink.publish([line])
         await sink.flush()
 

@@ -42,11 +42,11 @@ from dockyard.orchestrator.engine_health import PING_TIMEOUT_S, EngineHealth
 from dockyard.orchestrator.fencing import StaleWatch
 from dockyard.orchestrator.heartbeat import Heartbeats
 from dockyard.orchestrator.images import Images
-from dockyard.orchestrator.logsink import LogSink, last_log_seq, later_attempt_claimed
+from dockyard.orchestrator.logsink import LogSink, last_batch, later_attempt_claimed
 from dockyard.orchestrator.metrics import CountingLogSink, OrchestratorMetrics, serve_metrics
 from dockyard.orchestrator.observed import observed_ask
 from dockyard.orchestrator.outcome import StopRequest, outcome_of
-from dockyard.orchestrator.ports import LogSinkPort
+from dockyard.orchestrator.ports import LastBatch, LogSinkPort
 from dockyard.orchestrator.recovery import Recovery
 from dockyard.orchestrator.registry import Registry
 from dockyard.orchestrator.reporter import Reporter
@@ -316,10 +316,10 @@ class Orchestrator:
         )
 
     def _recovery(self, keep: Callable[[str, int], bool] | None = None) -> Recovery:
-        async def last_seq(job_id: str) -> int:
+        async def last(job_id: str) -> LastBatch:
             own = self.config.orchestrator_id
             return await until_stored(
-                self.nc, lambda: last_log_seq(self.js, job_id, own), "log seq"
+                self.nc, lambda: last_batch(self.js, job_id, own), "last log batch"
             )
 
         return Recovery(
@@ -329,7 +329,7 @@ class Orchestrator:
             orchestrator=self.config.orchestrator_id,
             stop_grace_s=self.config.stop_grace_s,
             log_sink=self._log_sink,
-            last_log_seq=last_seq,
+            last_batch=last,
             deployment=self._context.deployment,
             keep=keep,
         )

@@ -104,10 +104,19 @@ class LogBatch(Struct, frozen=True, kw_only=True):
     job_id: str
     attempt: int
     lines: list[LogLine]
+    # Only on the attempt's final batch, sent once its output is over: the seq of its last
+    # line (every line up to it was sent before or in this batch; `lines` may be empty). The
+    # sender's restarted process reads it to know the attempt's log is whole.
+    last_seq: int | None = None
 
 
 def log_batch_id(job_id: str, first_seq: int) -> str:
     return f"{job_id}:{first_seq}"
+
+
+def log_end_id(job_id: str, attempt: int) -> str:
+    """The id of an attempt's final batch when it holds no line."""
+    return f"{job_id}:end:{attempt}"
 
 
 def new_nonce() -> str:
