@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 
+from dockyard.core.log_line import LogLine
 from dockyard.core.spec import JobSpec
 from dockyard.core.view import secret_values
 from dockyard.orchestrator.config import OrchestratorConfig
@@ -80,19 +81,27 @@ class JobLog:
         self._closing.set()
 
     async def publish(self, sink: LogSinkPort) -> None:
-        """Publish batches until `end` and every line is stored (run as a task)."""
+        """Publish batches until `end` and every line is stored (run as a task).
+
+        The batch that ends the output says it is final (see LogBatch.last_seq), and so does
+        the last of the notes after it, or an empty batch if the attempt printed nothing:
+        a restarted process tells a whole log from one its crash cut by that mark.
+        """
+        final_seq: int | None = None
         while True:
             async for batch in self._pump.batches():
-                await sink.publish(batch)
+                if self._pump.drained:
+                    final_seq = await _publish_final(sink, batch, batch[-1].seq)
+                else:
+                    await sink.publish(batch)
                 self._published.set()
             if self._closing.is_set():
-                # Lines noted after the output ended (why it failed) come last; the final
-                # batch says it is (an empty one if nothing is left), so that a restarted
-                # process can tell a whole log from one cut by its crash.
+                # Lines noted after the output ended (why it failed) come last.
                 rest = [batch async for batch in self._pump.batches()]
                 for batch in rest[:-1]:
                     await sink.publish(batch)
-                await sink.publish(rest[-1] if rest else [], last_seq=self.last_seq)
+                if rest or final_seq != self.last_seq:
+                    await _publish_final(sink, rest[-1] if rest else [], self.last_seq)
                 break
             await self._closing.wait()
         await sink.flush()
@@ -109,6 +118,14 @@ class JobLog:
                 except TimeoutError:
                     break  # the bus is away: read on, the pipeline bounds what is kept
             yield chunk
+
+
+async def _publish_final(sink: LogSinkPort, batch: list[LogLine], last_seq: int) -> int:
+    """Only once every batch before it is stored: a final batch in the stream must never
+    stand ahead of one that was lost."""
+    await sink.flush()
+    await sink.publish(batch, last_seq=last_seq)
+    return last_seq
 
 
 async def _no_chunks() -> AsyncIterator[Chunk]:

@@ -47,6 +47,11 @@ class LogPump:
         self._oldest: float | None = None  # loop time when the pending lines began to wait
         self._done = False
 
+    @property
+    def drained(self) -> bool:
+        """The output is over and every line of it was taken (notes may still come)."""
+        return self._done and not self.pipeline.pending_lines
+
     def note(self, text: str) -> None:
         """Add a `system` line now (pulling, retrying, timed out...)."""
         self.pipeline.note(text, self._clock())
