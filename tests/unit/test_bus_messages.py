@@ -18,6 +18,7 @@ from dockyard.bus import (
     encode_work_offer,
     message_id,
     names,
+    protocol,
 )
 from dockyard.bus.connection import RECONNECT_CAP_S, reconnect_delay, redact, server_urls
 from dockyard.bus.errors import MessageRejected, translate
@@ -30,6 +31,7 @@ from dockyard.bus.topology import (
 )
 from dockyard.core import codec
 from dockyard.core.events import JobClaimed, JobQueued, Metadata
+from dockyard.core.log_line import LogLine
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 QUEUED = JobQueued(
@@ -136,3 +138,12 @@ def test_a_nats_url_may_name_a_clusters_nodes() -> None:
     assert redact("nats://u:p@a:4222,nats://b:4222") == "nats://***@a:4222,nats://b:4222"
     with pytest.raises(ValueError, match="no NATS server"):
         server_urls(" , ")
+
+
+def test_a_final_batch_without_lines_still_says_how_far_the_log_reached() -> None:
+    """What a next attempt's claim numbers its lines after, and a restart continues after."""
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    line = LogLine(seq=4, stream="stdout", text="x", at=at, attempt=1)
+    assert protocol.LogBatch(job_id="j", attempt=1, lines=[line]).seq_reached() == 4
+    assert protocol.LogBatch(job_id="j", attempt=1, lines=[], last_seq=4).seq_reached() == 4
+    assert protocol.LogBatch(job_id="j", attempt=1, lines=[]).seq_reached() == 0

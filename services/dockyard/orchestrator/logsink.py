@@ -299,8 +299,9 @@ async def last_batch(js: JetStreamContext, job_id: str, orchestrator: str) -> La
         batch = protocol.decode_log_batch(message.data or b"")
     except MessageDecodeError:
         return LastBatch()
-    seq = batch.lines[-1].seq if batch.lines else (batch.last_seq or 0)
-    return LastBatch(seq=seq, attempt=batch.attempt, final=batch.last_seq is not None)
+    return LastBatch(
+        seq=batch.seq_reached(), attempt=batch.attempt, final=batch.last_seq is not None
+    )
 
 
 async def later_attempt_claimed(js: JetStreamContext, job_id: str, attempt: int) -> bool:

@@ -133,7 +133,7 @@ async def last_streamed_seq(js: JetStreamContext, job_id: str) -> int:
         batch = protocol.decode_log_batch(message.data or b"")
     except MessageDecodeError:
         return 0
-    return batch.lines[-1].seq if batch.lines else 0
+    return batch.seq_reached()  # an attempt's final batch may hold no line
 
 
 class ClaimResponder:

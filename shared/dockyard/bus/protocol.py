@@ -109,6 +109,10 @@ class LogBatch(Struct, frozen=True, kw_only=True):
     # sender's restarted process reads it to know the attempt's log is whole.
     last_seq: int | None = None
 
+    def seq_reached(self) -> int:
+        """The seq of the last line it accounts for (0: none)."""
+        return self.lines[-1].seq if self.lines else (self.last_seq or 0)
+
 
 def log_batch_id(job_id: str, first_seq: int) -> str:
     return f"{job_id}:{first_seq}"
